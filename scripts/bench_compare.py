@@ -1,0 +1,467 @@
+"""Side-by-side benchmarks: ferrite vs our PyTorch reference, in one run.
+
+Subcommands (each ends with a compact summary table):
+
+  step    Training-step throughput for one model config. Runs
+          `ferrite bench --preset NAME --json ...`, takes the model config
+          from its JSON output, and times the same config in PyTorch
+          (forward + backward + clip(1.0) + AdamW, 3 warmup steps, median of
+          the timed steps). Ratio = ferrite tokens/s / PyTorch tokens/s.
+
+  train   End-to-end wall time of the nanoGPT CPU Shakespeare recipe:
+          `ferrite train --preset shakespeare-char-cpu` against
+          scripts/torch_train_char.py. Both run as subprocesses and the wall
+          time is measured around each, so process start-up, data loading and
+          evals count on both sides. Ratio = ferrite time / PyTorch time.
+
+  sample  Generation speed from a ferrite checkpoint: PyTorch loads it and
+          samples nanoGPT-style (full context recomputed per token, no KV
+          cache, top-k 200, temperature 0.8), ferrite runs `ferrite sample
+          --stats`. Ratio = ferrite tokens/s / PyTorch tokens/s.
+
+Ratios > 1 mean ferrite is better (faster) for throughputs; for `train` the
+ratio is a time, so < 1 means ferrite is faster.
+
+Examples:
+  python scripts/bench_compare.py step --preset shakespeare-char-cpu
+  python scripts/bench_compare.py step --torch-only --vocab-size 65 --batch-size 12
+  python scripts/bench_compare.py train --data data/tinyshakespeare.txt --iters 200
+  python scripts/bench_compare.py sample --checkpoint out/shakespeare
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(SCRIPTS)
+sys.path.insert(0, SCRIPTS)
+from torch_gpt import (
+    GPT,
+    GPTConfig,
+    configure_optimizer,
+    load_ferrite_checkpoint,
+)  # noqa: E402
+
+DEFAULT_FERRITE = os.path.join(REPO, "target", "release", "ferrite")
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+
+def run_ferrite(cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run ferrite, echo its stderr, fail loudly with its output on error."""
+    if not os.path.exists(cmd[0]):
+        sys.exit(
+            f"ferrite binary not found at {cmd[0]} "
+            "(build it with `cargo build --release` or pass --ferrite PATH)"
+        )
+    print("$ " + shlex.join(cmd), flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        sys.exit(f"ferrite exited with status {proc.returncode}")
+    return proc
+
+
+def last_json_line(text: str, prefix: str = "") -> dict:
+    """The last line of `text` that starts with `prefix` and holds JSON."""
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith(prefix):
+            payload = line[len(prefix) :].strip()
+            if payload.startswith("{"):
+                return json.loads(payload)
+    raise ValueError(f"no JSON line with prefix {prefix!r} in output:\n{text}")
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+
+    def fmt(row):
+        return "  ".join(
+            str(c).ljust(w) if i == 0 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths))
+        )
+
+    print(f"\n== {title} ==")
+    print(fmt(header))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print(fmt(r))
+
+
+def ratio_str(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def approx_flops_per_token(cfg: GPTConfig, n_params: int, T: int) -> float:
+    """fwd+bwd FLOPs per token: 6*N plus attention (PaLM appendix B).
+
+    Only used when ferrite's own figure is not available (--torch-only).
+    N excludes wpe (a lookup, no matmul) but includes wte (the tied head).
+    """
+    n = n_params - cfg.block_size * cfg.n_embd
+    return 6 * n + 12 * cfg.n_layer * cfg.n_embd * T
+
+
+# ---------------------------------------------------------------------------
+# step
+# ---------------------------------------------------------------------------
+
+
+def torch_step_benchmark(
+    cfg: GPTConfig, batch: int, warmup: int, steps: int
+) -> list[float]:
+    """Seconds per training step for `steps` timed steps."""
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    model.train()
+    opt = configure_optimizer(model, lr=1e-3, betas=(0.9, 0.95), wd=0.1)
+    times = []
+    for i in range(warmup + steps):
+        # Fresh random tokens every step; generated outside the timed region.
+        x = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size))
+        y = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size))
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        dt = time.perf_counter() - t0
+        if i >= warmup:
+            times.append(dt)
+    return times
+
+
+def cmd_step(args):
+    torch.set_num_threads(args.threads)
+
+    ferrite = None
+    if args.torch_only:
+        cfg_dict = dict(
+            vocab_size=args.vocab_size or 65,
+            block_size=args.block_size,
+            n_layer=args.n_layer,
+            n_head=args.n_head,
+            n_embd=args.n_embd,
+            bias=args.bias,
+            dropout=0.0,
+            batch_size=args.batch_size or 12,
+        )
+    else:
+        cmd = [
+            args.ferrite,
+            "bench",
+            "--preset",
+            args.preset,
+            "--steps",
+            str(args.steps),
+            "--json",
+        ]
+        if args.vocab_size:
+            cmd += ["--vocab-size", str(args.vocab_size)]
+        if args.batch_size:
+            cmd += ["--batch-size", str(args.batch_size)]
+        # Dropout changes the work done; the comparison is always without it.
+        cmd += ["--dropout", "0"]
+        proc = run_ferrite(cmd)
+        ferrite = last_json_line(proc.stdout)
+        cfg_dict = ferrite["config"]
+
+    cfg = GPTConfig.from_dict({**cfg_dict, "dropout": 0.0})
+    batch = int(cfg_dict["batch_size"])
+    tokens = batch * cfg.block_size
+    print(
+        f"config: {json.dumps(cfg.to_dict())}, batch_size {batch}, "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads",
+        flush=True,
+    )
+
+    times = torch_step_benchmark(cfg, batch, args.warmup, args.steps)
+    t_med = statistics.median(times)
+    torch_tps = tokens / t_med
+    if ferrite:
+        # Use ferrite's FLOP count so both GFLOP/s figures share a definition.
+        flops_per_step = ferrite["gflops"] * 1e9 * ferrite["ms_per_step"] / 1e3
+    else:
+        n_params = sum(p.numel() for p in GPT(cfg).parameters())
+        flops_per_step = approx_flops_per_token(cfg, n_params, cfg.block_size) * tokens
+    torch_gflops = flops_per_step / t_med / 1e9
+
+    rows = []
+    if ferrite:
+        rows.append(
+            [
+                "ferrite",
+                f"{ferrite['tokens_per_s']:.0f}",
+                f"{ferrite['ms_per_step']:.2f}",
+                f"{ferrite['gflops']:.2f}",
+            ]
+        )
+    rows.append(
+        [
+            f"pytorch ({args.threads} thr)",
+            f"{torch_tps:.0f}",
+            f"{t_med * 1e3:.2f}",
+            f"{torch_gflops:.2f}",
+        ]
+    )
+    print_table(
+        f"train step: {cfg.n_layer}L/{cfg.n_head}H/{cfg.n_embd}C, vocab {cfg.vocab_size}, "
+        f"block {cfg.block_size}, batch {batch} (median of {args.steps})",
+        ["engine", "tokens/s", "ms/step", "GFLOP/s"],
+        rows,
+    )
+    if ferrite:
+        print(
+            f"ratio ferrite/pytorch (tokens/s): {ratio_str(ferrite['tokens_per_s'], torch_tps)}"
+        )
+
+
+# ---------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------
+
+
+def final_eval(metrics_path: str) -> dict:
+    last = None
+    with open(metrics_path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                rec = json.loads(line)
+                if rec.get("kind") == "eval":
+                    last = rec
+    if last is None:
+        raise ValueError(f"no eval records in {metrics_path}")
+    return last
+
+
+def cmd_train(args):
+    results = {}
+
+    if not args.torch_only:
+        out_dir = args.ferrite_out or tempfile.mkdtemp(prefix="ferrite_train_")
+        cmd = [
+            args.ferrite,
+            "train",
+            "--preset",
+            "shakespeare-char-cpu",
+            "--data",
+            args.data,
+            "--out",
+            out_dir,
+        ]
+        if args.iters:
+            cmd += ["--max-iters", str(args.iters), "--lr-decay-iters", str(args.iters)]
+        t0 = time.perf_counter()
+        run_ferrite(cmd)
+        wall = time.perf_counter() - t0
+        ev = final_eval(os.path.join(out_dir, "metrics.jsonl"))
+        results["ferrite"] = dict(
+            wall=wall, step=ev["step"], train=ev["train_loss"], val=ev["val_loss"]
+        )
+        print(
+            f"ferrite: {wall:.1f}s, step {ev['step']}, val {ev['val_loss']:.4f} (out: {out_dir})"
+        )
+
+    cmd = [
+        sys.executable,
+        os.path.join(SCRIPTS, "torch_train_char.py"),
+        "--data",
+        args.data,
+        "--threads",
+        str(args.threads),
+    ]
+    if args.iters:
+        cmd += ["--iters", str(args.iters)]
+    if args.torch_out:
+        cmd += ["--out", args.torch_out]
+    print("$ " + shlex.join(cmd), flush=True)
+    t0 = time.perf_counter()
+    # Stream the child's progress lines through while keeping a copy.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:
+        sys.stdout.write("  torch| " + line)
+        lines.append(line)
+    if proc.wait() != 0:
+        sys.exit(f"torch_train_char.py exited with status {proc.returncode}")
+    wall = time.perf_counter() - t0
+    res = last_json_line("".join(lines), prefix="result:")
+    results["pytorch"] = dict(
+        wall=wall, step=res["iters"], train=res["train_loss"], val=res["val_loss"]
+    )
+
+    rows = [
+        [
+            name if name == "ferrite" else f"pytorch ({args.threads} thr)",
+            str(r["step"]),
+            f"{r['train']:.4f}",
+            f"{r['val']:.4f}",
+            f"{r['wall']:.1f}",
+        ]
+        for name, r in results.items()
+    ]
+    print_table(
+        "shakespeare-char-cpu end to end",
+        ["engine", "iters", "train loss", "val loss", "wall s"],
+        rows,
+    )
+    if "ferrite" in results:
+        f, p = results["ferrite"], results["pytorch"]
+        print(f"ratio ferrite/pytorch (wall time): {f['wall'] / p['wall']:.2f}x")
+
+
+# ---------------------------------------------------------------------------
+# sample
+# ---------------------------------------------------------------------------
+
+
+def cmd_sample(args):
+    torch.set_num_threads(args.threads)
+    model, tok = load_ferrite_checkpoint(args.checkpoint)
+    cfg = model.config
+    prompt_ids = tok.encode(args.prompt)
+    idx = torch.tensor([prompt_ids], dtype=torch.long)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    # One short untimed call so lazy initialisation does not count.
+    model.generate(idx, 2, args.temperature, args.top_k, generator=gen)
+    t0 = time.perf_counter()
+    out = model.generate(
+        idx, args.max_new_tokens, args.temperature, args.top_k, generator=gen
+    )
+    secs = time.perf_counter() - t0
+    torch_tps = args.max_new_tokens / secs
+    text = tok.decode(out[0, len(prompt_ids) :].tolist())
+    print(f"pytorch sample (first 200 chars):\n{text[:200]}\n", flush=True)
+
+    ferrite = None
+    if not args.torch_only:
+        cmd = [
+            args.ferrite,
+            "sample",
+            "--checkpoint",
+            args.checkpoint,
+            "--prompt",
+            args.prompt,
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            "--temperature",
+            str(args.temperature),
+            "--top-k",
+            str(args.top_k),
+            "--seed",
+            str(args.seed),
+            "--stats",
+        ]
+        proc = run_ferrite(cmd)
+        ferrite = last_json_line(proc.stderr, prefix="stats:")
+        print(f"ferrite sample (first 200 chars):\n{proc.stdout[:200]}\n")
+
+    rows = []
+    if ferrite:
+        rows.append(
+            [
+                "ferrite",
+                str(ferrite["new_tokens"]),
+                f"{ferrite['seconds']:.2f}",
+                f"{ferrite['tokens_per_s']:.1f}",
+            ]
+        )
+    rows.append(
+        [
+            f"pytorch ({args.threads} thr, no KV cache)",
+            str(args.max_new_tokens),
+            f"{secs:.2f}",
+            f"{torch_tps:.1f}",
+        ]
+    )
+    print_table(
+        f"sampling: {cfg.n_layer}L/{cfg.n_head}H/{cfg.n_embd}C, block {cfg.block_size}, "
+        f"top-k {args.top_k}, temperature {args.temperature}",
+        ["engine", "new tokens", "seconds", "tokens/s"],
+        rows,
+    )
+    if ferrite:
+        print(
+            f"ratio ferrite/pytorch (tokens/s): {ratio_str(ferrite['tokens_per_s'], torch_tps)}"
+        )
+
+
+# ---------------------------------------------------------------------------
+
+
+def main():
+    ap = argparse.ArgumentParser(
+        description="Compare ferrite with PyTorch.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def common(p):
+        p.add_argument("--ferrite", default=DEFAULT_FERRITE, help="ferrite binary")
+        p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+        p.add_argument(
+            "--torch-only", action="store_true", help="skip the ferrite half"
+        )
+
+    p = sub.add_parser("step", help="training-step throughput")
+    common(p)
+    p.add_argument("--preset", default="shakespeare-char-cpu")
+    p.add_argument("--vocab-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--steps", type=int, default=20, help="timed steps (both engines)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed PyTorch steps")
+    # Only used with --torch-only (otherwise the config comes from ferrite).
+    p.add_argument("--block-size", type=int, default=64)
+    p.add_argument("--n-layer", type=int, default=4)
+    p.add_argument("--n-head", type=int, default=4)
+    p.add_argument("--n-embd", type=int, default=128)
+    p.add_argument("--bias", action="store_true")
+    p.set_defaults(func=cmd_step)
+
+    p = sub.add_parser("train", help="end-to-end shakespeare-char-cpu training")
+    common(p)
+    p.add_argument("--data", required=True, help="corpus, e.g. tinyshakespeare.txt")
+    p.add_argument(
+        "--iters", type=int, default=None, help="shorten both runs (default 2000)"
+    )
+    p.add_argument(
+        "--ferrite-out", default=None, help="ferrite --out (default: temp dir)"
+    )
+    p.add_argument("--torch-out", default=None, help="save the PyTorch run here")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="generation speed from a ferrite checkpoint")
+    common(p)
+    p.add_argument("--checkpoint", required=True, help="ferrite checkpoint directory")
+    p.add_argument("--max-new-tokens", type=int, default=500)
+    p.add_argument("--prompt", default="\n")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=200)
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=cmd_sample)
+
+    args = ap.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

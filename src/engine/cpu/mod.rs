@@ -1,0 +1,246 @@
+//! The CPU backend: `gemm` for matrix multiplies, `rayon` for everything
+//! else, kernels written so that LLVM vectorises their inner loops. Every
+//! reduction has a fixed order, so results do not depend on the thread count.
+
+mod activation;
+mod attention;
+mod embedding;
+mod loss;
+mod matmul;
+mod norm;
+mod optim;
+
+use super::{fastmath, AdamWStep, AttnShape, Backend, Dropout};
+use rayon::prelude::*;
+
+const CHUNK: usize = 8192;
+
+/// The CPU backend. Buffers are plain `Vec<f32>`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+impl Backend for Cpu {
+    type Buf = Vec<f32>;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn zeros(&self, len: usize) -> Vec<f32> {
+        vec![0.0; len]
+    }
+    fn from_host(&self, data: &[f32]) -> Vec<f32> {
+        data.to_vec()
+    }
+    fn to_host(&self, buf: &Vec<f32>) -> Vec<f32> {
+        buf.clone()
+    }
+    fn read_range(&self, buf: &Vec<f32>, offset: usize, len: usize) -> Vec<f32> {
+        buf[offset..offset + len].to_vec()
+    }
+    fn write(&self, buf: &mut Vec<f32>, data: &[f32]) {
+        buf[..data.len()].copy_from_slice(data);
+    }
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+    fn fill(&self, buf: &mut Vec<f32>, value: f32) {
+        buf.par_chunks_mut(CHUNK).for_each(|c| c.fill(value));
+    }
+    fn copy(&self, dst: &mut Vec<f32>, src: &Vec<f32>) {
+        dst.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+    }
+
+    fn add(&self, out: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>) {
+        out.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK))
+            .zip(b.par_chunks(CHUNK))
+            .for_each(|((o, a), b)| {
+                for i in 0..o.len() {
+                    o[i] = a[i] + b[i];
+                }
+            });
+    }
+    fn add_assign(&self, dst: &mut Vec<f32>, src: &Vec<f32>) {
+        dst.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(d, s)| {
+                for i in 0..d.len() {
+                    d[i] += s[i];
+                }
+            });
+    }
+    fn sum_squares(&self, buf: &Vec<f32>) -> f64 {
+        // Per-chunk partial sums combined in order: deterministic.
+        let partial: Vec<f64> = buf
+            .par_chunks(CHUNK)
+            .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+            .collect();
+        partial.iter().sum()
+    }
+    fn dropout(&self, buf: &mut Vec<f32>, drop: Dropout) {
+        if !drop.active() {
+            return;
+        }
+        let scale = 1.0 / (1.0 - drop.p);
+        buf.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, c)| {
+            for (i, x) in c.iter_mut().enumerate() {
+                let idx = (ci * CHUNK + i) as u64;
+                *x = if fastmath::keep(drop.seed, idx, drop.p) { *x * scale } else { 0.0 };
+            }
+        });
+    }
+
+    fn matmul(
+        &self,
+        out: &mut Vec<f32>,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        m: usize,
+        n: usize,
+        k: usize,
+        trans_a: bool,
+        trans_b: bool,
+        accumulate: bool,
+    ) {
+        matmul::matmul(out, a, b, m, n, k, trans_a, trans_b, accumulate);
+    }
+    fn add_bias(&self, out: &mut Vec<f32>, bias: &Vec<f32>, rows: usize, cols: usize) {
+        matmul::add_bias(out, bias, rows, cols);
+    }
+    fn bias_backward(&self, dbias: &mut Vec<f32>, dout: &Vec<f32>, rows: usize, cols: usize) {
+        matmul::bias_backward(dbias, dout, rows, cols);
+    }
+
+    fn embedding_fwd(
+        &self,
+        out: &mut Vec<f32>,
+        wte: &Vec<f32>,
+        wpe: &Vec<f32>,
+        tokens: &[u32],
+        seq: usize,
+        channels: usize,
+        pos_offset: usize,
+    ) {
+        embedding::embedding_fwd(out, wte, wpe, tokens, seq, channels, pos_offset);
+    }
+    fn embedding_bwd(
+        &self,
+        dwte: &mut Vec<f32>,
+        dwpe: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        tokens: &[u32],
+        seq: usize,
+        channels: usize,
+    ) {
+        embedding::embedding_bwd(dwte, dwpe, dout, tokens, seq, channels);
+    }
+
+    fn layernorm_fwd(
+        &self,
+        out: &mut Vec<f32>,
+        mean: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        inp: &Vec<f32>,
+        weight: &Vec<f32>,
+        bias: Option<&Vec<f32>>,
+        rows: usize,
+        channels: usize,
+    ) {
+        norm::layernorm_fwd(out, mean, rstd, inp, weight, bias.map(|b| &b[..]), rows, channels);
+    }
+    fn layernorm_bwd(
+        &self,
+        dinp: &mut Vec<f32>,
+        dweight: &mut Vec<f32>,
+        dbias: Option<&mut Vec<f32>>,
+        dout: &Vec<f32>,
+        inp: &Vec<f32>,
+        weight: &Vec<f32>,
+        mean: &Vec<f32>,
+        rstd: &Vec<f32>,
+        rows: usize,
+        channels: usize,
+    ) {
+        norm::layernorm_bwd(
+            dinp,
+            dweight,
+            dbias.map(|b| &mut b[..]),
+            dout,
+            inp,
+            weight,
+            mean,
+            rstd,
+            rows,
+            channels,
+        );
+    }
+
+    fn gelu_fwd(&self, out: &mut Vec<f32>, inp: &Vec<f32>) {
+        activation::gelu_fwd(out, inp);
+    }
+    fn gelu_bwd(&self, dinp: &mut Vec<f32>, inp: &Vec<f32>, dout: &Vec<f32>) {
+        activation::gelu_bwd(dinp, inp, dout);
+    }
+
+    fn attention_fwd(
+        &self,
+        out: &mut Vec<f32>,
+        probs: &mut Vec<f32>,
+        qkv: &Vec<f32>,
+        shape: AttnShape,
+        drop: Dropout,
+    ) {
+        attention::attention_fwd(out, probs, qkv, shape, drop);
+    }
+    fn attention_bwd(
+        &self,
+        dqkv: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        qkv: &Vec<f32>,
+        probs: &Vec<f32>,
+        shape: AttnShape,
+        drop: Dropout,
+    ) {
+        attention::attention_bwd(dqkv, dout, qkv, probs, shape, drop);
+    }
+    fn attention_cached(
+        &self,
+        out: &mut Vec<f32>,
+        qkv: &Vec<f32>,
+        k_cache: &mut Vec<f32>,
+        v_cache: &mut Vec<f32>,
+        start_pos: usize,
+        rows: usize,
+        channels: usize,
+        heads: usize,
+    ) {
+        attention::attention_cached(out, qkv, k_cache, v_cache, start_pos, rows, channels, heads);
+    }
+
+    fn cross_entropy(
+        &self,
+        losses: &mut Vec<f32>,
+        logits: &mut Vec<f32>,
+        targets: &[u32],
+        rows: usize,
+        vocab: usize,
+        padded_vocab: usize,
+        grad_scale: Option<f32>,
+    ) {
+        loss::cross_entropy(losses, logits, targets, rows, vocab, padded_vocab, grad_scale);
+    }
+
+    fn adamw(
+        &self,
+        param: &mut Vec<f32>,
+        grad: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        step: AdamWStep,
+    ) {
+        optim::adamw(param, grad, m, v, step);
+    }
+}

@@ -1,0 +1,276 @@
+//! Finite-difference checks of every backward kernel. Each check builds a
+//! scalar `L = sum(out * r)` with a fixed random `r`, so `dL/dout = r`, and
+//! compares the analytic input gradient with central differences. The checks
+//! are generic over [`Backend`], so every backend runs the same proof.
+
+use super::{AttnShape, Backend, Dropout};
+
+/// Deterministic pseudo-random values in [-1, 1).
+pub fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let z = super::fastmath::mix64(seed.wrapping_mul(1_000_003) ^ i as u64);
+            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+}
+
+/// Compares `analytic` with central differences of `loss` w.r.t. `x`
+/// on a spread of coordinates.
+pub fn check(name: &str, x: &mut [f32], analytic: &[f32], mut loss: impl FnMut(&[f32]) -> f64) {
+    let h = 1e-2f32;
+    let n = x.len();
+    let stride = (n / 40).max(1);
+    let scale = analytic.iter().fold(0.0f32, |m, g| m.max(g.abs())).max(1e-3);
+    for i in (0..n).step_by(stride) {
+        let orig = x[i];
+        x[i] = orig + h;
+        let lp = loss(x);
+        x[i] = orig - h;
+        let lm = loss(x);
+        x[i] = orig;
+        let numeric = ((lp - lm) / (2.0 * h as f64)) as f32;
+        let err = (numeric - analytic[i]).abs();
+        assert!(
+            err <= 2e-2 * scale + 1e-3 * analytic[i].abs(),
+            "{name}[{i}]: analytic {} vs numeric {numeric} (scale {scale})",
+            analytic[i]
+        );
+    }
+}
+
+pub fn check_matmul<B: Backend>(be: &B) {
+    let (m, n, k) = (6, 5, 7);
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let mut a = rand_vec(m * k, 1);
+        let mut b = rand_vec(k * n, 2);
+        let r = rand_vec(m * n, 3);
+        let fwd = |a: &[f32], b: &[f32]| {
+            let mut out = be.zeros(m * n);
+            be.matmul(&mut out, &be.from_host(a), &be.from_host(b), m, n, k, ta, tb, false);
+            dot(&be.to_host(&out), &r)
+        };
+        // dA = R · op(B)^T, dB = op(A)^T · R, expressed with the same kernel.
+        let rb = be.from_host(&r);
+        let mut da = be.zeros(m * k);
+        if ta {
+            // A stored [k,m]: dA_stored = op(B) · R^T  -> [k, m]
+            be.matmul(&mut da, &be.from_host(&b), &rb, k, m, n, tb, true, false);
+        } else {
+            be.matmul(&mut da, &rb, &be.from_host(&b), m, k, n, false, !tb, false);
+        }
+        let mut db = be.zeros(k * n);
+        if tb {
+            // B stored [n,k]: dB_stored = R^T · op(A) -> [n, k]
+            be.matmul(&mut db, &rb, &be.from_host(&a), n, k, m, true, ta, false);
+        } else {
+            be.matmul(&mut db, &be.from_host(&a), &rb, k, n, m, !ta, false, false);
+        }
+        let (da, db) = (be.to_host(&da), be.to_host(&db));
+        let bc = b.clone();
+        check("matmul dA", &mut a, &da, |a| fwd(a, &bc));
+        let ac = a.clone();
+        check("matmul dB", &mut b, &db, |b| fwd(&ac, b));
+    }
+    // bias
+    let (rows, cols) = (4, 9);
+    let mut bias = rand_vec(cols, 4);
+    let r = rand_vec(rows * cols, 5);
+    let mut dbias = be.zeros(cols);
+    be.bias_backward(&mut dbias, &be.from_host(&r), rows, cols);
+    check("bias", &mut bias, &be.to_host(&dbias), |b| {
+        let mut out = be.zeros(rows * cols);
+        be.add_bias(&mut out, &be.from_host(b), rows, cols);
+        dot(&be.to_host(&out), &r)
+    });
+}
+
+pub fn check_layernorm<B: Backend>(be: &B, with_bias: bool) {
+    let (rows, c) = (5, 24);
+    let mut x = rand_vec(rows * c, 10);
+    let mut w: Vec<f32> = rand_vec(c, 11).iter().map(|v| 1.0 + 0.3 * v).collect();
+    let mut bias = rand_vec(c, 12);
+    let r = rand_vec(rows * c, 13);
+    let fwd = |x: &[f32], w: &[f32], bias: &[f32]| {
+        let (mut out, mut mean, mut rstd) = (be.zeros(rows * c), be.zeros(rows), be.zeros(rows));
+        let bb = be.from_host(bias);
+        let bopt = if with_bias { Some(&bb) } else { None };
+        be.layernorm_fwd(&mut out, &mut mean, &mut rstd, &be.from_host(x), &be.from_host(w), bopt, rows, c);
+        (out, mean, rstd)
+    };
+    let (_, mean, rstd) = fwd(&x, &w, &bias);
+    let mut dx = be.from_host(&vec![0.5; rows * c]); // accumulates onto existing values
+    let (mut dw, mut db) = (be.zeros(c), be.zeros(c));
+    be.layernorm_bwd(
+        &mut dx,
+        &mut dw,
+        if with_bias { Some(&mut db) } else { None },
+        &be.from_host(&r),
+        &be.from_host(&x),
+        &be.from_host(&w),
+        &mean,
+        &rstd,
+        rows,
+        c,
+    );
+    let dx: Vec<f32> = be.to_host(&dx).iter().map(|v| v - 0.5).collect();
+    let loss = |x: &[f32], w: &[f32], b: &[f32]| dot(&be.to_host(&fwd(x, w, b).0), &r);
+    let (wc, bc) = (w.clone(), bias.clone());
+    check("layernorm dx", &mut x, &dx, |x| loss(x, &wc, &bc));
+    let xc = x.clone();
+    check("layernorm dw", &mut w, &be.to_host(&dw), |w| loss(&xc, w, &bc));
+    if with_bias {
+        check("layernorm db", &mut bias, &be.to_host(&db), |b| loss(&xc, &wc, b));
+    }
+}
+
+pub fn check_gelu<B: Backend>(be: &B) {
+    let n = 50;
+    let mut x: Vec<f32> = rand_vec(n, 20).iter().map(|v| 3.0 * v).collect();
+    let r = rand_vec(n, 21);
+    let mut dx = be.zeros(n);
+    be.gelu_bwd(&mut dx, &be.from_host(&x), &be.from_host(&r));
+    check("gelu", &mut x, &be.to_host(&dx), |x| {
+        let mut out = be.zeros(n);
+        be.gelu_fwd(&mut out, &be.from_host(x));
+        dot(&be.to_host(&out), &r)
+    });
+}
+
+pub fn check_attention<B: Backend>(be: &B, drop: Dropout) {
+    let s = AttnShape { batch: 2, seq: 5, channels: 8, heads: 2 };
+    let n = s.batch * s.seq * 3 * s.channels;
+    let mut qkv = rand_vec(n, 30);
+    let r = rand_vec(s.batch * s.seq * s.channels, 31);
+    let fwd = |qkv: &[f32]| {
+        let mut out = be.zeros(s.batch * s.seq * s.channels);
+        let mut probs = be.zeros(s.batch * s.heads * s.seq * s.seq);
+        be.attention_fwd(&mut out, &mut probs, &be.from_host(qkv), s, drop);
+        (out, probs)
+    };
+    let (_, probs) = fwd(&qkv);
+    let mut dqkv = be.from_host(&vec![9.0; n]); // must be overwritten
+    be.attention_bwd(&mut dqkv, &be.from_host(&r), &be.from_host(&qkv), &probs, s, drop);
+    check("attention", &mut qkv, &be.to_host(&dqkv), |q| dot(&be.to_host(&fwd(q).0), &r));
+}
+
+pub fn check_cross_entropy<B: Backend>(be: &B) {
+    let (rows, vocab, padded) = (4, 10, 16);
+    let mut logits: Vec<f32> = rand_vec(rows * padded, 40).iter().map(|v| 2.0 * v).collect();
+    let targets = [3u32, 0, 9, 3];
+    let scale = 0.25;
+    let loss = |l: &[f32]| {
+        let mut losses = be.zeros(rows);
+        be.cross_entropy(&mut losses, &mut be.from_host(l), &targets, rows, vocab, padded, None);
+        be.to_host(&losses).iter().map(|&v| v as f64 * scale as f64).sum::<f64>()
+    };
+    let mut grad = be.from_host(&logits);
+    let mut losses = be.zeros(rows);
+    be.cross_entropy(&mut losses, &mut grad, &targets, rows, vocab, padded, Some(scale));
+    let grad = be.to_host(&grad);
+    for r in 0..rows {
+        assert!(grad[r * padded + vocab..(r + 1) * padded].iter().all(|&g| g == 0.0));
+    }
+    check("cross_entropy", &mut logits, &grad, loss);
+}
+
+pub fn check_embedding<B: Backend>(be: &B) {
+    let (vocab, block, c, seq) = (7, 6, 5, 4);
+    let tokens = [1u32, 3, 1, 6, 0, 1, 2, 1]; // repeats on purpose
+    let mut wte = rand_vec(vocab * c, 50);
+    let mut wpe = rand_vec(block * c, 51);
+    let r = rand_vec(tokens.len() * c, 52);
+    let fwd = |wte: &[f32], wpe: &[f32]| {
+        let mut out = be.zeros(tokens.len() * c);
+        be.embedding_fwd(&mut out, &be.from_host(wte), &be.from_host(wpe), &tokens, seq, c, 0);
+        dot(&be.to_host(&out), &r)
+    };
+    let (mut dwte, mut dwpe) = (be.zeros(vocab * c), be.zeros(block * c));
+    be.embedding_bwd(&mut dwte, &mut dwpe, &be.from_host(&r), &tokens, seq, c);
+    let wpec = wpe.clone();
+    check("embedding wte", &mut wte, &be.to_host(&dwte), |w| fwd(w, &wpec));
+    let wtec = wte.clone();
+    check("embedding wpe", &mut wpe, &be.to_host(&dwpe), |w| fwd(&wtec, w));
+}
+
+pub fn check_dropout<B: Backend>(be: &B) {
+    // Dropout is linear with a fixed mask: its backward is the same call.
+    let n = 64;
+    let drop = Dropout { p: 0.3, seed: 7 };
+    let mut x = rand_vec(n, 60);
+    let r = rand_vec(n, 61);
+    let mut g = be.from_host(&r);
+    be.dropout(&mut g, drop);
+    check("dropout", &mut x, &be.to_host(&g), |x| {
+        let mut b = be.from_host(x);
+        be.dropout(&mut b, drop);
+        dot(&be.to_host(&b), &r)
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::cpu::Cpu;
+
+    #[test]
+    fn matmul_and_bias() {
+        check_matmul(&Cpu);
+    }
+    #[test]
+    fn layernorm() {
+        check_layernorm(&Cpu, true);
+        check_layernorm(&Cpu, false);
+    }
+    #[test]
+    fn gelu() {
+        check_gelu(&Cpu);
+    }
+    #[test]
+    fn attention() {
+        check_attention(&Cpu, Dropout::OFF);
+        check_attention(&Cpu, Dropout { p: 0.25, seed: 3 });
+    }
+    #[test]
+    fn cross_entropy() {
+        check_cross_entropy(&Cpu);
+    }
+    #[test]
+    fn embedding() {
+        check_embedding(&Cpu);
+    }
+    #[test]
+    fn dropout() {
+        check_dropout(&Cpu);
+    }
+
+    #[test]
+    fn cached_attention_matches_training_attention() {
+        let be = Cpu;
+        let s = AttnShape { batch: 1, seq: 7, channels: 12, heads: 3 };
+        let qkv = rand_vec(s.seq * 3 * s.channels, 70);
+        let mut want = be.zeros(s.seq * s.channels);
+        let mut probs = be.zeros(s.heads * s.seq * s.seq);
+        be.attention_fwd(&mut want, &mut probs, &qkv, s, Dropout::OFF);
+        // Prefill 4 rows, then decode the remaining 3 one by one.
+        let (mut kc, mut vc) = (be.zeros(8 * s.channels), be.zeros(8 * s.channels));
+        let c = s.channels;
+        let mut got = vec![0.0; s.seq * c];
+        let mut out = be.zeros(4 * c);
+        be.attention_cached(&mut out, &qkv[..4 * 3 * c].to_vec(), &mut kc, &mut vc, 0, 4, c, 3);
+        got[..4 * c].copy_from_slice(&out);
+        for t in 4..s.seq {
+            let mut o = be.zeros(c);
+            let row = qkv[t * 3 * c..(t + 1) * 3 * c].to_vec();
+            be.attention_cached(&mut o, &row, &mut kc, &mut vc, t, 1, c, 3);
+            got[t * c..(t + 1) * c].copy_from_slice(&o);
+        }
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5);
+        }
+    }
+}
