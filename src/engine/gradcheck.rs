@@ -51,24 +51,24 @@ pub fn check_matmul<B: Backend>(be: &B) {
         let r = rand_vec(m * n, 3);
         let fwd = |a: &[f32], b: &[f32]| {
             let mut out = be.zeros(m * n);
-            be.matmul(&mut out, &be.from_host(a), &be.from_host(b), m, n, k, ta, tb, false);
+            be.matmul(&mut out, &be.upload(a), &be.upload(b), m, n, k, ta, tb, false);
             dot(&be.to_host(&out), &r)
         };
         // dA = R · op(B)^T, dB = op(A)^T · R, expressed with the same kernel.
-        let rb = be.from_host(&r);
+        let rb = be.upload(&r);
         let mut da = be.zeros(m * k);
         if ta {
             // A stored [k,m]: dA_stored = op(B) · R^T  -> [k, m]
-            be.matmul(&mut da, &be.from_host(&b), &rb, k, m, n, tb, true, false);
+            be.matmul(&mut da, &be.upload(&b), &rb, k, m, n, tb, true, false);
         } else {
-            be.matmul(&mut da, &rb, &be.from_host(&b), m, k, n, false, !tb, false);
+            be.matmul(&mut da, &rb, &be.upload(&b), m, k, n, false, !tb, false);
         }
         let mut db = be.zeros(k * n);
         if tb {
             // B stored [n,k]: dB_stored = R^T · op(A) -> [n, k]
-            be.matmul(&mut db, &rb, &be.from_host(&a), n, k, m, true, ta, false);
+            be.matmul(&mut db, &rb, &be.upload(&a), n, k, m, true, ta, false);
         } else {
-            be.matmul(&mut db, &be.from_host(&a), &rb, k, n, m, !ta, false, false);
+            be.matmul(&mut db, &be.upload(&a), &rb, k, n, m, !ta, false, false);
         }
         let (da, db) = (be.to_host(&da), be.to_host(&db));
         let bc = b.clone();
@@ -81,10 +81,10 @@ pub fn check_matmul<B: Backend>(be: &B) {
     let mut bias = rand_vec(cols, 4);
     let r = rand_vec(rows * cols, 5);
     let mut dbias = be.zeros(cols);
-    be.bias_backward(&mut dbias, &be.from_host(&r), rows, cols);
+    be.bias_backward(&mut dbias, &be.upload(&r), rows, cols);
     check("bias", &mut bias, &be.to_host(&dbias), |b| {
         let mut out = be.zeros(rows * cols);
-        be.add_bias(&mut out, &be.from_host(b), rows, cols);
+        be.add_bias(&mut out, &be.upload(b), rows, cols);
         dot(&be.to_host(&out), &r)
     });
 }
@@ -97,21 +97,21 @@ pub fn check_layernorm<B: Backend>(be: &B, with_bias: bool) {
     let r = rand_vec(rows * c, 13);
     let fwd = |x: &[f32], w: &[f32], bias: &[f32]| {
         let (mut out, mut mean, mut rstd) = (be.zeros(rows * c), be.zeros(rows), be.zeros(rows));
-        let bb = be.from_host(bias);
+        let bb = be.upload(bias);
         let bopt = if with_bias { Some(&bb) } else { None };
-        be.layernorm_fwd(&mut out, &mut mean, &mut rstd, &be.from_host(x), &be.from_host(w), bopt, rows, c);
+        be.layernorm_fwd(&mut out, &mut mean, &mut rstd, &be.upload(x), &be.upload(w), bopt, rows, c);
         (out, mean, rstd)
     };
     let (_, mean, rstd) = fwd(&x, &w, &bias);
-    let mut dx = be.from_host(&vec![0.5; rows * c]); // accumulates onto existing values
+    let mut dx = be.upload(&vec![0.5; rows * c]); // accumulates onto existing values
     let (mut dw, mut db) = (be.zeros(c), be.zeros(c));
     be.layernorm_bwd(
         &mut dx,
         &mut dw,
         if with_bias { Some(&mut db) } else { None },
-        &be.from_host(&r),
-        &be.from_host(&x),
-        &be.from_host(&w),
+        &be.upload(&r),
+        &be.upload(&x),
+        &be.upload(&w),
         &mean,
         &rstd,
         rows,
@@ -133,10 +133,10 @@ pub fn check_gelu<B: Backend>(be: &B) {
     let mut x: Vec<f32> = rand_vec(n, 20).iter().map(|v| 3.0 * v).collect();
     let r = rand_vec(n, 21);
     let mut dx = be.zeros(n);
-    be.gelu_bwd(&mut dx, &be.from_host(&x), &be.from_host(&r));
+    be.gelu_bwd(&mut dx, &be.upload(&x), &be.upload(&r));
     check("gelu", &mut x, &be.to_host(&dx), |x| {
         let mut out = be.zeros(n);
-        be.gelu_fwd(&mut out, &be.from_host(x));
+        be.gelu_fwd(&mut out, &be.upload(x));
         dot(&be.to_host(&out), &r)
     });
 }
@@ -149,12 +149,12 @@ pub fn check_attention<B: Backend>(be: &B, drop: Dropout) {
     let fwd = |qkv: &[f32]| {
         let mut out = be.zeros(s.batch * s.seq * s.channels);
         let mut probs = be.zeros(s.batch * s.heads * s.seq * s.seq);
-        be.attention_fwd(&mut out, &mut probs, &be.from_host(qkv), s, drop);
+        be.attention_fwd(&mut out, &mut probs, &be.upload(qkv), s, drop);
         (out, probs)
     };
     let (_, probs) = fwd(&qkv);
-    let mut dqkv = be.from_host(&vec![9.0; n]); // must be overwritten
-    be.attention_bwd(&mut dqkv, &be.from_host(&r), &be.from_host(&qkv), &probs, s, drop);
+    let mut dqkv = be.upload(&vec![9.0; n]); // must be overwritten
+    be.attention_bwd(&mut dqkv, &be.upload(&r), &be.upload(&qkv), &probs, s, drop);
     check("attention", &mut qkv, &be.to_host(&dqkv), |q| dot(&be.to_host(&fwd(q).0), &r));
 }
 
@@ -165,10 +165,10 @@ pub fn check_cross_entropy<B: Backend>(be: &B) {
     let scale = 0.25;
     let loss = |l: &[f32]| {
         let mut losses = be.zeros(rows);
-        be.cross_entropy(&mut losses, &mut be.from_host(l), &targets, rows, vocab, padded, None);
+        be.cross_entropy(&mut losses, &mut be.upload(l), &targets, rows, vocab, padded, None);
         be.to_host(&losses).iter().map(|&v| v as f64 * scale as f64).sum::<f64>()
     };
-    let mut grad = be.from_host(&logits);
+    let mut grad = be.upload(&logits);
     let mut losses = be.zeros(rows);
     be.cross_entropy(&mut losses, &mut grad, &targets, rows, vocab, padded, Some(scale));
     let grad = be.to_host(&grad);
@@ -186,11 +186,11 @@ pub fn check_embedding<B: Backend>(be: &B) {
     let r = rand_vec(tokens.len() * c, 52);
     let fwd = |wte: &[f32], wpe: &[f32]| {
         let mut out = be.zeros(tokens.len() * c);
-        be.embedding_fwd(&mut out, &be.from_host(wte), &be.from_host(wpe), &tokens, seq, c, 0);
+        be.embedding_fwd(&mut out, &be.upload(wte), &be.upload(wpe), &tokens, seq, c, 0);
         dot(&be.to_host(&out), &r)
     };
     let (mut dwte, mut dwpe) = (be.zeros(vocab * c), be.zeros(block * c));
-    be.embedding_bwd(&mut dwte, &mut dwpe, &be.from_host(&r), &tokens, seq, c);
+    be.embedding_bwd(&mut dwte, &mut dwpe, &be.upload(&r), &tokens, seq, c);
     let wpec = wpe.clone();
     check("embedding wte", &mut wte, &be.to_host(&dwte), |w| fwd(w, &wpec));
     let wtec = wte.clone();
@@ -203,10 +203,10 @@ pub fn check_dropout<B: Backend>(be: &B) {
     let drop = Dropout { p: 0.3, seed: 7 };
     let mut x = rand_vec(n, 60);
     let r = rand_vec(n, 61);
-    let mut g = be.from_host(&r);
+    let mut g = be.upload(&r);
     be.dropout(&mut g, drop);
     check("dropout", &mut x, &be.to_host(&g), |x| {
-        let mut b = be.from_host(x);
+        let mut b = be.upload(x);
         be.dropout(&mut b, drop);
         dot(&be.to_host(&b), &r)
     });

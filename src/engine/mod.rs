@@ -7,6 +7,7 @@ pub mod cpu;
 pub mod fastmath;
 #[cfg(test)]
 pub mod gradcheck;
+pub mod profile;
 
 /// Shape of a causal self-attention call over a fused `qkv` buffer laid out
 /// `[batch, seq, 3 * channels]` (q, k, v along the last axis).
@@ -68,7 +69,7 @@ pub trait Backend: Send + Sync {
 
     // ---- memory ----
     fn zeros(&self, len: usize) -> Self::Buf;
-    fn from_host(&self, data: &[f32]) -> Self::Buf;
+    fn upload(&self, data: &[f32]) -> Self::Buf;
     fn to_host(&self, buf: &Self::Buf) -> Vec<f32>;
     /// Copies `len` values starting at `offset` back to the host.
     fn read_range(&self, buf: &Self::Buf, offset: usize, len: usize) -> Vec<f32>;
@@ -221,12 +222,5 @@ pub trait Backend: Send + Sync {
     );
 
     // ---- optimizer ----
-    fn adamw(
-        &self,
-        param: &mut Self::Buf,
-        grad: &Self::Buf,
-        m: &mut Self::Buf,
-        v: &mut Self::Buf,
-        step: AdamWStep,
-    );
+    fn adamw(&self, param: &mut Self::Buf, grad: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, step: AdamWStep);
 }

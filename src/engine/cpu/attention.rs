@@ -1,118 +1,179 @@
 //! Causal multi-head self-attention over a fused `[B, T, 3C]` qkv buffer.
 //!
-//! Training stores the softmax probabilities (`[B, H, T, T]`): at the block
-//! sizes we train on they are small next to the MLP activations, and the
-//! backward then costs no recomputation. Inference with a KV cache uses a
-//! single-pass online softmax per query, so nothing quadratic is stored.
+//! Training works one (batch, head) pair at a time, in parallel across
+//! pairs: the score, value and gradient products are small matrix multiplies
+//! done by `gemm` straight on the strided q/k/v columns of `qkv` (no copies),
+//! and the softmax probabilities (`[B, H, T, T]`) are kept for backward so it
+//! needs no recomputation. Inference with a KV cache uses a single-pass
+//! online softmax per query, so nothing quadratic is stored.
 
+use super::matmul::{gemm_serial, View};
 use crate::engine::fastmath::{self, axpy, dot};
 use crate::engine::{AttnShape, Dropout};
 use rayon::prelude::*;
 
-/// Global index of probability `(b, h, t, t2)`; also the dropout counter.
-#[inline]
-fn prob_index(s: &AttnShape, b: usize, h: usize, t: usize, t2: usize) -> usize {
-    ((b * s.heads + h) * s.seq + t) * s.seq + t2
+/// A raw pointer that rayon tasks may share: the tasks write disjoint
+/// columns (one head each) of the same rows.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+impl SharedMut {
+    /// A method (not a field access) so closures capture the whole wrapper.
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY (callers): offset stays inside the buffer the pointer came from.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// Multiplies the probabilities of one (batch, head) block `[T, T]` by the
+/// dropout mask into `dst` (the mask is a pure function of the global index).
+fn apply_dropout(dst: &mut [f32], probs: &[f32], first_index: usize, drop: Dropout) {
+    let keep_scale = 1.0 / (1.0 - drop.p);
+    for (i, (d, &p)) in dst.iter_mut().zip(probs).enumerate() {
+        let kept = fastmath::keep(drop.seed, (first_index + i) as u64, drop.p);
+        *d = if kept { p * keep_scale } else { 0.0 };
+    }
+}
+
+/// Row `i` of a causal score matrix becomes its softmax over `0..=i`; the
+/// masked positions become 0.
+fn causal_softmax(p: &mut [f32], t_len: usize) {
+    for (i, row) in p.chunks_exact_mut(t_len).enumerate() {
+        let (live, masked) = row.split_at_mut(i + 1);
+        let m = fastmath::max(live);
+        for x in live.iter_mut() {
+            *x = fastmath::exp(*x - m);
+        }
+        let inv = 1.0 / fastmath::sum(live);
+        for x in live.iter_mut() {
+            *x *= inv;
+        }
+        masked.fill(0.0);
+    }
 }
 
 pub fn attention_fwd(out: &mut [f32], probs: &mut [f32], qkv: &[f32], s: AttnShape, drop: Dropout) {
-    let (t_len, c, hd) = (s.seq, s.channels, s.head_dim());
+    let (t_len, c, hd, heads) = (s.seq, s.channels, s.head_dim(), s.heads);
+    let tt = t_len * t_len;
+    assert!(out.len() >= s.batch * t_len * c && qkv.len() >= s.batch * t_len * 3 * c);
     let scale = 1.0 / (hd as f32).sqrt();
-    let keep_scale = 1.0 / (1.0 - drop.p);
-    out[..s.batch * t_len * c]
-        .par_chunks_mut(t_len * c)
-        .zip(probs[..s.batch * s.heads * t_len * t_len].par_chunks_mut(s.heads * t_len * t_len))
-        .enumerate()
-        .for_each(|(b, (out_b, probs_b))| {
-            let qkv_b = &qkv[b * t_len * 3 * c..(b + 1) * t_len * 3 * c];
-            for h in 0..s.heads {
-                for t in 0..t_len {
-                    let q = &qkv_b[t * 3 * c + h * hd..][..hd];
-                    let row = &mut probs_b[(h * t_len + t) * t_len..][..t_len];
-                    for t2 in 0..=t {
-                        let k = &qkv_b[t2 * 3 * c + c + h * hd..][..hd];
-                        row[t2] = dot(q, k) * scale;
-                    }
-                    let m = fastmath::max(&row[..=t]);
-                    for x in row[..=t].iter_mut() {
-                        *x = fastmath::exp(*x - m);
-                    }
-                    let inv = 1.0 / fastmath::sum(&row[..=t]);
-                    for x in row[..=t].iter_mut() {
-                        *x *= inv;
-                    }
-                    row[t + 1..].fill(0.0);
-                    let o = &mut out_b[t * c + h * hd..][..hd];
-                    o.fill(0.0);
-                    for t2 in 0..=t {
-                        let mut p = row[t2];
-                        if drop.active() {
-                            let idx = prob_index(&s, b, h, t, t2) as u64;
-                            p = if fastmath::keep(drop.seed, idx, drop.p) { p * keep_scale } else { 0.0 };
-                        }
-                        let v = &qkv_b[t2 * 3 * c + 2 * c + h * hd..][..hd];
-                        axpy(o, p, v);
-                    }
-                }
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    probs[..s.batch * heads * tt].par_chunks_mut(tt).enumerate().for_each_init(
+        || vec![0.0f32; if drop.active() { tt } else { 0 }],
+        |dropped, (bh, p)| {
+            let (b, h) = (bh / heads, bh % heads);
+            let q = qkv[b * t_len * 3 * c + h * hd..].as_ptr();
+            // SAFETY: all views stay inside this batch row of qkv, out and
+            // this task's own probability block; tasks write disjoint heads.
+            unsafe {
+                let (k, v) = (q.add(c), q.add(2 * c));
+                gemm_serial(
+                    t_len,
+                    t_len,
+                    hd,
+                    p.as_mut_ptr(),
+                    t_len,
+                    false,
+                    View::rows(q, 3 * c),
+                    View::transposed(k, 3 * c),
+                    scale,
+                );
+                causal_softmax(p, t_len);
+                let pd = if drop.active() {
+                    apply_dropout(dropped, p, bh * tt, drop);
+                    dropped.as_ptr()
+                } else {
+                    p.as_ptr()
+                };
+                let o = out_ptr.at(b * t_len * c + h * hd);
+                gemm_serial(t_len, hd, t_len, o, c, false, View::rows(pd, t_len), View::rows(v, 3 * c), 1.0);
             }
-        });
+        },
+    );
 }
 
-pub fn attention_bwd(
-    dqkv: &mut [f32],
-    dout: &[f32],
-    qkv: &[f32],
-    probs: &[f32],
-    s: AttnShape,
-    drop: Dropout,
-) {
-    let (t_len, c, hd) = (s.seq, s.channels, s.head_dim());
+/// Overwrites `dqkv`.
+pub fn attention_bwd(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], probs: &[f32], s: AttnShape, drop: Dropout) {
+    let (t_len, c, hd, heads) = (s.seq, s.channels, s.head_dim(), s.heads);
+    let tt = t_len * t_len;
+    assert!(dqkv.len() >= s.batch * t_len * 3 * c && dout.len() >= s.batch * t_len * c);
+    assert!(probs.len() >= s.batch * heads * tt);
     let scale = 1.0 / (hd as f32).sqrt();
     let keep_scale = 1.0 / (1.0 - drop.p);
-    dqkv[..s.batch * t_len * 3 * c]
-        .par_chunks_mut(t_len * 3 * c)
-        .enumerate()
-        .for_each(|(b, dqkv_b)| {
-            dqkv_b.fill(0.0);
-            let qkv_b = &qkv[b * t_len * 3 * c..(b + 1) * t_len * 3 * c];
-            let mut dp = vec![0.0f32; t_len];
-            let mut pd = vec![0.0f32; t_len];
-            let mut dq = vec![0.0f32; hd];
-            for h in 0..s.heads {
-                for t in 0..t_len {
-                    let p = &probs[prob_index(&s, b, h, t, 0)..][..t + 1];
-                    let go = &dout[(b * t_len + t) * c + h * hd..][..hd];
-                    // Probabilities after dropout, and dL/d(dropped probs).
-                    for t2 in 0..=t {
-                        let mut mask = 1.0;
-                        if drop.active() {
-                            let idx = prob_index(&s, b, h, t, t2) as u64;
-                            mask = if fastmath::keep(drop.seed, idx, drop.p) { keep_scale } else { 0.0 };
+    let dqkv_ptr = SharedMut(dqkv.as_mut_ptr());
+    (0..s.batch * heads).into_par_iter().for_each_init(
+        || (vec![0.0f32; tt], vec![0.0f32; if drop.active() { tt } else { 0 }]),
+        |(dp, dropped), bh| {
+            let (b, h) = (bh / heads, bh % heads);
+            let p = &probs[bh * tt..(bh + 1) * tt];
+            let q = qkv[b * t_len * 3 * c + h * hd..].as_ptr();
+            let go = dout[b * t_len * c + h * hd..].as_ptr();
+            let dq = dqkv_ptr.at(b * t_len * 3 * c + h * hd);
+            // SAFETY: as in the forward pass; this task writes only head h's
+            // q/k/v gradient columns of batch row b.
+            unsafe {
+                let (k, v) = (q.add(c), q.add(2 * c));
+                let (dk, dv) = (dq.add(c), dq.add(2 * c));
+                let pd = if drop.active() {
+                    apply_dropout(dropped, p, bh * tt, drop);
+                    dropped.as_ptr()
+                } else {
+                    p.as_ptr()
+                };
+                // d(dropped probs) = dO · V^T ; dV = dropped^T · dO.
+                gemm_serial(
+                    t_len,
+                    t_len,
+                    hd,
+                    dp.as_mut_ptr(),
+                    t_len,
+                    false,
+                    View::rows(go, c),
+                    View::transposed(v, 3 * c),
+                    1.0,
+                );
+                gemm_serial(t_len, hd, t_len, dv, 3 * c, false, View::transposed(pd, t_len), View::rows(go, c), 1.0);
+                // Through dropout, then softmax: dS = P * (dP - sum(P * dP)), scaled.
+                for (i, (dp_row, p_row)) in dp.chunks_exact_mut(t_len).zip(p.chunks_exact(t_len)).enumerate() {
+                    if drop.active() {
+                        for (j, d) in dp_row[..=i].iter_mut().enumerate() {
+                            let idx = (bh * tt + i * t_len + j) as u64;
+                            *d *= if fastmath::keep(drop.seed, idx, drop.p) { keep_scale } else { 0.0 };
                         }
-                        pd[t2] = p[t2] * mask;
-                        let v = &qkv_b[t2 * 3 * c + 2 * c + h * hd..][..hd];
-                        dp[t2] = dot(go, v) * mask;
-                        let dv = &mut dqkv_b[t2 * 3 * c + 2 * c + h * hd..][..hd];
-                        axpy(dv, pd[t2], go);
                     }
-                    // Softmax backward: ds = p * (dp - sum(p * dp)).
-                    let pdp = dot(p, &dp[..=t]);
-                    dq.fill(0.0);
-                    let q = &qkv_b[t * 3 * c + h * hd..][..hd];
-                    for t2 in 0..=t {
-                        let ds = p[t2] * (dp[t2] - pdp) * scale;
-                        let k = &qkv_b[t2 * 3 * c + c + h * hd..][..hd];
-                        axpy(&mut dq, ds, k);
-                        let dk = &mut dqkv_b[t2 * 3 * c + c + h * hd..][..hd];
-                        axpy(dk, ds, q);
+                    let pdp = dot(&p_row[..=i], &dp_row[..=i]);
+                    for (d, &pv) in dp_row[..=i].iter_mut().zip(&p_row[..=i]) {
+                        *d = pv * (*d - pdp) * scale;
                     }
-                    let dqt = &mut dqkv_b[t * 3 * c + h * hd..][..hd];
-                    for (d, x) in dqt.iter_mut().zip(&dq) {
-                        *d += x;
-                    }
+                    dp_row[i + 1..].fill(0.0);
                 }
+                // dQ = dS · K ; dK = dS^T · Q.
+                gemm_serial(
+                    t_len,
+                    hd,
+                    t_len,
+                    dq,
+                    3 * c,
+                    false,
+                    View::rows(dp.as_ptr(), t_len),
+                    View::rows(k, 3 * c),
+                    1.0,
+                );
+                gemm_serial(
+                    t_len,
+                    hd,
+                    t_len,
+                    dk,
+                    3 * c,
+                    false,
+                    View::transposed(dp.as_ptr(), t_len),
+                    View::rows(q, 3 * c),
+                    1.0,
+                );
             }
-        });
+        },
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -163,9 +224,6 @@ pub fn attention_cached(
             }
         }
     } else {
-        out[..rows * c]
-            .par_chunks_mut(hd)
-            .enumerate()
-            .for_each(|(j, o)| one(j / heads, j % heads, o));
+        out[..rows * c].par_chunks_mut(hd).enumerate().for_each(|(j, o)| one(j / heads, j % heads, o));
     }
 }

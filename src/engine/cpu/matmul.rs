@@ -37,11 +37,8 @@ pub fn matmul(
     let (a_cs, a_rs) = if trans_a { (m as isize, 1) } else { (1, k as isize) };
     let (b_cs, b_rs) = if trans_b { (k as isize, 1) } else { (1, n as isize) };
     let threads = rayon::current_num_threads();
-    let par = if m * n * k >= PARALLEL_MIN_FLOPS && threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
+    let par =
+        if m * n * k >= PARALLEL_MIN_FLOPS && threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     // SAFETY: the asserts above guarantee every index gemm touches is in bounds;
     // `out` does not alias `a` or `b` (distinct borrows).
     unsafe {
@@ -69,38 +66,96 @@ pub fn matmul(
     }
 }
 
+/// A strided matrix view for [`gemm_serial`]: element `(i, j)` is at
+/// `ptr + i * rs + j * cs`.
+#[derive(Clone, Copy)]
+pub struct View {
+    pub ptr: *const f32,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+impl View {
+    /// Row-major with row stride `rs`.
+    pub fn rows(ptr: *const f32, rs: usize) -> View {
+        View { ptr, rs: rs as isize, cs: 1 }
+    }
+    /// The transpose of a row-major matrix with row stride `rs`.
+    pub fn transposed(ptr: *const f32, rs: usize) -> View {
+        View { ptr, rs: 1, cs: rs as isize }
+    }
+}
+
+/// Single-threaded `dst[m,n] (+)= scale * a[m,k] · b[k,n]` on strided views:
+/// the building block of kernels that are themselves parallel over
+/// independent problems (attention heads), where `dst` is a row-major view
+/// with row stride `dst_rs`.
+///
+/// # Safety
+/// Every element the views address must be valid, and `dst` must not
+/// overlap `a`, `b`, or anything another thread touches meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    a: View,
+    b: View,
+    scale: f32,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        a.ptr,
+        a.cs,
+        a.rs,
+        b.ptr,
+        b.cs,
+        b.rs,
+        1.0f32,
+        scale,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
+}
+
 pub fn add_bias(out: &mut [f32], bias: &[f32], rows: usize, cols: usize) {
-    out[..rows * cols]
-        .par_chunks_mut(cols * 64)
-        .for_each(|chunk| {
-            for row in chunk.chunks_exact_mut(cols) {
-                for (o, b) in row.iter_mut().zip(bias) {
-                    *o += b;
-                }
+    out[..rows * cols].par_chunks_mut(cols * 64).for_each(|chunk| {
+        for row in chunk.chunks_exact_mut(cols) {
+            for (o, b) in row.iter_mut().zip(bias) {
+                *o += b;
             }
-        });
+        }
+    });
 }
 
 /// `dbias += column sums of dout`; parallel over column blocks so the
 /// summation order (and hence the result) never depends on the thread count.
 pub fn bias_backward(dbias: &mut [f32], dout: &[f32], rows: usize, cols: usize) {
     const BLOCK: usize = 64;
-    dbias[..cols]
-        .par_chunks_mut(BLOCK)
-        .enumerate()
-        .for_each(|(bi, db)| {
-            let c0 = bi * BLOCK;
-            let mut acc = vec![0.0f32; db.len()];
-            for r in 0..rows {
-                let row = &dout[r * cols + c0..r * cols + c0 + db.len()];
-                for (a, x) in acc.iter_mut().zip(row) {
-                    *a += x;
-                }
+    dbias[..cols].par_chunks_mut(BLOCK).enumerate().for_each(|(bi, db)| {
+        let c0 = bi * BLOCK;
+        let mut acc = vec![0.0f32; db.len()];
+        for r in 0..rows {
+            let row = &dout[r * cols + c0..r * cols + c0 + db.len()];
+            for (a, x) in acc.iter_mut().zip(row) {
+                *a += x;
             }
-            for (d, a) in db.iter_mut().zip(&acc) {
-                *d += a;
-            }
-        });
+        }
+        for (d, a) in db.iter_mut().zip(&acc) {
+            *d += a;
+        }
+    });
 }
 
 #[cfg(test)]
@@ -150,9 +205,9 @@ mod tests {
         let dout: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
         let mut db = vec![1.0; cols];
         bias_backward(&mut db, &dout, rows, cols);
-        for c in 0..cols {
+        for (c, &got) in db.iter().enumerate() {
             let want: f32 = 1.0 + (0..rows).map(|r| (r * cols + c) as f32).sum::<f32>();
-            assert_eq!(db[c], want);
+            assert_eq!(got, want);
         }
     }
 }

@@ -29,7 +29,7 @@ impl Backend for Cpu {
     fn zeros(&self, len: usize) -> Vec<f32> {
         vec![0.0; len]
     }
-    fn from_host(&self, data: &[f32]) -> Vec<f32> {
+    fn upload(&self, data: &[f32]) -> Vec<f32> {
         data.to_vec()
     }
     fn to_host(&self, buf: &Vec<f32>) -> Vec<f32> {
@@ -48,36 +48,26 @@ impl Backend for Cpu {
         buf.par_chunks_mut(CHUNK).for_each(|c| c.fill(value));
     }
     fn copy(&self, dst: &mut Vec<f32>, src: &Vec<f32>) {
-        dst.par_chunks_mut(CHUNK)
-            .zip(src.par_chunks(CHUNK))
-            .for_each(|(d, s)| d.copy_from_slice(s));
+        dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
     }
 
     fn add(&self, out: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>) {
-        out.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK))
-            .zip(b.par_chunks(CHUNK))
-            .for_each(|((o, a), b)| {
-                for i in 0..o.len() {
-                    o[i] = a[i] + b[i];
-                }
-            });
+        out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((o, a), b)| {
+            for i in 0..o.len() {
+                o[i] = a[i] + b[i];
+            }
+        });
     }
     fn add_assign(&self, dst: &mut Vec<f32>, src: &Vec<f32>) {
-        dst.par_chunks_mut(CHUNK)
-            .zip(src.par_chunks(CHUNK))
-            .for_each(|(d, s)| {
-                for i in 0..d.len() {
-                    d[i] += s[i];
-                }
-            });
+        dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| {
+            for i in 0..d.len() {
+                d[i] += s[i];
+            }
+        });
     }
     fn sum_squares(&self, buf: &Vec<f32>) -> f64 {
         // Per-chunk partial sums combined in order: deterministic.
-        let partial: Vec<f64> = buf
-            .par_chunks(CHUNK)
-            .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-            .collect();
+        let partial: Vec<f64> = buf.par_chunks(CHUNK).map(fastmath::sum_squares_f64).collect();
         partial.iter().sum()
     }
     fn dropout(&self, buf: &mut Vec<f32>, drop: Dropout) {
@@ -164,18 +154,7 @@ impl Backend for Cpu {
         rows: usize,
         channels: usize,
     ) {
-        norm::layernorm_bwd(
-            dinp,
-            dweight,
-            dbias.map(|b| &mut b[..]),
-            dout,
-            inp,
-            weight,
-            mean,
-            rstd,
-            rows,
-            channels,
-        );
+        norm::layernorm_bwd(dinp, dweight, dbias.map(|b| &mut b[..]), dout, inp, weight, mean, rstd, rows, channels);
     }
 
     fn gelu_fwd(&self, out: &mut Vec<f32>, inp: &Vec<f32>) {
@@ -185,14 +164,7 @@ impl Backend for Cpu {
         activation::gelu_bwd(dinp, inp, dout);
     }
 
-    fn attention_fwd(
-        &self,
-        out: &mut Vec<f32>,
-        probs: &mut Vec<f32>,
-        qkv: &Vec<f32>,
-        shape: AttnShape,
-        drop: Dropout,
-    ) {
+    fn attention_fwd(&self, out: &mut Vec<f32>, probs: &mut Vec<f32>, qkv: &Vec<f32>, shape: AttnShape, drop: Dropout) {
         attention::attention_fwd(out, probs, qkv, shape, drop);
     }
     fn attention_bwd(
@@ -233,14 +205,7 @@ impl Backend for Cpu {
         loss::cross_entropy(losses, logits, targets, rows, vocab, padded_vocab, grad_scale);
     }
 
-    fn adamw(
-        &self,
-        param: &mut Vec<f32>,
-        grad: &Vec<f32>,
-        m: &mut Vec<f32>,
-        v: &mut Vec<f32>,
-        step: AdamWStep,
-    ) {
+    fn adamw(&self, param: &mut Vec<f32>, grad: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, step: AdamWStep) {
         optim::adamw(param, grad, m, v, step);
     }
 }

@@ -28,12 +28,7 @@ pub fn layernorm_fwd(
                 let r = ti * ROWS_PER_TASK + ri;
                 let x = &inp[r * c..(r + 1) * c];
                 let m = fastmath::sum(x) / c as f32;
-                let mut var_acc = 0.0f32;
-                for &xi in x {
-                    let d = xi - m;
-                    var_acc += d * d;
-                }
-                let s = 1.0 / (var_acc / c as f32 + EPS).sqrt();
+                let s = 1.0 / (fastmath::sum_sq_dev(x, m) / c as f32 + EPS).sqrt();
                 match bias {
                     Some(b) => {
                         for i in 0..c {
@@ -67,29 +62,22 @@ pub fn layernorm_bwd(
     c: usize,
 ) {
     // Input gradient: rows are independent.
-    dinp[..rows * c]
-        .par_chunks_mut(c * ROWS_PER_TASK)
-        .enumerate()
-        .for_each(|(ti, d)| {
-            for (ri, drow) in d.chunks_exact_mut(c).enumerate() {
-                let r = ti * ROWS_PER_TASK + ri;
-                let x = &inp[r * c..(r + 1) * c];
-                let g = &dout[r * c..(r + 1) * c];
-                let (m, s) = (mean[r], rstd[r]);
-                let mut sum_dn = 0.0f32;
-                let mut sum_dn_n = 0.0f32;
-                for i in 0..c {
-                    let dn = g[i] * weight[i];
-                    sum_dn += dn;
-                    sum_dn_n += dn * (x[i] - m) * s;
-                }
-                let (mdn, mdnn) = (sum_dn / c as f32, sum_dn_n / c as f32);
-                for i in 0..c {
-                    let norm = (x[i] - m) * s;
-                    drow[i] += (g[i] * weight[i] - mdn - norm * mdnn) * s;
-                }
+    dinp[..rows * c].par_chunks_mut(c * ROWS_PER_TASK).enumerate().for_each(|(ti, d)| {
+        for (ri, drow) in d.chunks_exact_mut(c).enumerate() {
+            let r = ti * ROWS_PER_TASK + ri;
+            let x = &inp[r * c..(r + 1) * c];
+            let g = &dout[r * c..(r + 1) * c];
+            let (m, s) = (mean[r], rstd[r]);
+            // sum(g * w) and sum(g * w * normalised x).
+            let sum_dn = fastmath::dot(g, &weight[..c]);
+            let sum_dn_n = (fastmath::dot3(g, &weight[..c], x) - m * sum_dn) * s;
+            let (mdn, mdnn) = (sum_dn / c as f32, sum_dn_n / c as f32);
+            for i in 0..c {
+                let norm = (x[i] - m) * s;
+                drow[i] += (g[i] * weight[i] - mdn - norm * mdnn) * s;
             }
-        });
+        }
+    });
     // Parameter gradients: parallel over column blocks, rows summed in order,
     // so the result does not depend on the thread count.
     const COLS: usize = 32;
@@ -112,9 +100,6 @@ pub fn layernorm_bwd(
             .zip(db[..c].par_chunks_mut(COLS))
             .enumerate()
             .for_each(|(bi, (dw, db))| param_grad(bi * COLS, dw, Some(db))),
-        None => dweight[..c]
-            .par_chunks_mut(COLS)
-            .enumerate()
-            .for_each(|(bi, dw)| param_grad(bi * COLS, dw, None)),
+        None => dweight[..c].par_chunks_mut(COLS).enumerate().for_each(|(bi, dw)| param_grad(bi * COLS, dw, None)),
     }
 }
