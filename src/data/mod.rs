@@ -1,0 +1,8 @@
+//! Tokenizers and datasets.
+
+pub mod dataset;
+pub mod download;
+pub mod tokenizer;
+
+pub use dataset::{Dataset, Split};
+pub use tokenizer::Tokenizer;

@@ -1,0 +1,174 @@
+//! Checkpoints: a directory with `model.safetensors`, `optimizer.safetensors`,
+//! `config.json` and `state.json`, written into a temporary directory and
+//! renamed into place so a crash never leaves a half-written checkpoint.
+
+use super::config::TrainConfig;
+use crate::data::Tokenizer;
+use crate::engine::Backend;
+use crate::model::params::param_specs;
+use crate::model::params::{load_safetensors, save_safetensors, take_params, ParamSpec};
+use crate::model::{Gpt, ModelConfig};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const FORMAT: &str = "ferrite-checkpoint";
+pub const VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckpointConfig {
+    pub format: String,
+    pub version: u32,
+    pub model: ModelConfig,
+    pub tokenizer: Tokenizer,
+    pub train: TrainConfig,
+}
+
+/// Training progress needed to resume exactly.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer updates done so far.
+    pub step: usize,
+    pub best_val_loss: Option<f64>,
+    pub tokens_seen: u64,
+}
+
+pub struct Checkpoint {
+    pub config: CheckpointConfig,
+    pub params: Vec<Vec<f32>>,
+    /// Adam moments `(m, v)` per parameter, when present.
+    pub moments: Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)>,
+    pub state: TrainState,
+}
+
+/// Which checkpoint of a run directory to pick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prefer {
+    /// Lowest validation loss (for sampling).
+    Best,
+    /// Most recent (for resuming).
+    Last,
+}
+
+/// Accepts a checkpoint directory or a run directory (then its `best` or
+/// `last` as `prefer` says, else the other, else a leftover of an
+/// interrupted save).
+pub fn resolve_dir(dir: &Path, prefer: Prefer) -> Result<PathBuf> {
+    if !dir.exists() {
+        bail!("checkpoint {} does not exist", dir.display());
+    }
+    if dir.join("config.json").exists() {
+        return Ok(dir.to_path_buf());
+    }
+    let order = match prefer {
+        Prefer::Best => ["best", "last", "best.old", "last.old"],
+        Prefer::Last => ["last", "best", "last.old", "best.old"],
+    };
+    for sub in order {
+        if dir.join(sub).join("config.json").exists() {
+            return Ok(dir.join(sub));
+        }
+    }
+    bail!("{} is not a ferrite checkpoint (no config.json in it, its best/ or its last/)", dir.display())
+}
+
+pub fn load_config(dir: &Path) -> Result<CheckpointConfig> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let cfg: CheckpointConfig = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a ferrite checkpoint config", path.display()))?;
+    if cfg.format != FORMAT || cfg.version != VERSION {
+        bail!("{}: unsupported checkpoint format {} v{}", path.display(), cfg.format, cfg.version);
+    }
+    cfg.model.validate()?;
+    if cfg.tokenizer.vocab_size() != cfg.model.vocab_size {
+        bail!(
+            "{}: tokenizer has {} symbols but the model {}",
+            path.display(),
+            cfg.tokenizer.vocab_size(),
+            cfg.model.vocab_size
+        );
+    }
+    Ok(cfg)
+}
+
+/// Loads a checkpoint; `with_optimizer` also reads the Adam moments.
+pub fn load(dir: &Path, specs_of: impl Fn(&ModelConfig) -> Vec<ParamSpec>, with_optimizer: bool) -> Result<Checkpoint> {
+    let config = load_config(dir)?;
+    let specs = specs_of(&config.model);
+    let model_file = dir.join("model.safetensors");
+    let params = take_params(&specs, load_safetensors(&model_file)?, "", &model_file)?;
+    let state_path = dir.join("state.json");
+    let state: TrainState = serde_json::from_str(
+        &std::fs::read_to_string(&state_path).with_context(|| format!("cannot read {}", state_path.display()))?,
+    )
+    .with_context(|| format!("{} is corrupt", state_path.display()))?;
+    let moments = if with_optimizer {
+        let f = dir.join("optimizer.safetensors");
+        let t = load_safetensors(&f)?;
+        let mut m_t = t.clone();
+        m_t.retain(|k, _| k.starts_with("m."));
+        let mut v_t = t;
+        v_t.retain(|k, _| k.starts_with("v."));
+        Some((take_params(&specs, m_t, "m.", &f)?, take_params(&specs, v_t, "v.", &f)?))
+    } else {
+        None
+    };
+    Ok(Checkpoint { config, params, moments, state })
+}
+
+/// Loads a model for inference from a checkpoint or run directory (its best
+/// checkpoint). Returns the model, its configuration and the directory used.
+pub fn load_model<B: Backend>(be: B, dir: &Path) -> Result<(Gpt<B>, CheckpointConfig, PathBuf)> {
+    let dir = resolve_dir(dir, Prefer::Best)?;
+    let ck = load(&dir, param_specs, false)?;
+    let model = Gpt::from_host(be, ck.config.model.clone(), &ck.params);
+    Ok((model, ck.config, dir))
+}
+
+/// Writes a checkpoint to `dir` atomically (temp dir, then rename).
+pub fn save<'a>(
+    dir: &Path,
+    config: &CheckpointConfig,
+    specs: &[ParamSpec],
+    params: &'a [Vec<f32>],
+    moments: (&'a [Vec<f32>], &'a [Vec<f32>]),
+    state: &TrainState,
+) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("ckpt");
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    let named = |prefix: &str, data: &'a [Vec<f32>]| named_tensors(specs, prefix, data);
+    save_safetensors(&tmp.join("model.safetensors"), &named("", params))?;
+    let mut opt = named("m.", moments.0);
+    opt.extend(named("v.", moments.1));
+    save_safetensors(&tmp.join("optimizer.safetensors"), &opt)?;
+    std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(config)?)?;
+    std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
+    for f in std::fs::read_dir(&tmp)? {
+        std::fs::File::open(f?.path())?.sync_all()?;
+    }
+    // Swap: dir -> dir.old, tmp -> dir, drop dir.old. A crash in between
+    // leaves dir.old, which resolve_dir falls back to.
+    let old = parent.join(format!("{name}.old"));
+    if dir.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        std::fs::rename(dir, &old)?;
+    }
+    std::fs::rename(&tmp, dir).with_context(|| format!("cannot move checkpoint into {}", dir.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}
+
+fn named_tensors<'a>(specs: &[ParamSpec], prefix: &str, data: &'a [Vec<f32>]) -> Vec<(String, Vec<usize>, &'a [f32])> {
+    specs.iter().zip(data).map(|(s, d)| (format!("{prefix}{}", s.name), s.shape.clone(), &d[..])).collect()
+}

@@ -1,0 +1,327 @@
+//! The training configuration: presets, TOML files and `--key value`
+//! overrides all resolve into one flat [`TrainConfig`].
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::path::Path;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    // ---- data ----
+    /// Text file to train on; empty means tiny Shakespeare from the cache.
+    pub data: String,
+    /// `char` or `byte`.
+    pub tokenizer: String,
+    /// Fraction of the corpus (from the start) used for training.
+    pub train_frac: f64,
+    /// Run directory: checkpoints and metrics.jsonl.
+    pub out_dir: String,
+    // ---- model ----
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    pub block_size: usize,
+    pub bias: bool,
+    pub dropout: f32,
+    /// Only for benchmarks on random tokens: overrides the tokenizer's vocabulary size.
+    pub vocab_size: Option<usize>,
+    // ---- batch ----
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub max_iters: usize,
+    // ---- optimizer and schedule ----
+    pub learning_rate: f64,
+    /// Floor of the decay; defaults to learning_rate / 10 (never silently 0).
+    pub min_lr: Option<f64>,
+    pub warmup_iters: usize,
+    /// Iterations over which the decay runs; defaults to max_iters.
+    pub lr_decay_iters: Option<usize>,
+    /// `cosine`, `constant` or `wsd` (warmup-stable-decay).
+    pub schedule: String,
+    /// For `wsd`: fraction of lr_decay_iters spent in the final linear decay.
+    pub decay_frac: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this value; 0 disables.
+    pub grad_clip: f64,
+    // ---- evaluation and logging ----
+    pub eval_interval: usize,
+    pub eval_iters: usize,
+    pub log_interval: usize,
+    pub seed: u64,
+    /// Characters of sample printed at the end of training; 0 disables.
+    pub sample_tokens: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            data: String::new(),
+            tokenizer: "char".into(),
+            train_frac: 0.9,
+            out_dir: "out".into(),
+            n_layer: 4,
+            n_head: 4,
+            n_embd: 128,
+            block_size: 64,
+            bias: false,
+            dropout: 0.0,
+            vocab_size: None,
+            batch_size: 12,
+            grad_accum: 1,
+            max_iters: 2000,
+            learning_rate: 1e-3,
+            min_lr: Some(1e-4),
+            warmup_iters: 100,
+            lr_decay_iters: None,
+            schedule: "cosine".into(),
+            decay_frac: 0.2,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            eval_interval: 250,
+            eval_iters: 20,
+            log_interval: 10,
+            seed: 1337,
+            sample_tokens: 300,
+        }
+    }
+}
+
+/// Named configurations: `(name, description)`.
+pub const PRESETS: &[(&str, &str)] = &[
+    (
+        "shakespeare-char-cpu",
+        "nanoGPT's CPU recipe: 4 layers, 4 heads, 128 wide, block 64, batch 12, 2000 iters (about a minute)",
+    ),
+    (
+        "shakespeare-char",
+        "nanoGPT's baby GPT: 6 layers, 6 heads, 384 wide, block 256, batch 64, dropout 0.2, 5000 iters",
+    ),
+    ("tiny", "a seconds-long smoke test: 2 layers, 2 heads, 32 wide, block 32, batch 4, 50 iters"),
+];
+
+pub fn preset(name: &str) -> Result<TrainConfig> {
+    let base = TrainConfig::default();
+    Ok(match name {
+        "shakespeare-char-cpu" => {
+            TrainConfig { out_dir: "out/shakespeare-char-cpu".into(), lr_decay_iters: Some(2000), ..base }
+        }
+        "shakespeare-char" => TrainConfig {
+            out_dir: "out/shakespeare-char".into(),
+            n_layer: 6,
+            n_head: 6,
+            n_embd: 384,
+            block_size: 256,
+            dropout: 0.2,
+            batch_size: 64,
+            max_iters: 5000,
+            lr_decay_iters: Some(5000),
+            eval_iters: 200,
+            ..base
+        },
+        "tiny" => TrainConfig {
+            out_dir: "out/tiny".into(),
+            n_layer: 2,
+            n_head: 2,
+            n_embd: 32,
+            block_size: 32,
+            batch_size: 4,
+            max_iters: 50,
+            warmup_iters: 5,
+            eval_interval: 25,
+            eval_iters: 4,
+            log_interval: 5,
+            sample_tokens: 100,
+            ..base
+        },
+        _ => {
+            let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
+            bail!("unknown preset '{name}' (available: {})", names.join(", "))
+        }
+    })
+}
+
+/// Parses a command-line value: integer, float, bool, `none`, else a string.
+pub fn parse_value(s: &str) -> Value {
+    if let Ok(i) = s.parse::<i64>() {
+        return Value::from(i);
+    }
+    if let Ok(f) = s.parse::<f64>() {
+        if f.is_finite() {
+            return Value::from(f);
+        }
+    }
+    match s {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        "none" | "null" => Value::Null,
+        _ => Value::String(s.to_string()),
+    }
+}
+
+/// Short names accepted for some keys: `(alias, key)`.
+pub const ALIASES: &[(&str, &str)] = &[("out", "out_dir"), ("lr", "learning_rate"), ("iters", "max_iters")];
+
+/// Normalises `n-layer` / `n_layer` / `out` to a field name.
+fn field_name(key: &str) -> String {
+    let k = key.trim_start_matches('-').replace('-', "_");
+    match ALIASES.iter().find(|(alias, _)| *alias == k) {
+        Some((_, target)) => target.to_string(),
+        None => k,
+    }
+}
+
+/// Applies a TOML file and then overrides on top of `base`, rejecting
+/// unknown keys and ill-typed values with the key's name.
+pub fn resolve(base: &TrainConfig, file: Option<&Path>, overrides: &[(String, Value)]) -> Result<TrainConfig> {
+    let mut map: Map<String, Value> = match serde_json::to_value(base)? {
+        Value::Object(m) => m,
+        _ => unreachable!(),
+    };
+    if let Some(path) = file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let table: toml::Table = toml::from_str(&text)
+            .map_err(|e| anyhow!("config file {} is not valid TOML: {}", path.display(), e.message()))?;
+        for (k, v) in table {
+            let v = serde_json::to_value(v)?;
+            set(&mut map, &field_name(&k), v, &format!("in {}", path.display()))?;
+        }
+    }
+    for (k, v) in overrides {
+        set(&mut map, k, v.clone(), "on the command line")?;
+    }
+    let de = Value::Object(map);
+    let cfg: TrainConfig =
+        serde_path_to_error::deserialize(de).map_err(|e| anyhow!("invalid value for '{}': {}", e.path(), e.inner()))?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn set(map: &mut Map<String, Value>, key: &str, v: Value, whence: &str) -> Result<()> {
+    if !map.contains_key(key) {
+        let mut keys: Vec<&String> = map.keys().collect();
+        keys.sort();
+        let keys: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
+        bail!("unknown config key '{key}' {whence} (known keys: {})", keys.join(", "));
+    }
+    map.insert(key.to_string(), v);
+    Ok(())
+}
+
+impl TrainConfig {
+    pub fn min_lr(&self) -> f64 {
+        self.min_lr.unwrap_or(self.learning_rate / 10.0)
+    }
+
+    pub fn lr_decay_iters(&self) -> usize {
+        self.lr_decay_iters.unwrap_or(self.max_iters)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("n_layer", self.n_layer),
+            ("n_head", self.n_head),
+            ("n_embd", self.n_embd),
+            ("block_size", self.block_size),
+            ("batch_size", self.batch_size),
+            ("grad_accum", self.grad_accum),
+            ("eval_iters", self.eval_iters),
+            ("eval_interval", self.eval_interval),
+            ("log_interval", self.log_interval),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                bail!("{name} must be at least 1");
+            }
+        }
+        if !self.n_embd.is_multiple_of(self.n_head) {
+            bail!("n_embd ({}) must be divisible by n_head ({})", self.n_embd, self.n_head);
+        }
+        if !matches!(self.tokenizer.as_str(), "char" | "byte") {
+            bail!("tokenizer must be 'char' or 'byte', got '{}'", self.tokenizer);
+        }
+        if !matches!(self.schedule.as_str(), "cosine" | "constant" | "wsd") {
+            bail!("schedule must be 'cosine', 'constant' or 'wsd', got '{}'", self.schedule);
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            bail!("learning_rate must be positive, got {}", self.learning_rate);
+        }
+        let min_lr = self.min_lr();
+        if !(0.0..=self.learning_rate).contains(&min_lr) {
+            bail!("min_lr must be between 0 and learning_rate ({}), got {min_lr}", self.learning_rate);
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("dropout must be in [0, 1), got {}", self.dropout);
+        }
+        if !(self.train_frac > 0.0 && self.train_frac < 1.0) {
+            bail!("train_frac must be strictly between 0 and 1, got {}", self.train_frac);
+        }
+        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                bail!("{name} must be in [0, 1), got {b}");
+            }
+        }
+        if self.eps.is_nan() || self.eps <= 0.0 || self.weight_decay < 0.0 || self.grad_clip < 0.0 {
+            bail!("eps must be positive; weight_decay and grad_clip must not be negative");
+        }
+        if !(0.0..=1.0).contains(&self.decay_frac) {
+            bail!("decay_frac must be in [0, 1], got {}", self.decay_frac);
+        }
+        if self.vocab_size == Some(0) {
+            bail!("vocab_size must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, Value)> {
+        list.iter().map(|(k, v)| (field_name(k), parse_value(v))).collect()
+    }
+
+    #[test]
+    fn overrides_apply_and_unknown_keys_fail() {
+        let base = preset("shakespeare-char-cpu").unwrap();
+        let o = pairs(&[("n-layer", "2"), ("learning_rate", "3e-4"), ("bias", "true"), ("out", "x")]);
+        let cfg = resolve(&base, None, &o).unwrap();
+        assert_eq!((cfg.n_layer, cfg.learning_rate, cfg.bias, cfg.out_dir.as_str()), (2, 3e-4, true, "x"));
+        let o = pairs(&[("n-layers", "2")]);
+        assert!(resolve(&base, None, &o).unwrap_err().to_string().contains("unknown config key 'n_layers'"));
+        let o = pairs(&[("batch-size", "-3")]);
+        assert!(resolve(&base, None, &o).unwrap_err().to_string().contains("batch_size"));
+        let o = pairs(&[("dropout", "1.5")]);
+        assert!(resolve(&base, None, &o).is_err());
+        let o = pairs(&[("min-lr", "none")]);
+        assert_eq!(resolve(&base, None, &o).unwrap().min_lr, None);
+        assert!(preset("nope").unwrap_err().to_string().contains("unknown preset"));
+    }
+
+    #[test]
+    fn toml_file_applies() {
+        let dir = std::env::temp_dir().join(format!("ferrite-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "n_embd = 64\nlearning_rate = 1\nschedule = \"wsd\"\n").unwrap();
+        let cfg = resolve(&TrainConfig::default(), Some(&f), &[]).unwrap();
+        assert_eq!((cfg.n_embd, cfg.learning_rate, cfg.schedule.as_str()), (64, 1.0, "wsd"));
+        std::fs::write(&f, "typo_key = 3\n").unwrap();
+        assert!(resolve(&TrainConfig::default(), Some(&f), &[]).is_err());
+    }
+
+    #[test]
+    fn min_lr_defaults_to_a_tenth_never_zero() {
+        let cfg = TrainConfig { min_lr: None, learning_rate: 6e-4, ..TrainConfig::default() };
+        assert!((cfg.min_lr() - 6e-5).abs() < 1e-12);
+    }
+}

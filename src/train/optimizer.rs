@@ -1,0 +1,60 @@
+//! Gradients and AdamW state for every parameter, with global-norm clipping.
+
+use crate::engine::{AdamWStep, Backend};
+use crate::model::Gpt;
+
+pub struct AdamW<B: Backend> {
+    pub grads: Vec<B::Buf>,
+    pub m: Vec<B::Buf>,
+    pub v: Vec<B::Buf>,
+    /// Updates done so far (bias correction uses `t + 1`).
+    pub t: u64,
+}
+
+pub struct Hyper {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// Clip threshold for the global gradient norm; 0 disables.
+    pub grad_clip: f32,
+}
+
+impl<B: Backend> AdamW<B> {
+    pub fn new(model: &Gpt<B>) -> Self {
+        AdamW { grads: model.zeros_like_params(), m: model.zeros_like_params(), v: model.zeros_like_params(), t: 0 }
+    }
+
+    pub fn zero_grad(&mut self, be: &B) {
+        for g in &mut self.grads {
+            be.fill(g, 0.0);
+        }
+    }
+
+    /// Global L2 norm of all gradients.
+    pub fn grad_norm(&self, be: &B) -> f64 {
+        self.grads.iter().map(|g| be.sum_squares(g)).sum::<f64>().sqrt()
+    }
+
+    /// Clips (as `torch.nn.utils.clip_grad_norm_`) and applies one update.
+    /// Returns the gradient norm before clipping.
+    pub fn step(&mut self, model: &mut Gpt<B>, h: &Hyper) -> f64 {
+        let norm = self.grad_norm(&model.be);
+        let scale = if h.grad_clip > 0.0 { (h.grad_clip as f64 / (norm + 1e-6)).min(1.0) } else { 1.0 };
+        self.t += 1;
+        for (i, spec) in model.layout.specs.iter().enumerate() {
+            let s = AdamWStep {
+                lr: h.lr,
+                beta1: h.beta1,
+                beta2: h.beta2,
+                eps: h.eps,
+                weight_decay: if spec.decays() { h.weight_decay } else { 0.0 },
+                t: self.t,
+                grad_scale: scale as f32,
+            };
+            model.be.adamw(&mut model.params[i], &self.grads[i], &mut self.m[i], &mut self.v[i], s);
+        }
+        norm
+    }
+}

@@ -1,0 +1,281 @@
+//! The training loop: batches, gradient accumulation, AdamW, periodic
+//! evaluation, checkpoints and metrics.
+
+use super::checkpoint::{self, CheckpointConfig, Prefer, TrainState};
+use super::config::TrainConfig;
+use super::metrics::MetricsLog;
+use super::optimizer::{AdamW, Hyper};
+use super::schedule::learning_rate;
+use crate::data::{download, Dataset, Split, Tokenizer};
+use crate::engine::fastmath::mix64;
+use crate::engine::Backend;
+use crate::model::params::param_specs;
+use crate::model::{config::pad_vocab, Activations, Gpt, ModelConfig};
+use anyhow::{bail, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub struct Trainer<B: Backend> {
+    pub cfg: TrainConfig,
+    pub model: Gpt<B>,
+    pub opt: AdamW<B>,
+    pub tokenizer: Tokenizer,
+    pub data: Dataset,
+    pub state: TrainState,
+    acts: Activations<B>,
+    run_dir: PathBuf,
+    x: Vec<u32>,
+    y: Vec<u32>,
+}
+
+/// Result of one evaluation.
+#[derive(Clone, Copy, Debug)]
+pub struct EvalResult {
+    pub train_loss: f64,
+    pub val_loss: f64,
+    pub val_bpb: f64,
+}
+
+/// Distinct, reproducible seeds for each use of randomness.
+pub fn derive_seed(seed: u64, parts: &[u64]) -> u64 {
+    parts.iter().fold(mix64(seed), |h, &p| mix64(h ^ p))
+}
+
+const SEED_BATCH: u64 = 1;
+const SEED_DROPOUT: u64 = 2;
+const SEED_EVAL: u64 = 3;
+
+impl<B: Backend> Trainer<B> {
+    /// A new run from a configuration, reading and tokenising its data file.
+    pub fn new(be: B, cfg: TrainConfig) -> Result<Self> {
+        let data_path = data_path(&cfg)?;
+        let text = crate::data::dataset::read_corpus(&data_path, cfg.tokenizer == "char")?;
+        let tokenizer = match cfg.tokenizer.as_str() {
+            "byte" => Tokenizer::Byte,
+            _ => Tokenizer::char_from_corpus(&text),
+        };
+        let data = Dataset::new(&text, &tokenizer, cfg.train_frac, cfg.block_size)?;
+        Self::from_parts(be, cfg, tokenizer, data)
+    }
+
+    /// A new run on an already tokenised dataset.
+    pub fn from_parts(be: B, cfg: TrainConfig, tokenizer: Tokenizer, data: Dataset) -> Result<Self> {
+        let model_cfg = model_config(&cfg, tokenizer.vocab_size());
+        model_cfg.validate()?;
+        let model = Gpt::new(be, model_cfg, cfg.seed);
+        let opt = AdamW::new(&model);
+        let state = TrainState { step: 0, best_val_loss: None, tokens_seen: 0 };
+        Ok(Self::assemble(cfg, model, opt, tokenizer, data, state))
+    }
+
+    /// Continues a run from a checkpoint (or run directory: its `last`).
+    /// `overrides` maps the saved training configuration to the one to use;
+    /// it starts with `out_dir` set to the directory holding the checkpoint.
+    pub fn resume(be: B, dir: &Path, overrides: impl FnOnce(TrainConfig) -> Result<TrainConfig>) -> Result<Self> {
+        let dir = checkpoint::resolve_dir(dir, Prefer::Last)?;
+        let ck = checkpoint::load(&dir, param_specs, true)?;
+        let mut saved = ck.config.train.clone();
+        saved.out_dir = dir.parent().unwrap_or(Path::new(".")).display().to_string();
+        let cfg = overrides(saved)?;
+        if model_config(&cfg, ck.config.model.vocab_size) != ck.config.model {
+            bail!("model options cannot change when resuming (n_layer, n_head, n_embd, block_size, bias and dropout come from the checkpoint)");
+        }
+        let data_path = data_path(&cfg)?;
+        let text = crate::data::dataset::read_corpus(&data_path, ck.config.tokenizer.kind() == "char")?;
+        let data = Dataset::new(&text, &ck.config.tokenizer, cfg.train_frac, cfg.block_size)?;
+        let model = Gpt::from_host(be, ck.config.model.clone(), &ck.params);
+        let mut opt = AdamW::new(&model);
+        let (m, v) = ck.moments.expect("loaded with optimizer");
+        for i in 0..m.len() {
+            model.be.write(&mut opt.m[i], &m[i]);
+            model.be.write(&mut opt.v[i], &v[i]);
+        }
+        opt.t = ck.state.step as u64;
+        Ok(Self::assemble(cfg, model, opt, ck.config.tokenizer, data, ck.state))
+    }
+
+    fn assemble(
+        cfg: TrainConfig,
+        model: Gpt<B>,
+        opt: AdamW<B>,
+        tokenizer: Tokenizer,
+        data: Dataset,
+        state: TrainState,
+    ) -> Self {
+        let acts = Activations::new(&model.be, &model.cfg, cfg.batch_size, cfg.block_size);
+        let run_dir = PathBuf::from(&cfg.out_dir);
+        Trainer { cfg, model, opt, tokenizer, data, state, acts, run_dir, x: vec![], y: vec![] }
+    }
+
+    pub fn tokens_per_step(&self) -> usize {
+        self.cfg.batch_size * self.cfg.block_size * self.cfg.grad_accum
+    }
+
+    /// One optimizer update (with gradient accumulation). Returns (mean loss, lr, grad norm).
+    pub fn step(&mut self) -> (f64, f64, f64) {
+        let it = self.state.step;
+        let (b, t, accum) = (self.cfg.batch_size, self.cfg.block_size, self.cfg.grad_accum);
+        self.opt.zero_grad(&self.model.be);
+        let scale = 1.0 / (b * t * accum) as f32;
+        let mut loss = 0.0;
+        for micro in 0..accum {
+            let seed = derive_seed(self.cfg.seed, &[SEED_BATCH, it as u64, micro as u64]);
+            self.data.batch(Split::Train, b, t, seed, &mut self.x, &mut self.y);
+            let dseed = derive_seed(self.cfg.seed, &[SEED_DROPOUT, it as u64, micro as u64]);
+            let l = self.model.forward(&mut self.acts, &self.x, Some(&self.y), Some(scale), true, dseed);
+            loss += l.expect("targets given") as f64 / accum as f64;
+            self.model.backward(&mut self.acts, &mut self.opt.grads, &self.x, dseed);
+        }
+        let lr = learning_rate(&self.cfg, it);
+        let h = Hyper {
+            lr: lr as f32,
+            beta1: self.cfg.beta1 as f32,
+            beta2: self.cfg.beta2 as f32,
+            eps: self.cfg.eps as f32,
+            weight_decay: self.cfg.weight_decay as f32,
+            grad_clip: self.cfg.grad_clip as f32,
+        };
+        let norm = self.opt.step(&mut self.model, &h);
+        self.state.step += 1;
+        self.state.tokens_seen += self.tokens_per_step() as u64;
+        (loss, lr, norm)
+    }
+
+    /// Mean loss over `eval_iters` random batches of a split (no dropout).
+    pub fn eval_split(&mut self, split: Split) -> f64 {
+        let (b, t) = (self.cfg.batch_size, self.cfg.block_size);
+        let mut total = 0.0;
+        for i in 0..self.cfg.eval_iters {
+            let seed = derive_seed(self.cfg.seed, &[SEED_EVAL, self.state.step as u64, split as u64, i as u64]);
+            self.data.batch(split, b, t, seed, &mut self.x, &mut self.y);
+            total +=
+                self.model.forward(&mut self.acts, &self.x, Some(&self.y), None, false, 0).expect("targets") as f64;
+        }
+        total / self.cfg.eval_iters as f64
+    }
+
+    pub fn evaluate(&mut self) -> EvalResult {
+        let train_loss = self.eval_split(Split::Train);
+        let val_loss = self.eval_split(Split::Val);
+        let val_bpb = val_loss / std::f64::consts::LN_2 / self.data.bytes_per_token(Split::Val);
+        EvalResult { train_loss, val_loss, val_bpb }
+    }
+
+    pub fn checkpoint_config(&self) -> CheckpointConfig {
+        CheckpointConfig {
+            format: checkpoint::FORMAT.into(),
+            version: checkpoint::VERSION,
+            model: self.model.cfg.clone(),
+            tokenizer: self.tokenizer.clone(),
+            train: self.cfg.clone(),
+        }
+    }
+
+    pub fn save(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.run_dir.join(name);
+        let be = &self.model.be;
+        let host = |v: &[B::Buf]| v.iter().map(|b| be.to_host(b)).collect::<Vec<_>>();
+        checkpoint::save(
+            &dir,
+            &self.checkpoint_config(),
+            &self.model.layout.specs,
+            &self.model.params_to_host(),
+            (&host(&self.opt.m), &host(&self.opt.v)),
+            &self.state,
+        )?;
+        Ok(dir)
+    }
+
+    /// Runs to `max_iters` with a progress bar, evaluating and checkpointing
+    /// every `eval_interval` steps and at the end.
+    pub fn run(&mut self) -> Result<Option<EvalResult>> {
+        let mut log = MetricsLog::open(&self.run_dir, self.state.step == 0)?;
+        let max = self.cfg.max_iters;
+        let pb = ProgressBar::new(max as u64).with_position(self.state.step as u64);
+        pb.set_style(
+            ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+                .expect("valid template"),
+        );
+        let resumed_at = (self.state.step > 0).then_some(self.state.step);
+        let mut last_eval = None;
+        let (mut window_start, mut window_tokens) = (Instant::now(), 0usize);
+        let run_start = Instant::now();
+        loop {
+            let step = self.state.step;
+            let at_end = step >= max;
+            if (step.is_multiple_of(self.cfg.eval_interval) || at_end) && resumed_at != Some(step) {
+                let e = self.evaluate();
+                let improved = self.state.best_val_loss.is_none_or(|b| e.val_loss < b);
+                if improved {
+                    self.state.best_val_loss = Some(e.val_loss);
+                }
+                log.write(json!({"kind": "eval", "step": step, "train_loss": e.train_loss, "val_loss": e.val_loss,
+                    "val_ppl": e.val_loss.exp(), "val_bpb": e.val_bpb, "time_s": run_start.elapsed().as_secs_f64()}))?;
+                pb.suspend(|| {
+                    println!(
+                        "step {step}: train loss {:.4}, val loss {:.4}, val ppl {:.2}, val bpb {:.4}",
+                        e.train_loss,
+                        e.val_loss,
+                        e.val_loss.exp(),
+                        e.val_bpb
+                    )
+                });
+                if step > 0 {
+                    self.save("last")?;
+                    if improved {
+                        self.save("best")?;
+                    }
+                }
+                last_eval = Some(e);
+                window_start = Instant::now();
+                window_tokens = 0;
+            }
+            if at_end {
+                break;
+            }
+            let (loss, lr, norm) = self.step();
+            window_tokens += self.tokens_per_step();
+            let step = self.state.step;
+            if step.is_multiple_of(self.cfg.log_interval) || step == max {
+                let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64();
+                log.write(json!({"kind": "train", "step": step, "loss": loss, "lr": lr, "grad_norm": norm,
+                    "tokens_per_s": tps, "time_s": run_start.elapsed().as_secs_f64()}))?;
+                pb.set_message(format!("loss {loss:.4} lr {lr:.2e} {:.1}k tok/s", tps / 1e3));
+                window_start = Instant::now();
+                window_tokens = 0;
+            }
+            if !loss.is_finite() {
+                pb.abandon();
+                bail!("training diverged at step {step} (loss {loss}); lower the learning rate");
+            }
+            pb.set_position(step as u64);
+        }
+        pb.finish_and_clear();
+        Ok(last_eval)
+    }
+}
+
+fn data_path(cfg: &TrainConfig) -> Result<PathBuf> {
+    if cfg.data.is_empty() {
+        download::tiny_shakespeare()
+    } else {
+        Ok(PathBuf::from(&cfg.data))
+    }
+}
+
+/// The model configuration a training configuration describes.
+pub fn model_config(cfg: &TrainConfig, vocab: usize) -> ModelConfig {
+    let vocab = cfg.vocab_size.unwrap_or(vocab);
+    ModelConfig {
+        vocab_size: vocab,
+        padded_vocab: pad_vocab(vocab),
+        block_size: cfg.block_size,
+        n_layer: cfg.n_layer,
+        n_head: cfg.n_head,
+        n_embd: cfg.n_embd,
+        bias: cfg.bias,
+        dropout: cfg.dropout,
+    }
+}

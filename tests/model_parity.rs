@@ -1,0 +1,147 @@
+//! Whole-model parity with PyTorch: the fixtures in `tests/fixtures/` were
+//! written by `scripts/make_parity_fixture.py` (our PyTorch reference model
+//! in float64). This test runs ferrite on the same weights and batch and
+//! checks logits, loss, every gradient, the gradient norm, and the
+//! parameters after two clipped AdamW steps.
+
+use ferrite::engine::cpu::Cpu;
+use ferrite::engine::Backend;
+use ferrite::model::params::Layout;
+use ferrite::model::{Activations, Gpt, ModelConfig};
+use ferrite::train::optimizer::{AdamW, Hyper};
+use safetensors::SafeTensors;
+use serde_json::Value;
+
+struct Fixture {
+    bytes: Vec<u8>,
+}
+
+impl Fixture {
+    fn open(name: &str) -> Fixture {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        Fixture { bytes: std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}")) }
+    }
+    fn st(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.bytes).expect("valid fixture")
+    }
+    fn f32s(&self, name: &str) -> Vec<f32> {
+        let st = self.st();
+        let t = st.tensor(name).unwrap_or_else(|_| panic!("fixture lacks {name}"));
+        t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+    }
+    fn u32s(&self, name: &str) -> Vec<u32> {
+        let st = self.st();
+        let t = st.tensor(name).unwrap();
+        t.data().chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as u32).collect()
+    }
+    fn meta(&self, key: &str) -> String {
+        let (_, meta) = SafeTensors::read_metadata(&self.bytes).unwrap();
+        meta.metadata().as_ref().unwrap()[key].clone()
+    }
+}
+
+/// Asserts `got` ≈ `want` elementwise: |d| <= rtol * (|want| + max|want|).
+fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let tol = rtol * (w.abs() + scale);
+        assert!((g - w).abs() <= tol, "{what}[{i}]: ferrite {g} vs pytorch {w} (tol {tol})");
+    }
+}
+
+/// Parameters after AdamW updates. Adam divides by |g| + eps, so where a
+/// gradient is as small as eps (1e-8) its f32 rounding error (f64 in the
+/// reference) is amplified: the bound is a small fraction of one update.
+fn assert_params_close(what: &str, got: &[f32], want: &[f32], lr: f32) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let tol = 1e-5 * w.abs() + 1e-3 * lr;
+        assert!((g - w).abs() <= tol, "{what}[{i}]: ferrite {g} vs pytorch {w} (tol {tol})");
+    }
+}
+
+fn run(fixture: &str) {
+    let fx = Fixture::open(fixture);
+    let c: Value = serde_json::from_str(&fx.meta("config")).unwrap();
+    let num = |k: &str| c[k].as_f64().unwrap();
+    let cfg = ModelConfig {
+        vocab_size: num("vocab_size") as usize,
+        padded_vocab: num("padded_vocab") as usize,
+        block_size: num("block_size") as usize,
+        n_layer: num("n_layer") as usize,
+        n_head: num("n_head") as usize,
+        n_embd: num("n_embd") as usize,
+        bias: c["bias"].as_bool().unwrap(),
+        dropout: 0.0,
+    };
+    let (b, t) = (num("B") as usize, num("T") as usize);
+    let layout = Layout::new(&cfg);
+    let names: Vec<String> = layout.specs.iter().map(|s| s.name.clone()).collect();
+    let params: Vec<Vec<f32>> = names.iter().map(|n| fx.f32s(&format!("param.{n}"))).collect();
+    let mut model = Gpt::from_host(Cpu, cfg.clone(), &params);
+    let (x, y) = (fx.u32s("inputs"), fx.u32s("targets"));
+    let mut acts = Activations::new(&model.be, &cfg, b, t);
+
+    // Forward: logits (padding columns included) and loss.
+    let loss = model.forward(&mut acts, &x, Some(&y), None, false, 0).unwrap();
+    assert_close("logits", &model.be.to_host(&acts.logits), &fx.f32s("logits"), 1e-5);
+    let want_loss = fx.f32s("loss")[0];
+    assert!((loss - want_loss).abs() <= 1e-5 * want_loss.abs(), "loss {loss} vs {want_loss}");
+
+    // Backward: every parameter's gradient.
+    let mut opt = AdamW::new(&model);
+    let scale = 1.0 / (b * t) as f32;
+    let step = |model: &mut Gpt<Cpu>, opt: &mut AdamW<Cpu>, acts: &mut Activations<Cpu>| {
+        opt.zero_grad(&model.be);
+        let l = model.forward(acts, &x, Some(&y), Some(scale), true, 0).unwrap();
+        model.backward(acts, &mut opt.grads, &x, 0);
+        l
+    };
+    step(&mut model, &mut opt, &mut acts);
+    for (i, n) in names.iter().enumerate() {
+        assert_close(&format!("grad {n}"), &model.be.to_host(&opt.grads[i]), &fx.f32s(&format!("grad.{n}")), 1e-4);
+    }
+    let norm1: f64 = fx.meta("grad_norm_step1").parse().unwrap();
+    assert!((opt.grad_norm(&model.be) - norm1).abs() < 1e-5 * norm1);
+
+    // Two clipped AdamW updates.
+    let h = Hyper {
+        lr: num("lr") as f32,
+        beta1: num("beta1") as f32,
+        beta2: num("beta2") as f32,
+        eps: num("eps") as f32,
+        weight_decay: num("weight_decay") as f32,
+        grad_clip: num("grad_clip") as f32,
+    };
+    opt.step(&mut model, &h);
+    for (i, n) in names.iter().enumerate() {
+        assert_params_close(
+            &format!("step 1 {n}"),
+            &model.be.to_host(&model.params[i]),
+            &fx.f32s(&format!("step1.{n}")),
+            h.lr,
+        );
+    }
+    let loss2 = step(&mut model, &mut opt, &mut acts);
+    let want2: f32 = fx.meta("loss_step2").parse().unwrap();
+    assert!((loss2 - want2).abs() <= 1e-5 * want2, "loss after one step {loss2} vs {want2}");
+    opt.step(&mut model, &h);
+    for (i, n) in names.iter().enumerate() {
+        assert_params_close(
+            &format!("step 2 {n}"),
+            &model.be.to_host(&model.params[i]),
+            &fx.f32s(&format!("step2.{n}")),
+            h.lr,
+        );
+    }
+}
+
+#[test]
+fn gpt_with_biases_matches_pytorch() {
+    run("gpt_parity.safetensors");
+}
+
+#[test]
+fn gpt_without_biases_matches_pytorch() {
+    run("gpt_parity_nobias.safetensors");
+}
