@@ -1,0 +1,139 @@
+//! `ferrite bench`: the median time of a full training step (forward,
+//! backward, gradient clipping, AdamW) on random tokens, as tokens/s and
+//! achieved GFLOP/s. `scripts/bench_compare.py step` runs it beside PyTorch.
+
+use super::RunArgs;
+use crate::data::{Dataset, Tokenizer};
+use crate::engine::cpu::Cpu;
+use crate::engine::profile::Profiled;
+use crate::engine::Backend;
+use crate::train::{TrainConfig, Trainer};
+use anyhow::{bail, Result};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use std::time::Instant;
+
+/// Vocabulary of tiny Shakespeare's characters, used when the preset's
+/// vocabulary would come from a data file.
+const DEFAULT_VOCAB: usize = 65;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Print one JSON line instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also print the time spent in each engine operation.
+    #[arg(long)]
+    profile: bool,
+}
+
+pub fn run(a: &BenchArgs) -> Result<()> {
+    if a.run.resume.is_some() {
+        bail!("--resume is only valid for `ferrite train`");
+    }
+    if a.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let mut cfg = a.run.resolve("shakespeare-char-cpu")?;
+    let vocab = *cfg.vocab_size.get_or_insert(DEFAULT_VOCAB);
+    // Random tokens: enough for distinct windows, no data file needed.
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let len = (cfg.batch_size * cfg.block_size * 4).max(4096);
+    let mut random = |n: usize| (0..n).map(|_| (rng.next_u64() % vocab as u64) as u32).collect::<Vec<_>>();
+    let data = Dataset::from_tokens(random(len), random(len), 1.0);
+    let (trainer, mut times) = if a.profile {
+        let (t, _) = time_steps(Profiled::new(Cpu), &cfg, data, a, Profiled::reset)?;
+        print_profile(&t.model.be, a.steps);
+        // Report throughput from an unprofiled run: timing every op costs time.
+        let data = Dataset::from_tokens(t.data.train.clone(), t.data.val.clone(), 1.0);
+        time_steps(Cpu, &cfg, data, a, |_| ())?
+    } else {
+        time_steps(Cpu, &cfg, data, a, |_| ())?
+    };
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let tokens = trainer.tokens_per_step() as f64;
+    let m = &trainer.model.cfg;
+    let gflops = m.train_flops_per_token(cfg.block_size) * tokens / median / 1e9;
+    let tps = tokens / median;
+    if a.json {
+        let out = serde_json::json!({
+            "config": {
+                "vocab_size": m.vocab_size, "block_size": m.block_size, "n_layer": m.n_layer,
+                "n_head": m.n_head, "n_embd": m.n_embd, "bias": m.bias, "dropout": m.dropout,
+                "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
+            },
+            "params": m.num_params(),
+            "backend": trainer.model.be.name(),
+            "steps": a.steps,
+            "ms_per_step": median * 1e3,
+            "tokens_per_s": tps,
+            "gflops": gflops,
+        });
+        println!("{out}");
+    } else {
+        println!(
+            "model: {} layers, {} heads, {} wide, vocab {}, block {}, batch {} ({:.2}M parameters) on {}",
+            m.n_layer,
+            m.n_head,
+            m.n_embd,
+            m.vocab_size,
+            m.block_size,
+            cfg.batch_size,
+            m.num_params() as f64 / 1e6,
+            trainer.model.be.name()
+        );
+        println!(
+            "median of {} steps: {:.2} ms/step, {:.0} tokens/s, {:.1} GFLOP/s",
+            a.steps,
+            median * 1e3,
+            tps,
+            gflops
+        );
+    }
+    Ok(())
+}
+
+/// Runs warmup and timed steps; returns the trainer and each timed step's seconds.
+/// `on_start` runs once warmup is over.
+fn time_steps<B: Backend>(
+    be: B,
+    cfg: &TrainConfig,
+    data: Dataset,
+    a: &BenchArgs,
+    on_start: impl Fn(&B),
+) -> Result<(Trainer<B>, Vec<f64>)> {
+    let mut trainer = Trainer::from_parts(be, cfg.clone(), Tokenizer::Byte, data)?;
+    let mut times = Vec::with_capacity(a.steps);
+    for i in 0..a.warmup + a.steps {
+        if i == a.warmup {
+            on_start(&trainer.model.be);
+        }
+        let t0 = Instant::now();
+        trainer.step();
+        if i >= a.warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok((trainer, times))
+}
+
+fn print_profile(p: &Profiled<Cpu>, steps: usize) {
+    let report = p.report();
+    let total: f64 = report.iter().map(|r| r.1.as_secs_f64()).sum();
+    println!("{:<36} {:>10} {:>7} {:>8}", "operation (per step)", "ms", "share", "calls");
+    for (name, t, calls) in report {
+        let ms = t.as_secs_f64() * 1e3 / steps as f64;
+        let share = 100.0 * t.as_secs_f64() / total;
+        println!("{name:<36} {ms:>10.3} {share:>6.1}% {:>8}", calls / steps as u64);
+    }
+    println!("{:<36} {:>10.3}", "total in engine ops", total * 1e3 / steps as f64);
+}

@@ -1,0 +1,146 @@
+//! The `ferrite` command line: argument parsing and one module per command.
+
+mod bench;
+mod sample;
+mod train;
+
+use crate::train::config::{self, TrainConfig, PRESETS};
+use anyhow::Result;
+use clap::{Arg, ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "ferrite", version, about = "Train, sample and own GPT-style language models, with our own engine.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model (no arguments: the shakespeare-char-cpu preset on tiny Shakespeare).
+    Train(RunArgs),
+    /// Generate text from a checkpoint, streaming it to stdout.
+    Sample(sample::SampleArgs),
+    /// Time training steps of a model configuration on random tokens.
+    Bench(bench::BenchArgs),
+}
+
+/// Options shared by `train` and `bench`: a preset, a TOML file, and
+/// `--key value` overrides of any configuration key, applied in that order.
+/// Every configuration key is a real command-line option (added from
+/// [`TrainConfig`]'s fields), so a misspelt key is a usage error.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct RunArgs {
+    /// Named configuration to start from (see the list below).
+    #[arg(long)]
+    preset: Option<String>,
+    /// TOML file of configuration keys, applied on top of the preset.
+    #[arg(long, value_name = "FILE.toml")]
+    config: Option<PathBuf>,
+    /// Continue training from a checkpoint or run directory (its `last`).
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// `--key value` overrides, filled from the dynamic options.
+    #[arg(skip)]
+    overrides: Vec<(String, serde_json::Value)>,
+}
+
+impl RunArgs {
+    /// The configuration these arguments describe, starting from `default_preset`.
+    pub fn resolve(&self, default_preset: &str) -> Result<TrainConfig> {
+        let base = config::preset(self.preset.as_deref().unwrap_or(default_preset))?;
+        config::resolve(&base, self.config.as_deref(), &self.overrides)
+    }
+
+    fn collect_overrides(&mut self, m: &ArgMatches) {
+        for key in config_keys() {
+            if let Some(v) = m.get_one::<String>(&key) {
+                self.overrides.push((key.clone(), config::parse_value(v)));
+            }
+        }
+    }
+}
+
+/// Every key of [`TrainConfig`], in declaration order.
+fn config_keys() -> Vec<String> {
+    match serde_json::to_value(TrainConfig::default()).expect("serialisable") {
+        serde_json::Value::Object(map) => map.keys().cloned().collect(),
+        _ => unreachable!("TrainConfig serialises to an object"),
+    }
+}
+
+/// One `--key VALUE` option per configuration key, with its default as help.
+fn config_args() -> Vec<Arg> {
+    let defaults = serde_json::to_value(TrainConfig::default()).expect("serialisable");
+    config_keys()
+        .into_iter()
+        .map(|key| {
+            let long = key.replace('_', "-");
+            let default = match &defaults[&key] {
+                serde_json::Value::Null => "preset's choice".to_string(),
+                v => v.to_string(),
+            };
+            let mut arg = Arg::new(key.clone())
+                .long(long)
+                .value_name("VALUE")
+                .help(format!("default {default}"))
+                .help_heading("Configuration keys");
+            for (alias, target) in config::ALIASES {
+                if *target == key {
+                    arg = arg.visible_alias(*alias);
+                }
+            }
+            arg
+        })
+        .collect()
+}
+
+/// Help text listing the presets.
+fn presets_help() -> String {
+    let mut s = String::from("Presets:\n");
+    for (name, desc) in PRESETS {
+        s += &format!("  {name:<22} {desc}\n");
+    }
+    s
+}
+
+/// Parses the command line and runs the command.
+pub fn run() -> Result<()> {
+    let help = presets_help();
+    let command = Cli::command()
+        .mut_subcommand("train", |c| c.args(config_args()).after_help(help.clone()))
+        .mut_subcommand("bench", |c| c.args(config_args()).after_help(help.clone()));
+    let matches = command.try_get_matches().unwrap_or_else(|e| exit_with_clap_error(e));
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| exit_with_clap_error(e));
+    match cli.command.unwrap_or(Command::Train(RunArgs::default())) {
+        Command::Train(mut args) => {
+            if let Some(("train", m)) = matches.subcommand() {
+                args.collect_overrides(m);
+            }
+            train::run(&args)
+        }
+        Command::Sample(args) => sample::run(&args),
+        Command::Bench(mut args) => {
+            if let Some(("bench", m)) = matches.subcommand() {
+                args.run.collect_overrides(m);
+            }
+            bench::run(&args)
+        }
+    }
+}
+
+/// Help and version go to stdout as usual; usage errors become one line.
+fn exit_with_clap_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments").trim();
+    eprintln!("{first} (see --help)");
+    std::process::exit(2);
+}

@@ -1,0 +1,85 @@
+//! `ferrite train`: a new run from a preset/config/overrides, or `--resume`.
+
+use super::RunArgs;
+use crate::data::Split;
+use crate::engine::cpu::Cpu;
+use crate::engine::Backend;
+use crate::generate::{Generator, Sampler, SamplerConfig};
+use crate::train::{config, Trainer};
+use anyhow::Result;
+
+pub const DEFAULT_PRESET: &str = "shakespeare-char-cpu";
+
+pub fn run(args: &RunArgs) -> Result<()> {
+    let overrides = &args.overrides;
+    let mut trainer = match &args.resume {
+        Some(dir) => {
+            if args.preset.is_some() {
+                anyhow::bail!(
+                    "--preset cannot be combined with --resume (the run's configuration comes from the checkpoint)"
+                );
+            }
+            let file = args.config.clone();
+            Trainer::resume(Cpu, dir, |saved| config::resolve(&saved, file.as_deref(), overrides))?
+        }
+        None => {
+            let base = config::preset(args.preset.as_deref().unwrap_or(DEFAULT_PRESET))?;
+            Trainer::new(Cpu, config::resolve(&base, args.config.as_deref(), overrides)?)?
+        }
+    };
+    print_summary(&trainer);
+    let last = trainer.run()?;
+    if let Some(e) = last {
+        println!(
+            "done: step {}, train loss {:.4}, val loss {:.4}, best val loss {:.4}",
+            trainer.state.step,
+            e.train_loss,
+            e.val_loss,
+            trainer.state.best_val_loss.unwrap_or(e.val_loss)
+        );
+    }
+    println!("checkpoints in {}/{{best,last}}", trainer.cfg.out_dir);
+    if trainer.cfg.sample_tokens > 0 {
+        print_sample(&trainer)?;
+    }
+    Ok(())
+}
+
+fn print_summary<B: Backend>(t: &Trainer<B>) {
+    let m = &t.model.cfg;
+    let c = &t.cfg;
+    let start = if t.state.step > 0 { format!(", resuming at step {}", t.state.step) } else { String::new() };
+    println!(
+        "model: {:.2}M parameters ({} layers, {} heads, {} wide, block {}, vocab {} padded to {})",
+        m.num_params() as f64 / 1e6,
+        m.n_layer,
+        m.n_head,
+        m.n_embd,
+        m.block_size,
+        m.vocab_size,
+        m.padded_vocab
+    );
+    println!(
+        "data: {} train / {} val tokens ({} tokenizer); {} iterations of {} tokens on {}{start}",
+        t.data.split(Split::Train).len(),
+        t.data.split(Split::Val).len(),
+        t.tokenizer.kind(),
+        c.max_iters,
+        t.tokens_per_step(),
+        t.model.be.name()
+    );
+}
+
+/// A short sample from the model just trained, so one command shows the whole loop.
+fn print_sample<B: Backend>(t: &Trainer<B>) -> Result<()> {
+    let prompt = match t.tokenizer.encode("\n") {
+        Ok(ids) => ids,
+        Err(_) => vec![t.data.split(Split::Train)[0]],
+    };
+    let sampler = Sampler::new(SamplerConfig::default(), t.cfg.seed);
+    let mut g = Generator::new(&t.model, sampler);
+    g.prefill(&prompt)?;
+    let ids: Vec<u32> = (0..t.cfg.sample_tokens).map(|_| g.next_token()).collect();
+    println!("sample:\n{}", t.tokenizer.decode(&ids));
+    Ok(())
+}
