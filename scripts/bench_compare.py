@@ -148,21 +148,12 @@ def torch_step_benchmark(
 
 
 def cmd_step(args):
+    """Alternates ferrite and PyTorch for --rounds rounds (this host switches
+    speed states for minutes at a time, so one long run of each would compare
+    different machines) and reports the median ratio of the rounds."""
     torch.set_num_threads(args.threads)
 
-    ferrite = None
-    if args.torch_only:
-        cfg_dict = dict(
-            vocab_size=args.vocab_size or 65,
-            block_size=args.block_size,
-            n_layer=args.n_layer,
-            n_head=args.n_head,
-            n_embd=args.n_embd,
-            bias=args.bias,
-            dropout=0.0,
-            batch_size=args.batch_size or 12,
-        )
-    else:
+    def ferrite_round():
         cmd = [
             args.ferrite,
             "bench",
@@ -178,9 +169,23 @@ def cmd_step(args):
             cmd += ["--batch-size", str(args.batch_size)]
         # Dropout changes the work done; the comparison is always without it.
         cmd += ["--dropout", "0"]
-        proc = run_ferrite(cmd)
-        ferrite = last_json_line(proc.stdout)
-        cfg_dict = ferrite["config"]
+        return last_json_line(run_ferrite(cmd).stdout)
+
+    if args.torch_only:
+        cfg_dict = dict(
+            vocab_size=args.vocab_size or 65,
+            block_size=args.block_size,
+            n_layer=args.n_layer,
+            n_head=args.n_head,
+            n_embd=args.n_embd,
+            bias=args.bias,
+            dropout=0.0,
+            batch_size=args.batch_size or 12,
+        )
+        first = None
+    else:
+        first = ferrite_round()
+        cfg_dict = first["config"]
 
     cfg = GPTConfig.from_dict({**cfg_dict, "dropout": 0.0})
     batch = int(cfg_dict["batch_size"])
@@ -190,45 +195,49 @@ def cmd_step(args):
         f"torch {torch.__version__} with {torch.get_num_threads()} threads",
         flush=True,
     )
-
-    times = torch_step_benchmark(cfg, batch, args.warmup, args.steps)
-    t_med = statistics.median(times)
-    torch_tps = tokens / t_med
-    if ferrite:
+    if first:
         # Use ferrite's FLOP count so both GFLOP/s figures share a definition.
-        flops_per_step = ferrite["gflops"] * 1e9 * ferrite["ms_per_step"] / 1e3
+        flops_per_step = first["gflops"] * 1e9 * first["ms_per_step"] / 1e3
     else:
         n_params = sum(p.numel() for p in GPT(cfg).parameters())
         flops_per_step = approx_flops_per_token(cfg, n_params, cfg.block_size) * tokens
-    torch_gflops = flops_per_step / t_med / 1e9
 
-    rows = []
-    if ferrite:
+    rows, ratios = [], []
+    for r in range(args.rounds):
+        ferrite = None
+        if not args.torch_only:
+            ferrite = first if r == 0 else ferrite_round()
+        t_med = statistics.median(torch_step_benchmark(cfg, batch, args.warmup, args.steps))
+        torch_tps = tokens / t_med
+        if ferrite:
+            rows.append(
+                [
+                    f"ferrite (round {r + 1})",
+                    f"{ferrite['tokens_per_s']:.0f}",
+                    f"{ferrite['ms_per_step']:.2f}",
+                    f"{ferrite['gflops']:.2f}",
+                ]
+            )
+            ratios.append(ferrite["tokens_per_s"] / torch_tps)
         rows.append(
             [
-                "ferrite",
-                f"{ferrite['tokens_per_s']:.0f}",
-                f"{ferrite['ms_per_step']:.2f}",
-                f"{ferrite['gflops']:.2f}",
+                f"pytorch, {args.threads} thr (round {r + 1})",
+                f"{torch_tps:.0f}",
+                f"{t_med * 1e3:.2f}",
+                f"{flops_per_step / t_med / 1e9:.2f}",
             ]
         )
-    rows.append(
-        [
-            f"pytorch ({args.threads} thr)",
-            f"{torch_tps:.0f}",
-            f"{t_med * 1e3:.2f}",
-            f"{torch_gflops:.2f}",
-        ]
-    )
     print_table(
         f"train step: {cfg.n_layer}L/{cfg.n_head}H/{cfg.n_embd}C, vocab {cfg.vocab_size}, "
-        f"block {cfg.block_size}, batch {batch} (median of {args.steps})",
+        f"block {cfg.block_size}, batch {batch} (median of {args.steps} steps per round)",
         ["engine", "tokens/s", "ms/step", "GFLOP/s"],
         rows,
     )
-    if ferrite:
+    if ratios:
+        each = ", ".join(f"{x:.2f}x" for x in ratios)
         print(
-            f"ratio ferrite/pytorch (tokens/s): {ratio_str(ferrite['tokens_per_s'], torch_tps)}"
+            f"ratio ferrite/pytorch (tokens/s): {statistics.median(ratios):.2f}x "
+            f"(median of rounds: {each})"
         )
 
 
@@ -429,6 +438,9 @@ def main():
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--steps", type=int, default=20, help="timed steps (both engines)")
     p.add_argument("--warmup", type=int, default=3, help="untimed PyTorch steps")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="alternating ferrite/PyTorch rounds"
+    )
     # Only used with --torch-only (otherwise the config comes from ferrite).
     p.add_argument("--block-size", type=int, default=64)
     p.add_argument("--n-layer", type=int, default=4)

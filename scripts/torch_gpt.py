@@ -304,6 +304,12 @@ def load_ferrite_checkpoint(
     """
     from safetensors.torch import load_file
 
+    # A run directory means its best checkpoint, as for `ferrite sample`.
+    if not os.path.exists(os.path.join(ckpt_dir, "config.json")):
+        for sub in ("best", "last"):
+            if os.path.exists(os.path.join(ckpt_dir, sub, "config.json")):
+                ckpt_dir = os.path.join(ckpt_dir, sub)
+                break
     with open(os.path.join(ckpt_dir, "config.json"), encoding="utf-8") as f:
         meta = json.load(f)
     cfg = GPTConfig.from_dict(meta["model"])

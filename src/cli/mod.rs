@@ -84,6 +84,7 @@ fn config_args() -> Vec<Arg> {
             let mut arg = Arg::new(key.clone())
                 .long(long)
                 .value_name("VALUE")
+                .allow_negative_numbers(true)
                 .help(format!("default {default}"))
                 .help_heading("Configuration keys");
             for (alias, target) in config::ALIASES {

@@ -20,13 +20,13 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 500)]
     max_new_tokens: usize,
     /// Softmax temperature; 0 picks the most likely token every time.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     temperature: f32,
     /// Sample only among the k most likely tokens (0: no limit).
     #[arg(long, default_value_t = 200)]
     top_k: usize,
     /// Sample only among the most likely tokens that together reach this probability.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     top_p: f32,
     /// Random seed: the same seed gives the same text.
     #[arg(long, default_value_t = 1337)]

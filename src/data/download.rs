@@ -7,6 +7,9 @@ use std::path::PathBuf;
 pub const TINY_SHAKESPEARE_URL: &str =
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt";
 
+/// Overrides the download address (a mirror; tests point it nowhere).
+pub const URL_ENV: &str = "FERRITE_TINY_SHAKESPEARE_URL";
+
 /// Path of the cached tiny Shakespeare, downloading it on first use.
 pub fn tiny_shakespeare() -> Result<PathBuf> {
     let dir = dirs::cache_dir()
@@ -17,9 +20,8 @@ pub fn tiny_shakespeare() -> Result<PathBuf> {
         return Ok(path);
     }
     eprintln!("downloading tiny Shakespeare to {} ...", path.display());
-    let body = ureq::get(TINY_SHAKESPEARE_URL)
-        .call()
-        .and_then(|mut r| r.body_mut().with_config().limit(16 << 20).read_to_vec());
+    let url = std::env::var(URL_ENV).unwrap_or_else(|_| TINY_SHAKESPEARE_URL.to_string());
+    let body = ureq::get(&url).call().and_then(|mut r| r.body_mut().with_config().limit(16 << 20).read_to_vec());
     let body = match body {
         Ok(b) => b,
         Err(e) => bail!("could not download tiny Shakespeare ({e}); offline, pass a local text file with --data FILE"),

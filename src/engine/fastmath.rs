@@ -69,6 +69,14 @@ pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
+/// `y += x`
+#[inline]
+pub fn add_to(y: &mut [f32], x: &[f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += xi;
+    }
+}
+
 /// Sum with independent accumulators.
 #[inline]
 pub fn sum(a: &[f32]) -> f32 {

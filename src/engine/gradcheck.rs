@@ -133,10 +133,10 @@ pub fn check_gelu<B: Backend>(be: &B) {
     let mut x: Vec<f32> = rand_vec(n, 20).iter().map(|v| 3.0 * v).collect();
     let r = rand_vec(n, 21);
     let mut dx = be.zeros(n);
-    be.gelu_bwd(&mut dx, &be.upload(&x), &be.upload(&r));
+    be.gelu_bwd(&mut dx, &be.upload(&x), &be.upload(&r), n);
     check("gelu", &mut x, &be.to_host(&dx), |x| {
         let mut out = be.zeros(n);
-        be.gelu_fwd(&mut out, &be.upload(x));
+        be.gelu_fwd(&mut out, &be.upload(x), n);
         dot(&be.to_host(&out), &r)
     });
 }

@@ -79,10 +79,10 @@ pub trait Backend: Send + Sync {
     fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf);
 
     // ---- elementwise ----
-    /// `out = a + b`
-    fn add(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf);
-    /// `dst += src`
-    fn add_assign(&self, dst: &mut Self::Buf, src: &Self::Buf);
+    /// `out = a + b` on the first `n` elements.
+    fn add(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, n: usize);
+    /// `dst += src` on the first `n` elements.
+    fn add_assign(&self, dst: &mut Self::Buf, src: &Self::Buf, n: usize);
     /// Sum of squares, accumulated in f64 (for the global gradient norm).
     fn sum_squares(&self, buf: &Self::Buf) -> f64;
     /// In-place inverted dropout; the same call is its own backward.
@@ -164,8 +164,9 @@ pub trait Backend: Send + Sync {
     );
 
     // ---- GELU (tanh approximation) ----
-    fn gelu_fwd(&self, out: &mut Self::Buf, inp: &Self::Buf);
-    fn gelu_bwd(&self, dinp: &mut Self::Buf, inp: &Self::Buf, dout: &Self::Buf);
+    /// On the first `n` elements.
+    fn gelu_fwd(&self, out: &mut Self::Buf, inp: &Self::Buf, n: usize);
+    fn gelu_bwd(&self, dinp: &mut Self::Buf, inp: &Self::Buf, dout: &Self::Buf, n: usize);
 
     // ---- causal self-attention ----
     /// `out[b,t,:]` from `qkv`; stores the softmax probabilities

@@ -71,11 +71,11 @@ impl<B: Backend> Backend for Profiled<B> {
     fn copy(&self, dst: &mut B::Buf, src: &B::Buf) {
         self.time(|| "copy".into(), || self.inner.copy(dst, src))
     }
-    fn add(&self, out: &mut B::Buf, a: &B::Buf, b: &B::Buf) {
-        self.time(|| "residual add".into(), || self.inner.add(out, a, b))
+    fn add(&self, out: &mut B::Buf, a: &B::Buf, b: &B::Buf, n: usize) {
+        self.time(|| "residual add".into(), || self.inner.add(out, a, b, n))
     }
-    fn add_assign(&self, dst: &mut B::Buf, src: &B::Buf) {
-        self.time(|| "add_assign".into(), || self.inner.add_assign(dst, src))
+    fn add_assign(&self, dst: &mut B::Buf, src: &B::Buf, n: usize) {
+        self.time(|| "add_assign".into(), || self.inner.add_assign(dst, src, n))
     }
     fn sum_squares(&self, buf: &B::Buf) -> f64 {
         self.time(|| "grad norm".into(), || self.inner.sum_squares(buf))
@@ -164,11 +164,11 @@ impl<B: Backend> Backend for Profiled<B> {
             || self.inner.layernorm_bwd(dinp, dweight, dbias, dout, inp, weight, mean, rstd, rows, channels),
         )
     }
-    fn gelu_fwd(&self, out: &mut B::Buf, inp: &B::Buf) {
-        self.time(|| "gelu".into(), || self.inner.gelu_fwd(out, inp))
+    fn gelu_fwd(&self, out: &mut B::Buf, inp: &B::Buf, n: usize) {
+        self.time(|| "gelu".into(), || self.inner.gelu_fwd(out, inp, n))
     }
-    fn gelu_bwd(&self, dinp: &mut B::Buf, inp: &B::Buf, dout: &B::Buf) {
-        self.time(|| "gelu backward".into(), || self.inner.gelu_bwd(dinp, inp, dout))
+    fn gelu_bwd(&self, dinp: &mut B::Buf, inp: &B::Buf, dout: &B::Buf, n: usize) {
+        self.time(|| "gelu backward".into(), || self.inner.gelu_bwd(dinp, inp, dout, n))
     }
     fn attention_fwd(&self, out: &mut B::Buf, probs: &mut B::Buf, qkv: &B::Buf, shape: AttnShape, drop: Dropout) {
         self.time(|| "attention".into(), || self.inner.attention_fwd(out, probs, qkv, shape, drop))

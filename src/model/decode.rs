@@ -85,12 +85,12 @@ impl<B: Backend> KvCache<B> {
                 cfg.n_head,
             );
             linear(&mut self.proj, &self.atty, bi.proj_w, bi.proj_b, c, c);
-            be.add_assign(&mut self.x, &self.proj);
+            be.add_assign(&mut self.x, &self.proj, rows * c);
             be.layernorm_fwd(&mut self.ln, &mut self.mean, &mut self.rstd, &self.x, p(bi.ln2_w), po(bi.ln2_b), rows, c);
             linear(&mut self.fch, &self.ln, bi.fc_w, bi.fc_b, c, 4 * c);
-            be.gelu_fwd(&mut self.fch_gelu, &self.fch);
+            be.gelu_fwd(&mut self.fch_gelu, &self.fch, rows * 4 * c);
             linear(&mut self.proj, &self.fch_gelu, bi.fcproj_w, bi.fcproj_b, 4 * c, c);
-            be.add_assign(&mut self.x, &self.proj);
+            be.add_assign(&mut self.x, &self.proj, rows * c);
         }
         self.len += rows;
         // Only the last position's logits are needed.

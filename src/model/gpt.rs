@@ -185,7 +185,7 @@ impl<B: Backend> Gpt<B> {
             be.attention_fwd(&mut a.atty, &mut a.probs, &a.qkv, shape, drop(l, 1));
             self.linear(&mut acts.proj, &a.atty, bi.proj_w, bi.proj_b, n, c, c);
             be.dropout(&mut acts.proj, drop(l, 2));
-            be.add(&mut a.res_attn, input, &acts.proj);
+            be.add(&mut a.res_attn, input, &acts.proj, n * c);
             be.layernorm_fwd(
                 &mut a.ln2,
                 &mut a.ln2_mean,
@@ -197,10 +197,10 @@ impl<B: Backend> Gpt<B> {
                 c,
             );
             self.linear(&mut a.fch, &a.ln2, bi.fc_w, bi.fc_b, n, c, 4 * c);
-            be.gelu_fwd(&mut a.fch_gelu, &a.fch);
+            be.gelu_fwd(&mut a.fch_gelu, &a.fch, n * 4 * c);
             self.linear(&mut acts.proj, &a.fch_gelu, bi.fcproj_w, bi.fcproj_b, n, 4 * c, c);
             be.dropout(&mut acts.proj, drop(l, 3));
-            be.add(&mut a.res_out, &a.res_attn, &acts.proj);
+            be.add(&mut a.res_out, &a.res_attn, &acts.proj, n * c);
         }
         let last = &acts.blocks[cfg.n_layer - 1].res_out;
         be.layernorm_fwd(
@@ -266,7 +266,7 @@ impl<B: Backend> Gpt<B> {
                 &acts.d_res
             };
             self.linear_backward(&mut acts.d_h, grads, d_branch, &a.fch_gelu, bi.fcproj_w, bi.fcproj_b, n, 4 * c, c);
-            be.gelu_bwd(&mut acts.d_h2, &a.fch, &acts.d_h);
+            be.gelu_bwd(&mut acts.d_h2, &a.fch, &acts.d_h, n * 4 * c);
             self.linear_backward(&mut acts.d_c, grads, &acts.d_h2, &a.ln2, bi.fc_w, bi.fc_b, n, c, 4 * c);
             let (dw, db) = two_mut(grads, bi.ln2_w, bi.ln2_b);
             be.layernorm_bwd(

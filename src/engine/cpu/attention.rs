@@ -7,24 +7,11 @@
 //! needs no recomputation. Inference with a KV cache uses a single-pass
 //! online softmax per query, so nothing quadratic is stored.
 
-use super::matmul::{gemm_serial, View};
+use super::matmul::{gemm_serial, SharedMut, View};
+use super::scratch::with_scratch;
 use crate::engine::fastmath::{self, axpy, dot};
 use crate::engine::{AttnShape, Dropout};
 use rayon::prelude::*;
-
-/// A raw pointer that rayon tasks may share: the tasks write disjoint
-/// columns (one head each) of the same rows.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
-impl SharedMut {
-    /// A method (not a field access) so closures capture the whole wrapper.
-    fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY (callers): offset stays inside the buffer the pointer came from.
-        unsafe { self.0.add(offset) }
-    }
-}
 
 /// Multiplies the probabilities of one (batch, head) block `[T, T]` by the
 /// dropout mask into `dst` (the mask is a pure function of the global index).
@@ -59,9 +46,8 @@ pub fn attention_fwd(out: &mut [f32], probs: &mut [f32], qkv: &[f32], s: AttnSha
     assert!(out.len() >= s.batch * t_len * c && qkv.len() >= s.batch * t_len * 3 * c);
     let scale = 1.0 / (hd as f32).sqrt();
     let out_ptr = SharedMut(out.as_mut_ptr());
-    probs[..s.batch * heads * tt].par_chunks_mut(tt).enumerate().for_each_init(
-        || vec![0.0f32; if drop.active() { tt } else { 0 }],
-        |dropped, (bh, p)| {
+    probs[..s.batch * heads * tt].par_chunks_mut(tt).enumerate().for_each(|(bh, p)| {
+        with_scratch(if drop.active() { tt } else { 0 }, |dropped| {
             let (b, h) = (bh / heads, bh % heads);
             let q = qkv[b * t_len * 3 * c + h * hd..].as_ptr();
             // SAFETY: all views stay inside this batch row of qkv, out and
@@ -89,8 +75,8 @@ pub fn attention_fwd(out: &mut [f32], probs: &mut [f32], qkv: &[f32], s: AttnSha
                 let o = out_ptr.at(b * t_len * c + h * hd);
                 gemm_serial(t_len, hd, t_len, o, c, false, View::rows(pd, t_len), View::rows(v, 3 * c), 1.0);
             }
-        },
-    );
+        })
+    });
 }
 
 /// Overwrites `dqkv`.
@@ -102,9 +88,9 @@ pub fn attention_bwd(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], probs: &[f32],
     let scale = 1.0 / (hd as f32).sqrt();
     let keep_scale = 1.0 / (1.0 - drop.p);
     let dqkv_ptr = SharedMut(dqkv.as_mut_ptr());
-    (0..s.batch * heads).into_par_iter().for_each_init(
-        || (vec![0.0f32; tt], vec![0.0f32; if drop.active() { tt } else { 0 }]),
-        |(dp, dropped), bh| {
+    (0..s.batch * heads).into_par_iter().for_each(|bh| {
+        with_scratch(if drop.active() { 2 * tt } else { tt }, |scratch| {
+            let (dp, dropped) = scratch.split_at_mut(tt);
             let (b, h) = (bh / heads, bh % heads);
             let p = &probs[bh * tt..(bh + 1) * tt];
             let q = qkv[b * t_len * 3 * c + h * hd..].as_ptr();
@@ -172,8 +158,8 @@ pub fn attention_bwd(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], probs: &[f32],
                     1.0,
                 );
             }
-        },
-    );
+        })
+    });
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -9,6 +9,7 @@ mod loss;
 mod matmul;
 mod norm;
 mod optim;
+mod scratch;
 
 use super::{fastmath, AdamWStep, AttnShape, Backend, Dropout};
 use rayon::prelude::*;
@@ -51,15 +52,15 @@ impl Backend for Cpu {
         dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
     }
 
-    fn add(&self, out: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>) {
-        out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((o, a), b)| {
+    fn add(&self, out: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>, n: usize) {
+        out[..n].par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((o, a), b)| {
             for i in 0..o.len() {
                 o[i] = a[i] + b[i];
             }
         });
     }
-    fn add_assign(&self, dst: &mut Vec<f32>, src: &Vec<f32>) {
-        dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| {
+    fn add_assign(&self, dst: &mut Vec<f32>, src: &Vec<f32>, n: usize) {
+        dst[..n].par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| {
             for i in 0..d.len() {
                 d[i] += s[i];
             }
@@ -157,11 +158,11 @@ impl Backend for Cpu {
         norm::layernorm_bwd(dinp, dweight, dbias.map(|b| &mut b[..]), dout, inp, weight, mean, rstd, rows, channels);
     }
 
-    fn gelu_fwd(&self, out: &mut Vec<f32>, inp: &Vec<f32>) {
-        activation::gelu_fwd(out, inp);
+    fn gelu_fwd(&self, out: &mut Vec<f32>, inp: &Vec<f32>, n: usize) {
+        activation::gelu_fwd(&mut out[..n], &inp[..n]);
     }
-    fn gelu_bwd(&self, dinp: &mut Vec<f32>, inp: &Vec<f32>, dout: &Vec<f32>) {
-        activation::gelu_bwd(dinp, inp, dout);
+    fn gelu_bwd(&self, dinp: &mut Vec<f32>, inp: &Vec<f32>, dout: &Vec<f32>, n: usize) {
+        activation::gelu_bwd(&mut dinp[..n], &inp[..n], &dout[..n]);
     }
 
     fn attention_fwd(&self, out: &mut Vec<f32>, probs: &mut Vec<f32>, qkv: &Vec<f32>, shape: AttnShape, drop: Dropout) {

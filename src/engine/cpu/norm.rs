@@ -47,6 +47,11 @@ pub fn layernorm_fwd(
         });
 }
 
+/// Row blocks of the backward pass. Each block sums its own parameter
+/// gradients, then the blocks are added in order: a fixed count, so the
+/// result never depends on the thread count.
+const ROW_BLOCKS: usize = 32;
+
 /// `dinp += ...`, `dweight += ...`, `dbias += ...`.
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_bwd(
@@ -61,45 +66,37 @@ pub fn layernorm_bwd(
     rows: usize,
     c: usize,
 ) {
-    // Input gradient: rows are independent.
-    dinp[..rows * c].par_chunks_mut(c * ROWS_PER_TASK).enumerate().for_each(|(ti, d)| {
-        for (ri, drow) in d.chunks_exact_mut(c).enumerate() {
-            let r = ti * ROWS_PER_TASK + ri;
-            let x = &inp[r * c..(r + 1) * c];
-            let g = &dout[r * c..(r + 1) * c];
-            let (m, s) = (mean[r], rstd[r]);
-            // sum(g * w) and sum(g * w * normalised x).
-            let sum_dn = fastmath::dot(g, &weight[..c]);
-            let sum_dn_n = (fastmath::dot3(g, &weight[..c], x) - m * sum_dn) * s;
-            let (mdn, mdnn) = (sum_dn / c as f32, sum_dn_n / c as f32);
-            for i in 0..c {
-                let norm = (x[i] - m) * s;
-                drow[i] += (g[i] * weight[i] - mdn - norm * mdnn) * s;
-            }
-        }
-    });
-    // Parameter gradients: parallel over column blocks, rows summed in order,
-    // so the result does not depend on the thread count.
-    const COLS: usize = 32;
-    let param_grad = |c0: usize, dw: &mut [f32], mut db: Option<&mut [f32]>| {
-        for r in 0..rows {
-            let (m, s) = (mean[r], rstd[r]);
-            let base = r * c + c0;
-            for j in 0..dw.len() {
-                let g = dout[base + j];
-                dw[j] += g * (inp[base + j] - m) * s;
-                if let Some(db) = db.as_deref_mut() {
-                    db[j] += g;
+    let block_rows = rows.div_ceil(ROW_BLOCKS).max(1);
+    let blocks = rows.div_ceil(block_rows);
+    // Per block: dweight partial sums, then dbias partial sums.
+    let mut partial = vec![0.0f32; blocks * 2 * c];
+    let w = &weight[..c];
+    dinp[..rows * c].par_chunks_mut(block_rows * c).zip(partial.par_chunks_mut(2 * c)).enumerate().for_each(
+        |(bi, (d, part))| {
+            let (pw, pb) = part.split_at_mut(c);
+            for (ri, drow) in d.chunks_exact_mut(c).enumerate() {
+                let r = bi * block_rows + ri;
+                let x = &inp[r * c..(r + 1) * c];
+                let g = &dout[r * c..(r + 1) * c];
+                let (m, s) = (mean[r], rstd[r]);
+                // sum(g * w) and sum(g * w * normalised x).
+                let sum_dn = fastmath::dot(g, w);
+                let sum_dn_n = (fastmath::dot3(g, w, x) - m * sum_dn) * s;
+                let (mdn, mdnn) = (sum_dn / c as f32, sum_dn_n / c as f32);
+                for i in 0..c {
+                    let norm = (x[i] - m) * s;
+                    drow[i] += (g[i] * w[i] - mdn - norm * mdnn) * s;
+                    pw[i] += g[i] * norm;
+                    pb[i] += g[i];
                 }
             }
+        },
+    );
+    let mut dbias = dbias;
+    for part in partial.chunks_exact(2 * c) {
+        fastmath::add_to(&mut dweight[..c], &part[..c]);
+        if let Some(db) = dbias.as_deref_mut() {
+            fastmath::add_to(&mut db[..c], &part[c..]);
         }
-    };
-    match dbias {
-        Some(db) => dweight[..c]
-            .par_chunks_mut(COLS)
-            .zip(db[..c].par_chunks_mut(COLS))
-            .enumerate()
-            .for_each(|(bi, (dw, db))| param_grad(bi * COLS, dw, Some(db))),
-        None => dweight[..c].par_chunks_mut(COLS).enumerate().for_each(|(bi, dw)| param_grad(bi * COLS, dw, None)),
     }
 }

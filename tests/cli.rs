@@ -1,0 +1,297 @@
+//! End-to-end tests of the `ferrite` binary: train → checkpoint → resume →
+//! sample on a tiny model, and a clear one-line error for each kind of bad
+//! input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn ferrite(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(args)
+        // Never touch the network or the user's cache from a test.
+        .env("FERRITE_TINY_SHAKESPEARE_URL", "http://127.0.0.1:9/tinyshakespeare.txt")
+        .env("XDG_CACHE_HOME", scratch("cache"))
+        .output()
+        .expect("ferrite runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = ferrite(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ferrite {args:?} failed: {stderr}");
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Runs a command that must fail with a one-line `error:` message (the last
+/// line of stderr, after any progress notes) containing `needle`, and no panic.
+fn fails(args: &[&str], needle: &str) {
+    let out = ferrite(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "ferrite {args:?} should fail; stdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(!stderr.contains("panicked"), "ferrite {args:?} panicked: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "ferrite {args:?}: expected one line of error, got: {stderr}");
+    assert_eq!(stderr.lines().last(), Some(errors[0]), "ferrite {args:?}: the error must be the last line: {stderr}");
+    assert!(errors[0].starts_with("error"), "{stderr}");
+    assert!(errors[0].contains(needle), "ferrite {args:?}: error lacks {needle:?}: {stderr}");
+}
+
+/// A fresh directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ferrite-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A small corpus with some structure to learn (~24 KB).
+fn corpus(dir: &Path) -> String {
+    let words = ["the", "king", "shall", "speak", "and", "we", "will", "hear", "thee", "now", "good", "lord"];
+    let mut text = String::new();
+    let mut state = 7u64;
+    for line in 0..1000 {
+        if line % 9 == 0 {
+            text.push_str("\nKING:\n");
+        }
+        for _ in 0..4 {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            text.push_str(words[(state >> 33) as usize % words.len()]);
+            text.push(' ');
+        }
+        text.push_str(".\n");
+    }
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// `(step, loss)` of the training records in a run's metrics.jsonl.
+fn train_losses(run: &Path) -> Vec<(u64, f64)> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == "train")
+        .map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn train_checkpoint_resume_and_sample() {
+    let dir = scratch("e2e");
+    let data = corpus(&dir);
+    let (full, part) = (dir.join("full"), dir.join("part"));
+    // Dropout on, so resuming must also restore the dropout masks' stream.
+    let common = ["--preset", "tiny", "--data", &data, "--lr-decay-iters", "20", "--eval-interval", "10"];
+    let common2 = ["--log-interval", "1", "--dropout", "0.1", "--sample-tokens", "20"];
+    let run = |out: &Path, iters: &str| {
+        let mut args: Vec<&str> = common.iter().chain(&common2).copied().collect();
+        let out = p(out);
+        args.extend(["--out", &out, "--max-iters", iters]);
+        let mut all = vec!["train"];
+        all.extend(args);
+        ok(&all)
+    };
+    let stdout = run(&full, "20");
+    assert!(stdout.contains("step 20: train loss"), "{stdout}");
+    assert!(stdout.contains("sample:"), "{stdout}");
+    for ck in ["best", "last"] {
+        for f in ["model.safetensors", "optimizer.safetensors", "config.json", "state.json"] {
+            assert!(full.join(ck).join(f).exists(), "{ck}/{f} missing");
+        }
+    }
+
+    // Stop at step 10, then resume to 20: the same losses, bit for bit.
+    run(&part, "10");
+    let resumed = ok(&["train", "--resume", &p(&part), "--max-iters", "20", "--sample-tokens", "0"]);
+    assert!(resumed.contains("resuming at step 10"), "{resumed}");
+    let (a, b) = (train_losses(&full), train_losses(&part));
+    assert_eq!(a.len(), 20);
+    assert_eq!(a, b, "resumed run diverged from the uninterrupted one");
+    let weights = |run: &Path| std::fs::read(run.join("last/model.safetensors")).unwrap();
+    assert_eq!(weights(&full), weights(&part), "final weights differ");
+
+    // Sampling: streams the requested length, reproducible from a seed.
+    let sample = |seed: &str| ok(&["sample", "--checkpoint", &p(&full), "--max-new-tokens", "40", "--seed", seed]);
+    let (s1, s2, s3) = (sample("3"), sample("3"), sample("4"));
+    assert_eq!(s1, s2);
+    assert_ne!(s1, s3);
+    assert_eq!(s1.trim_end_matches('\n').chars().count(), 40, "{s1:?}");
+    // Greedy decoding past the block size (32) exercises the sliding window.
+    let long = ok(&[
+        "sample",
+        "--checkpoint",
+        &p(&full.join("last")),
+        "--prompt",
+        "KING:",
+        "--max-new-tokens",
+        "100",
+        "--temperature",
+        "0",
+    ]);
+    assert_eq!(long.trim_end_matches('\n').chars().count(), 100);
+}
+
+#[test]
+fn training_learns_tiny_shakespeare() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/tinyshakespeare.txt");
+    if !data.exists() {
+        eprintln!("skipping: {} not present", data.display());
+        return;
+    }
+    let dir = scratch("shakespeare");
+    let out = ok(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        &p(&data),
+        "--out",
+        &p(&dir),
+        "--max-iters",
+        "300",
+        "--eval-interval",
+        "300",
+        "--batch-size",
+        "16",
+        "--block-size",
+        "64",
+        "--n-embd",
+        "64",
+        "--n-head",
+        "4",
+        "--learning-rate",
+        "3e-3",
+        "--warmup-iters",
+        "20",
+        "--sample-tokens",
+        "0",
+    ]);
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = text
+        .lines()
+        .rev()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .find(|r: &serde_json::Value| r["kind"] == "eval")
+        .unwrap();
+    let val = last["val_loss"].as_f64().unwrap();
+    // ln(65) = 4.17 at the start and ~2.9 for a model that knows only how
+    // often each character occurs; below 2.6 it has learned some context.
+    assert!(val < 2.6, "val loss {val} after 300 steps\n{out}");
+    // Characters are single bytes here, so bits per byte = loss / ln 2.
+    let bpb = last["val_bpb"].as_f64().unwrap();
+    assert!((bpb - val / std::f64::consts::LN_2).abs() < 1e-9);
+}
+
+#[test]
+fn bad_data_files_are_clear_errors() {
+    let dir = scratch("baddata");
+    let tr = |data: &Path, extra: &[&str], needle: &str| {
+        let (out, data) = (p(&dir.join("run")), p(data));
+        let mut args = vec!["train", "--preset", "tiny", "--data", &data, "--out", &out];
+        args.extend(extra);
+        fails(&args, needle);
+    };
+    tr(&dir.join("missing.txt"), &[], "cannot read data file");
+    std::fs::write(dir.join("empty.txt"), "").unwrap();
+    tr(&dir.join("empty.txt"), &[], "is empty");
+    std::fs::write(dir.join("latin1.txt"), b"caf\xe9 au lait, encore du caf\xe9\n".repeat(100)).unwrap();
+    tr(&dir.join("latin1.txt"), &[], "not valid UTF-8");
+    std::fs::write(dir.join("short.txt"), "To be, or not to be.").unwrap();
+    tr(&dir.join("short.txt"), &[], "too short");
+    // Byte-level training accepts any bytes.
+    ok(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        &p(&dir.join("latin1.txt")),
+        "--out",
+        &p(&dir.join("b")),
+        "--tokenizer",
+        "byte",
+        "--max-iters",
+        "2",
+        "--block-size",
+        "16",
+        "--sample-tokens",
+        "0",
+    ]);
+}
+
+#[test]
+fn bad_options_are_clear_errors() {
+    let dir = scratch("badopts");
+    let data = corpus(&dir);
+    let out = p(&dir.join("run"));
+    let tr = |extra: &[&str], needle: &str| {
+        let mut args = vec!["train", "--preset", "tiny", "--data", &data, "--out", &out];
+        args.extend(extra);
+        fails(&args, needle);
+    };
+    fails(&["train", "--preset", "gpt-99", "--data", &data], "unknown preset 'gpt-99'");
+    tr(&["--n-layers", "3"], "--n-layers");
+    tr(&["--batch-size", "many"], "batch_size");
+    tr(&["--batch-size", "0"], "batch_size");
+    tr(&["--dropout", "1.5"], "dropout");
+    tr(&["--learning-rate", "-1"], "learning_rate");
+    tr(&["--n-embd", "30", "--n-head", "4"], "divisible");
+    tr(&["--schedule", "linear"], "schedule");
+    tr(&["--config", &p(&dir.join("nope.toml"))], "cannot read config file");
+    std::fs::write(dir.join("bad.toml"), "n_layer = [").unwrap();
+    tr(&["--config", &p(&dir.join("bad.toml"))], "not valid TOML");
+    std::fs::write(dir.join("typo.toml"), "n_layers = 3\n").unwrap();
+    tr(&["--config", &p(&dir.join("typo.toml"))], "unknown config key 'n_layers'");
+    fails(&["train", "--resume", &p(&dir.join("nothing"))], "does not exist");
+    fails(&["bench", "--steps", "0"], "steps");
+}
+
+#[test]
+fn missing_default_corpus_offline_says_how_to_pass_a_file() {
+    fails(&["train", "--preset", "tiny"], "--data");
+}
+
+#[test]
+fn bad_checkpoints_and_sample_options_are_clear_errors() {
+    let dir = scratch("badck");
+    let data = corpus(&dir);
+    let run = dir.join("run");
+    ok(&["train", "--preset", "tiny", "--data", &data, "--out", &p(&run), "--max-iters", "2", "--sample-tokens", "0"]);
+    let ck = p(&run);
+    let s = |extra: &[&str], needle: &str| {
+        let mut args = vec!["sample", "--checkpoint", &ck];
+        args.extend(extra);
+        fails(&args, needle);
+    };
+    s(&["--temperature", "-1"], "temperature");
+    s(&["--top-p", "0"], "top-p");
+    s(&["--max-new-tokens", "lots"], "max-new-tokens");
+    s(&["--prompt", "QUEEN"], "not in this model's vocabulary");
+    s(&["--prompt", ""], "prompt");
+    fails(&["sample", "--checkpoint", &p(&dir.join("absent"))], "does not exist");
+    fails(&["sample", "--checkpoint", &p(&dir)], "not a ferrite checkpoint");
+
+    // Corrupt files inside an otherwise complete checkpoint.
+    let copy = |name: &str| {
+        let to = dir.join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        for f in std::fs::read_dir(run.join("best")).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+        }
+        to
+    };
+    let truncated = copy("truncated");
+    let bytes = std::fs::read(truncated.join("model.safetensors")).unwrap();
+    std::fs::write(truncated.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    fails(&["sample", "--checkpoint", &p(&truncated)], "model.safetensors");
+    let garbled = copy("garbled");
+    std::fs::write(garbled.join("config.json"), "{ not json").unwrap();
+    fails(&["sample", "--checkpoint", &p(&garbled)], "config.json");
+    let other = copy("other");
+    std::fs::write(other.join("config.json"), r#"{"model": "gpt2", "framework": "pytorch"}"#).unwrap();
+    fails(&["sample", "--checkpoint", &p(&other)], "config.json");
+}
