@@ -260,34 +260,28 @@ def final_eval(metrics_path: str) -> dict:
     return last
 
 
-def cmd_train(args):
-    results = {}
+def ferrite_train_round(args, out_dir: str) -> dict:
+    cmd = [
+        args.ferrite,
+        "train",
+        "--preset",
+        "shakespeare-char-cpu",
+        "--data",
+        args.data,
+        "--out",
+        out_dir,
+    ]
+    if args.iters:
+        cmd += ["--max-iters", str(args.iters), "--lr-decay-iters", str(args.iters)]
+    t0 = time.perf_counter()
+    run_ferrite(cmd)
+    wall = time.perf_counter() - t0
+    ev = final_eval(os.path.join(out_dir, "metrics.jsonl"))
+    print(f"ferrite: {wall:.1f}s, step {ev['step']}, val {ev['val_loss']:.4f} (out: {out_dir})")
+    return dict(wall=wall, step=ev["step"], train=ev["train_loss"], val=ev["val_loss"])
 
-    if not args.torch_only:
-        out_dir = args.ferrite_out or tempfile.mkdtemp(prefix="ferrite_train_")
-        cmd = [
-            args.ferrite,
-            "train",
-            "--preset",
-            "shakespeare-char-cpu",
-            "--data",
-            args.data,
-            "--out",
-            out_dir,
-        ]
-        if args.iters:
-            cmd += ["--max-iters", str(args.iters), "--lr-decay-iters", str(args.iters)]
-        t0 = time.perf_counter()
-        run_ferrite(cmd)
-        wall = time.perf_counter() - t0
-        ev = final_eval(os.path.join(out_dir, "metrics.jsonl"))
-        results["ferrite"] = dict(
-            wall=wall, step=ev["step"], train=ev["train_loss"], val=ev["val_loss"]
-        )
-        print(
-            f"ferrite: {wall:.1f}s, step {ev['step']}, val {ev['val_loss']:.4f} (out: {out_dir})"
-        )
 
+def torch_train_round(args) -> dict:
     cmd = [
         sys.executable,
         os.path.join(SCRIPTS, "torch_train_char.py"),
@@ -312,28 +306,42 @@ def cmd_train(args):
         sys.exit(f"torch_train_char.py exited with status {proc.returncode}")
     wall = time.perf_counter() - t0
     res = last_json_line("".join(lines), prefix="result:")
-    results["pytorch"] = dict(
-        wall=wall, step=res["iters"], train=res["train_loss"], val=res["val_loss"]
-    )
+    return dict(wall=wall, step=res["iters"], train=res["train_loss"], val=res["val_loss"])
 
-    rows = [
-        [
-            name if name == "ferrite" else f"pytorch ({args.threads} thr)",
-            str(r["step"]),
-            f"{r['train']:.4f}",
-            f"{r['val']:.4f}",
-            f"{r['wall']:.1f}",
-        ]
-        for name, r in results.items()
-    ]
+
+def cmd_train(args):
+    """Alternates ferrite and PyTorch runs for --rounds rounds (the host
+    switches speed states for minutes at a time) and reports the median of
+    the per-round wall-time ratios."""
+    out_dir = args.ferrite_out or tempfile.mkdtemp(prefix="ferrite_train_")
+    rows, ratios = [], []
+    for r in range(args.rounds):
+        f = None if args.torch_only else ferrite_train_round(args, out_dir)
+        p = torch_train_round(args)
+        for name, res in (("ferrite", f), (f"pytorch ({args.threads} thr)", p)):
+            if res:
+                rows.append(
+                    [
+                        f"{name} (round {r + 1})",
+                        str(res["step"]),
+                        f"{res['train']:.4f}",
+                        f"{res['val']:.4f}",
+                        f"{res['wall']:.1f}",
+                    ]
+                )
+        if f:
+            ratios.append(f["wall"] / p["wall"])
     print_table(
         "shakespeare-char-cpu end to end",
         ["engine", "iters", "train loss", "val loss", "wall s"],
         rows,
     )
-    if "ferrite" in results:
-        f, p = results["ferrite"], results["pytorch"]
-        print(f"ratio ferrite/pytorch (wall time): {f['wall'] / p['wall']:.2f}x")
+    if ratios:
+        each = ", ".join(f"{x:.2f}x" for x in ratios)
+        print(
+            f"ratio ferrite/pytorch (wall time): {statistics.median(ratios):.2f}x "
+            f"(median of rounds: {each})"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -459,6 +467,9 @@ def main():
         "--ferrite-out", default=None, help="ferrite --out (default: temp dir)"
     )
     p.add_argument("--torch-out", default=None, help="save the PyTorch run here")
+    p.add_argument(
+        "--rounds", type=int, default=1, help="alternating ferrite/PyTorch rounds"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="generation speed from a ferrite checkpoint")

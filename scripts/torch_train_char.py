@@ -44,9 +44,9 @@ from torch_gpt import (  # noqa: E402
 def lr_at(
     it: int, max_lr: float, min_lr: float, warmup: int, decay_iters: int
 ) -> float:
-    """Learning rate for iteration `it` (0-based)."""
+    """Learning rate for iteration `it` (0-based), exactly as nanoGPT's get_lr."""
     if it < warmup:
-        return max_lr * (it + 1) / warmup
+        return max_lr * (it + 1) / (warmup + 1)
     if it >= decay_iters:
         return min_lr
     progress = (it - warmup) / max(1, decay_iters - warmup)

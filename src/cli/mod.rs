@@ -78,6 +78,7 @@ fn config_args() -> Vec<Arg> {
         .map(|key| {
             let long = key.replace('_', "-");
             let default = match &defaults[&key] {
+                _ if key == "data" => "tiny Shakespeare, downloaded once and cached".to_string(),
                 serde_json::Value::Null => "preset's choice".to_string(),
                 v => v.to_string(),
             };

@@ -41,6 +41,34 @@ impl Dropout {
     }
 }
 
+/// Shape and layout of `out[m,n] (+)= op(a)[m,k] · op(b)[k,n]`, all
+/// row-major with row strides `lda`, `ldb`, `ldo` as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Matmul {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub accumulate: bool,
+    pub lda: usize,
+    pub ldb: usize,
+    pub ldo: usize,
+}
+
+impl Matmul {
+    /// Contiguous operands: each row stride is its stored row length.
+    pub fn new(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool, accumulate: bool) -> Matmul {
+        let lda = if trans_a { m } else { k };
+        let ldb = if trans_b { k } else { n };
+        Matmul { m, n, k, trans_a, trans_b, accumulate, lda, ldb, ldo: n }
+    }
+    /// The same product with other row strides.
+    pub fn strides(self, lda: usize, ldb: usize, ldo: usize) -> Matmul {
+        Matmul { lda, ldb, ldo, ..self }
+    }
+}
+
 /// Hyper-parameters of one AdamW update of one tensor.
 #[derive(Clone, Copy, Debug)]
 pub struct AdamWStep {
@@ -92,7 +120,6 @@ pub trait Backend: Send + Sync {
     /// `out[m,n] (+)= op(a)[m,k] · op(b)[k,n]` where `a` is stored `[m,k]`
     /// (or `[k,m]` when `trans_a`) and `b` is stored `[k,n]` (or `[n,k]` when
     /// `trans_b`). `accumulate` adds to `out` instead of overwriting it.
-    #[allow(clippy::too_many_arguments)]
     fn matmul(
         &self,
         out: &mut Self::Buf,
@@ -104,7 +131,12 @@ pub trait Backend: Send + Sync {
         trans_a: bool,
         trans_b: bool,
         accumulate: bool,
-    );
+    ) {
+        self.matmul_strided(out, a, b, Matmul::new(m, n, k, trans_a, trans_b, accumulate));
+    }
+    /// [`Backend::matmul`] with explicit row strides (leading dimensions),
+    /// for working on a block of a wider matrix.
+    fn matmul_strided(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, mm: Matmul);
     /// `out[r, :] += bias` for each of `rows` rows.
     fn add_bias(&self, out: &mut Self::Buf, bias: &Self::Buf, rows: usize, cols: usize);
     /// `dbias += sum over rows of dout`.

@@ -2,7 +2,7 @@
 //! `ferrite bench --profile`: where a training step spends its time.
 //! (Synchronous backends only: a GPU backend would need events.)
 
-use super::{AdamWStep, AttnShape, Backend, Dropout};
+use super::{AdamWStep, AttnShape, Backend, Dropout, Matmul};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -83,23 +83,12 @@ impl<B: Backend> Backend for Profiled<B> {
     fn dropout(&self, buf: &mut B::Buf, drop: Dropout) {
         self.time(|| "dropout".into(), || self.inner.dropout(buf, drop))
     }
-    fn matmul(
-        &self,
-        out: &mut B::Buf,
-        a: &B::Buf,
-        b: &B::Buf,
-        m: usize,
-        n: usize,
-        k: usize,
-        trans_a: bool,
-        trans_b: bool,
-        accumulate: bool,
-    ) {
+    fn matmul_strided(&self, out: &mut B::Buf, a: &B::Buf, b: &B::Buf, mm: Matmul) {
         let name = || {
             let t = |x: bool| if x { 'T' } else { 'N' };
-            format!("matmul {m}x{n}x{k} {}{}", t(trans_a), t(trans_b))
+            format!("matmul {}x{}x{} {}{}", mm.m, mm.n, mm.k, t(mm.trans_a), t(mm.trans_b))
         };
-        self.time(name, || self.inner.matmul(out, a, b, m, n, k, trans_a, trans_b, accumulate))
+        self.time(name, || self.inner.matmul_strided(out, a, b, mm))
     }
     fn add_bias(&self, out: &mut B::Buf, bias: &B::Buf, rows: usize, cols: usize) {
         self.time(|| "bias".into(), || self.inner.add_bias(out, bias, rows, cols))

@@ -106,7 +106,7 @@ impl<B: Backend> KvCache<B> {
             1,
             c,
         );
-        be.matmul(&mut self.logits, &self.last_ln, p(lay.wte), 1, cfg.padded_vocab, c, false, true, false);
+        be.matmul(&mut self.logits, &self.last_ln, p(lay.wte), 1, cfg.vocab_size, c, false, true, false);
         be.read_range(&self.logits, 0, cfg.vocab_size)
     }
 }

@@ -3,7 +3,7 @@
 use super::config::ModelConfig;
 use super::params::{init_params, BlockIdx, Layout};
 use crate::engine::fastmath::mix64;
-use crate::engine::{AttnShape, Backend, Dropout};
+use crate::engine::{AttnShape, Backend, Dropout, Matmul};
 
 /// A model: configuration, parameter layout, and parameter buffers on the backend.
 pub struct Gpt<B: Backend> {
@@ -213,8 +213,10 @@ impl<B: Backend> Gpt<B> {
             n,
             c,
         );
-        // Tied LM head: logits = lnf · wte^T.
-        be.matmul(&mut acts.logits, &acts.lnf, self.p(self.layout.wte), n, cfg.padded_vocab, c, false, true, false);
+        // Tied LM head: logits = lnf · wte^T, for the real vocabulary only
+        // (the padding columns are never read, so never computed).
+        let head = Matmul::new(n, cfg.vocab_size, c, false, true, false).strides(c, c, cfg.padded_vocab);
+        be.matmul_strided(&mut acts.logits, &acts.lnf, self.p(self.layout.wte), head);
         let targets = targets?;
         be.cross_entropy(&mut acts.losses, &mut acts.logits, targets, n, cfg.vocab_size, cfg.padded_vocab, grad_scale);
         let losses = be.to_host(&acts.losses);
@@ -232,9 +234,21 @@ impl<B: Backend> Gpt<B> {
         let shape = AttnShape { batch: bsz, seq: t, channels: c, heads: cfg.n_head };
         let lay = &self.layout;
 
-        // LM head: d lnf = dlogits · wte ; d wte += dlogits^T · lnf.
-        be.matmul(&mut acts.d_c, &acts.logits, self.p(lay.wte), n, c, cfg.padded_vocab, false, false, false);
-        be.matmul(&mut grads[lay.wte], &acts.logits, &acts.lnf, cfg.padded_vocab, c, n, true, false, true);
+        // LM head: d lnf = dlogits · wte ; d wte += dlogits^T · lnf, over the
+        // real vocabulary (the padding columns' gradient is zero).
+        let (v, pv) = (cfg.vocab_size, cfg.padded_vocab);
+        be.matmul_strided(
+            &mut acts.d_c,
+            &acts.logits,
+            self.p(lay.wte),
+            Matmul::new(n, c, v, false, false, false).strides(pv, c, c),
+        );
+        be.matmul_strided(
+            &mut grads[lay.wte],
+            &acts.logits,
+            &acts.lnf,
+            Matmul::new(v, c, n, true, false, true).strides(pv, c, c),
+        );
         be.fill(&mut acts.d_res, 0.0);
         let last = &acts.blocks[cfg.n_layer - 1].res_out;
         let (dw, db) = two_mut(grads, lay.lnf_w, lay.lnf_b);

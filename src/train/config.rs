@@ -191,6 +191,11 @@ pub fn resolve(base: &TrainConfig, file: Option<&Path>, overrides: &[(String, Va
         let table: toml::Table = toml::from_str(&text)
             .map_err(|e| anyhow!("config file {} is not valid TOML: {}", path.display(), e.message()))?;
         for (k, v) in table {
+            if let toml::Value::Float(f) = v {
+                if !f.is_finite() {
+                    bail!("{} must be a finite number, got {f} in {}", field_name(&k), path.display());
+                }
+            }
             let v = serde_json::to_value(v)?;
             set(&mut map, &field_name(&k), v, &format!("in {}", path.display()))?;
         }
@@ -275,6 +280,21 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&self.decay_frac) {
             bail!("decay_frac must be in [0, 1], got {}", self.decay_frac);
         }
+        let floats = [
+            ("learning_rate", self.learning_rate),
+            ("min_lr", self.min_lr()),
+            ("train_frac", self.train_frac),
+            ("decay_frac", self.decay_frac),
+            ("beta1", self.beta1),
+            ("beta2", self.beta2),
+            ("eps", self.eps),
+            ("weight_decay", self.weight_decay),
+            ("grad_clip", self.grad_clip),
+            ("dropout", self.dropout as f64),
+        ];
+        if let Some((name, v)) = floats.iter().find(|(_, v)| !v.is_finite()) {
+            bail!("{name} must be a finite number, got {v}");
+        }
         if self.vocab_size == Some(0) {
             bail!("vocab_size must be at least 1");
         }
@@ -317,6 +337,9 @@ mod tests {
         assert_eq!((cfg.n_embd, cfg.learning_rate, cfg.schedule.as_str()), (64, 1.0, "wsd"));
         std::fs::write(&f, "typo_key = 3\n").unwrap();
         assert!(resolve(&TrainConfig::default(), Some(&f), &[]).is_err());
+        std::fs::write(&f, "weight_decay = nan\n").unwrap();
+        let err = resolve(&TrainConfig::default(), Some(&f), &[]).unwrap_err().to_string();
+        assert!(err.contains("weight_decay must be a finite number"), "{err}");
     }
 
     #[test]

@@ -50,6 +50,9 @@ const SEED_EVAL: u64 = 3;
 impl<B: Backend> Trainer<B> {
     /// A new run from a configuration, reading and tokenising its data file.
     pub fn new(be: B, cfg: TrainConfig) -> Result<Self> {
+        if cfg.vocab_size.is_some() {
+            bail!("vocab_size comes from the tokenizer when training on data; it can only be set for `ferrite bench`");
+        }
         let data_path = data_path(&cfg)?;
         let text = crate::data::dataset::read_corpus(&data_path, cfg.tokenizer == "char")?;
         let tokenizer = match cfg.tokenizer.as_str() {

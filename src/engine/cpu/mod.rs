@@ -11,7 +11,7 @@ mod norm;
 mod optim;
 mod scratch;
 
-use super::{fastmath, AdamWStep, AttnShape, Backend, Dropout};
+use super::{fastmath, AdamWStep, AttnShape, Backend, Dropout, Matmul};
 use rayon::prelude::*;
 
 const CHUNK: usize = 8192;
@@ -84,19 +84,8 @@ impl Backend for Cpu {
         });
     }
 
-    fn matmul(
-        &self,
-        out: &mut Vec<f32>,
-        a: &Vec<f32>,
-        b: &Vec<f32>,
-        m: usize,
-        n: usize,
-        k: usize,
-        trans_a: bool,
-        trans_b: bool,
-        accumulate: bool,
-    ) {
-        matmul::matmul(out, a, b, m, n, k, trans_a, trans_b, accumulate);
+    fn matmul_strided(&self, out: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>, mm: Matmul) {
+        matmul::matmul(out, a, b, mm);
     }
     fn add_bias(&self, out: &mut Vec<f32>, bias: &Vec<f32>, rows: usize, cols: usize) {
         matmul::add_bias(out, bias, rows, cols);
