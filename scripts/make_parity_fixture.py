@@ -1,19 +1,27 @@
-"""Generate the GPT parity fixtures used by ferrite's Rust tests.
+"""Generate the model parity fixtures used by ferrite's Rust tests.
 
-Writes two files with an identical layout (one per bias setting, so the Rust
-test can run the same code on both):
+Writes one file per architecture, all with the same layout, so the Rust test
+runs the same code on each:
 
-    tests/fixtures/gpt_parity.safetensors         bias=True
-    tests/fixtures/gpt_parity_nobias.safetensors  bias=False
+    tests/fixtures/gpt_parity.safetensors         GPT-2: biases, tanh GELU
+    tests/fixtures/gpt_parity_nobias.safetensors  nanoGPT: no biases, exact GELU
+    tests/fixtures/gpt_parity_llama.safetensors   Llama-style: RoPE, RMSNorm,
+                                                  SwiGLU, 4 heads sharing 2 KV
+                                                  heads, untied head, no biases
+    tests/fixtures/gpt_parity_options.safetensors the remaining options:
+                                                  sinusoidal positions, one KV
+                                                  head (MQA), QK-norm, ReLU^2,
+                                                  logit soft-capping, biases
 
-Model: vocab_size=50 (padded_vocab=64), block_size=16, n_layer=2, n_head=2,
-n_embd=32, dropout=0; batch B=2, T=12 (T < block_size on purpose, so the
-position-embedding / attention code must not assume T == block_size).
+Model: vocab_size=50 (padded_vocab=64), block_size=16, n_layer=2, n_head=2
+(4 for the Llama and options files), n_embd=32, dropout=0; batch B=2, T=12
+(T < block_size on purpose, so the position-embedding / attention code must
+not assume T == block_size).
 
 Safetensors __metadata__ (all values are strings, as the format requires):
-    "config"          JSON: the model config (vocab_size, padded_vocab,
-                      block_size, n_layer, n_head, n_embd, bias, dropout) plus
-                      B, T, lr, beta1, beta2, eps, weight_decay, grad_clip.
+    "config"          JSON: the model config (every field of ferrite's
+                      ModelConfig, same names) plus B, T, lr, beta1, beta2,
+                      eps, weight_decay, grad_clip.
     "grad_norm_step1" unclipped global L2 grad norm of the first step.
     "grad_norm_step2" unclipped global L2 grad norm of the second step.
     "loss_step2"      loss of the second forward pass (after one update).
@@ -62,7 +70,12 @@ from torch_gpt import GPT, GPTConfig, configure_optimizer  # noqa: E402
 B, T = 2, 12
 LR = 1e-2
 BETA1, BETA2 = 0.9, 0.95
-EPS = 1e-8
+# Adam's eps: larger than PyTorch's default 1e-8 on purpose. Gradients that
+# are zero in exact arithmetic (a key bias, which softmax ignores) come out
+# of f32 and f64 as different specks of rounding; with eps = 1e-8 Adam turns
+# each speck into a full-size update of random sign, and the two steps then
+# differ for reasons that have nothing to do with correctness.
+EPS = 1e-6
 WEIGHT_DECAY = 0.1
 
 
@@ -74,11 +87,34 @@ def f32(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(torch.float32).contiguous()
 
 
-def build_fixture(bias: bool) -> tuple[dict, dict, dict]:
+FIXTURES = {
+    "gpt_parity.safetensors": dict(bias=True),
+    "gpt_parity_nobias.safetensors": dict(bias=False, mlp="gelu"),
+    "gpt_parity_llama.safetensors": dict(
+        bias=False,
+        n_head=4,
+        n_kv_head=2,
+        pos="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+        tie_embeddings=False,
+    ),
+    "gpt_parity_options.safetensors": dict(
+        bias=True,
+        n_head=4,
+        n_kv_head=1,
+        pos="sinusoidal",
+        qk_norm=True,
+        mlp="relu2",
+        logit_softcap=5.0,
+    ),
+}
+
+
+def build_fixture(options: dict) -> tuple[dict, dict, dict]:
     torch.manual_seed(0)
-    cfg = GPTConfig(
-        vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, bias=bias
-    )
+    base = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    cfg = GPTConfig(**{**base, **options})
     assert cfg.padded_vocab == 64
     model = GPT(cfg)  # float32 init
 
@@ -169,11 +205,8 @@ def main():
     args = ap.parse_args()
     os.makedirs(args.out_dir, exist_ok=True)
 
-    for bias, fname in (
-        (True, "gpt_parity.safetensors"),
-        (False, "gpt_parity_nobias.safetensors"),
-    ):
-        tensors, metadata, s = build_fixture(bias)
+    for fname, options in FIXTURES.items():
+        tensors, metadata, s = build_fixture(options)
         path = os.path.join(args.out_dir, fname)
         save_file(tensors, path, metadata=metadata)
         print(

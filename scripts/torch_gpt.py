@@ -42,6 +42,8 @@ def pad_vocab(vocab_size: int, multiple: int = VOCAB_PAD_MULTIPLE) -> int:
 
 @dataclass
 class GPTConfig:
+    """ferrite's ModelConfig, field for field (config.json's "model")."""
+
     vocab_size: int = 65
     block_size: int = 64
     n_layer: int = 4
@@ -51,6 +53,20 @@ class GPTConfig:
     dropout: float = 0.0
     # 0 means "derive from vocab_size" (see __post_init__).
     padded_vocab: int = 0
+    # Key/value heads (grouped-query attention); None means n_head.
+    n_kv_head: int | None = None
+    # "learned", "sinusoidal", "rope" or "none".
+    pos: str = "learned"
+    rope_base: float = 10000.0
+    # "layernorm" or "rmsnorm".
+    norm: str = "layernorm"
+    qk_norm: bool = False
+    # "gelu_tanh", "gelu", "swiglu" or "relu2".
+    mlp: str = "gelu_tanh"
+    # None: 4 * n_embd, or for swiglu 8/3 * n_embd rounded up to 64.
+    mlp_hidden: int | None = None
+    tie_embeddings: bool = True
+    logit_softcap: float | None = None
 
     def __post_init__(self):
         if self.padded_vocab == 0:
@@ -59,6 +75,24 @@ class GPTConfig:
             raise ValueError("padded_vocab must be >= vocab_size")
         if self.n_embd % self.n_head != 0:
             raise ValueError("n_embd must be divisible by n_head")
+        if self.n_head % self.kv_heads != 0:
+            raise ValueError("n_kv_head must divide n_head")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def hidden(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":
+            return (8 * self.n_embd // 3 + 63) // 64 * 64
+        return 4 * self.n_embd
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
@@ -68,6 +102,14 @@ class GPTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+RMS_EPS = 1e-6
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + RMS_EPS)
+    return y * weight if weight is not None else y
 
 
 class LayerNorm(nn.Module):
@@ -86,23 +128,81 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, LN_EPS)
 
 
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight)
+
+
+def make_norm(cfg: GPTConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(cfg.n_embd)
+    return LayerNorm(cfg.n_embd, cfg.bias)
+
+
+def rope_tables(positions: int, head_dim: int, base: float):
+    """cos, sin: [positions, head_dim / 2], computed in float64."""
+    i = torch.arange(head_dim // 2, dtype=torch.float64)
+    freq = base ** (-2.0 * i / head_dim)
+    angle = torch.arange(positions, dtype=torch.float64)[:, None] * freq[None, :]
+    return angle.cos(), angle.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, heads, T, hd]; rotates pairs (i, i + hd/2) ("rotate half")."""
+    T = x.shape[2]
+    c, s = cos[:T].to(x.dtype), sin[:T].to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
+
+
+def sinusoidal_table(positions: int, channels: int) -> torch.Tensor:
+    """The original Transformer's table: channel 2i = sin, 2i + 1 = cos."""
+    table = torch.zeros(positions, channels, dtype=torch.float64)
+    p = torch.arange(positions, dtype=torch.float64)[:, None]
+    i = torch.arange(0, channels, 2, dtype=torch.float64)
+    angle = p / 10000.0 ** (i / channels)
+    table[:, 0::2] = angle.sin()
+    table[:, 1::2] = angle.cos()[:, : channels // 2]
+    return table
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.n_head = cfg.n_head
-        self.n_embd = cfg.n_embd
+        self.cfg = cfg
         self.dropout = cfg.dropout
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        hd = cfg.head_dim
+        width = (cfg.n_head + 2 * cfg.kv_heads) * hd
+        self.c_attn = nn.Linear(cfg.n_embd, width, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
+        if cfg.pos == "rope":
+            cos, sin = rope_tables(cfg.block_size, hd, cfg.rope_base)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
         B, T, C = x.shape
-        hd = C // self.n_head
-        # c_attn output is laid out as [q | k | v] along the last dim.
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        # [B, T, C] -> [B, n_head, T, hd]
-        q, k, v = (t.view(B, T, self.n_head, hd).transpose(1, 2) for t in (q, k, v))
+        H, Hkv, hd = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        # c_attn output is laid out as [q heads | k heads | v heads].
+        q, k, v = self.c_attn(x).split([H * hd, Hkv * hd, Hkv * hd], dim=2)
+        q = q.view(B, T, H, hd).transpose(1, 2)
+        k = k.view(B, T, Hkv, hd).transpose(1, 2)
+        v = v.view(B, T, Hkv, hd).transpose(1, 2)
+        if cfg.qk_norm:
+            q, k = rms_norm(q), rms_norm(k)
+        if cfg.pos == "rope":
+            q = apply_rope(q, self.rope_cos, self.rope_sin)
+            k = apply_rope(k, self.rope_cos, self.rope_sin)
+        if Hkv != H:
+            # Query head h uses key/value head h // (H / Hkv).
+            k = k.repeat_interleave(H // Hkv, dim=1)
+            v = v.repeat_interleave(H // Hkv, dim=1)
         # SDPA uses the default 1/sqrt(hd) scale; dropout acts on the
         # attention probabilities, only in training mode.
         y = F.scaled_dot_product_attention(
@@ -119,21 +219,32 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.kind = cfg.mlp
+        fc_out = 2 * cfg.hidden if cfg.mlp == "swiglu" else cfg.hidden
+        self.c_fc = nn.Linear(cfg.n_embd, fc_out, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.hidden, cfg.n_embd, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.gelu(self.c_fc(x), approximate="tanh")
+        h = self.c_fc(x)
+        if self.kind == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        elif self.kind == "gelu":
+            h = F.gelu(h)
+        else:
+            h = F.gelu(h, approximate="tanh")
         return self.drop(self.c_proj(h))
 
 
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.ln_1 = LayerNorm(cfg.n_embd, cfg.bias)
+        self.ln_1 = make_norm(cfg)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = LayerNorm(cfg.n_embd, cfg.bias)
+        self.ln_2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -148,16 +259,21 @@ class GPT(nn.Module):
         self.config = cfg
         # Module names are chosen so that state_dict() keys are exactly the
         # ferrite checkpoint keys ("transformer.h.0.attn.c_attn.weight", ...).
-        # There is deliberately no lm_head module: the head reuses wte.
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(cfg.padded_vocab, cfg.n_embd),
-                wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
-                drop=nn.Dropout(cfg.dropout),
-                h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
-                ln_f=LayerNorm(cfg.n_embd, cfg.bias),
-            )
+        # A tied head reuses wte (no lm_head module); an untied one is lm_head.
+        modules = dict(
+            wte=nn.Embedding(cfg.padded_vocab, cfg.n_embd),
+            drop=nn.Dropout(cfg.dropout),
+            h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+            ln_f=make_norm(cfg),
         )
+        if cfg.pos == "learned":
+            modules["wpe"] = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.transformer = nn.ModuleDict(modules)
+        if cfg.pos == "sinusoidal":
+            table = sinusoidal_table(cfg.block_size, cfg.n_embd).float()
+            self.register_buffer("sinusoid", table, persistent=False)
+        if not cfg.tie_embeddings:
+            self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab, bias=False)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -181,27 +297,37 @@ class GPT(nn.Module):
                 nn.init.zeros_(p)
 
     def num_params(self) -> int:
-        # wte is shared with the head, so every parameter is counted once.
+        # A tied wte is shared with the head, so every parameter is counted once.
         return sum(p.numel() for p in self.parameters())
+
+    def head_weight(self) -> torch.Tensor:
+        if self.config.tie_embeddings:
+            return self.transformer.wte.weight
+        return self.lm_head.weight
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cfg = self.config
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(
-                f"sequence length {T} > block_size {self.config.block_size}"
-            )
+        if T > cfg.block_size:
+            raise ValueError(f"sequence length {T} > block_size {cfg.block_size}")
         tr = self.transformer
-        pos = torch.arange(T, device=idx.device)
-        x = tr.drop(tr.wte(idx) + tr.wpe(pos))
+        x = tr.wte(idx)
+        if cfg.pos == "learned":
+            x = x + tr.wpe(torch.arange(T, device=idx.device))
+        elif cfg.pos == "sinusoidal":
+            x = x + self.sinusoid[:T].to(x.dtype)
+        x = tr.drop(x)
         for block in tr.h:
             x = block(x)
         x = tr.ln_f(x)
-        logits = F.linear(x, tr.wte.weight)  # [B, T, padded_vocab]
+        logits = F.linear(x, self.head_weight())  # [B, T, padded_vocab]
+        if cfg.logit_softcap:
+            logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
         loss = None
         if targets is not None:
-            V = self.config.vocab_size
+            V = cfg.vocab_size
             loss = F.cross_entropy(
                 logits[..., :V].reshape(-1, V), targets.reshape(-1), reduction="mean"
             )

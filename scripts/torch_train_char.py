@@ -4,7 +4,8 @@ Reproduces the recipe of ferrite's `shakespeare-char-cpu` preset (nanoGPT's
 "train on a CPU" Shakespeare settings) with our own model from torch_gpt.py:
 
   * vocab: sorted set of the corpus characters; 90/10 contiguous train/val split
-  * model: 4 layers, 4 heads, 128 wide, block 64, no biases, dropout 0
+  * model: 4 layers, 4 heads, 128 wide, block 64, no biases, dropout 0,
+    exact (erf) GELU as nanoGPT's nn.GELU()
   * batch 12, 2000 iterations, AdamW(beta1 0.9, beta2 0.99, wd 0.1), clip 1.0
   * lr: linear warmup to 1e-3 over 100 iterations, cosine decay to 1e-4 at
     iteration lr_decay_iters (= iters), constant min_lr after that
@@ -89,6 +90,7 @@ def main():
     ap.add_argument("--n-layer", type=int, default=4)
     ap.add_argument("--n-head", type=int, default=4)
     ap.add_argument("--n-embd", type=int, default=128)
+    ap.add_argument("--mlp", default="gelu", help="gelu (nanoGPT), gelu_tanh, swiglu, relu2")
     ap.add_argument("--eval-interval", type=int, default=250)
     ap.add_argument("--eval-iters", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
@@ -116,6 +118,7 @@ def main():
         n_embd=args.n_embd,
         bias=False,
         dropout=0.0,
+        mlp=args.mlp,
     )
     model = GPT(cfg)
     opt = configure_optimizer(model, lr=args.lr, betas=(0.9, 0.99), wd=0.1)

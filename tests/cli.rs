@@ -84,18 +84,21 @@ fn train_checkpoint_resume_and_sample() {
     let dir = scratch("e2e");
     let data = corpus(&dir);
     let (full, part) = (dir.join("full"), dir.join("part"));
-    // Dropout on, so resuming must also restore the dropout masks' stream.
+    // Dropout on (and annealed), so resuming must also restore the dropout
+    // masks' stream and rate.
     let common = ["--preset", "tiny", "--data", &data, "--lr-decay-iters", "20", "--eval-interval", "10"];
-    let common2 = ["--log-interval", "1", "--dropout", "0.1", "--sample-tokens", "20"];
-    let run = |out: &Path, iters: &str| {
+    let common2 = ["--log-interval", "1", "--dropout", "0.2", "--dropout-final", "0.05", "--sample-tokens", "20"];
+    // Activation recomputation changes what is stored, not what is computed:
+    // the runs below use different modes and must still agree bit for bit.
+    let run = |out: &Path, iters: &str, recompute: &str| {
         let mut args: Vec<&str> = common.iter().chain(&common2).copied().collect();
         let out = p(out);
-        args.extend(["--out", &out, "--max-iters", iters]);
+        args.extend(["--out", &out, "--max-iters", iters, "--recompute", recompute]);
         let mut all = vec!["train"];
         all.extend(args);
         ok(&all)
     };
-    let stdout = run(&full, "20");
+    let stdout = run(&full, "20", "none");
     assert!(stdout.contains("step 20: train loss"), "{stdout}");
     assert!(stdout.contains("sample:"), "{stdout}");
     for ck in ["best", "last"] {
@@ -105,8 +108,9 @@ fn train_checkpoint_resume_and_sample() {
     }
 
     // Stop at step 10, then resume to 20: the same losses, bit for bit.
-    run(&part, "10");
-    let resumed = ok(&["train", "--resume", &p(&part), "--max-iters", "20", "--sample-tokens", "0"]);
+    run(&part, "10", "block");
+    let resumed =
+        ok(&["train", "--resume", &p(&part), "--max-iters", "20", "--sample-tokens", "0", "--recompute", "mlp"]);
     assert!(resumed.contains("resuming at step 10"), "{resumed}");
     let (a, b) = (train_losses(&full), train_losses(&part));
     assert_eq!(a.len(), 20);
@@ -294,4 +298,104 @@ fn bad_checkpoints_and_sample_options_are_clear_errors() {
     let other = copy("other");
     std::fs::write(other.join("config.json"), r#"{"model": "gpt2", "framework": "pytorch"}"#).unwrap();
     fails(&["sample", "--checkpoint", &p(&other)], "config.json");
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+#[test]
+fn memory_estimate_is_within_15_percent_of_a_30m_parameter_run() {
+    let dir = scratch("memory");
+    let data = corpus(&dir);
+    let model = [
+        "--preset",
+        "tiny",
+        "--tokenizer",
+        "byte",
+        "--n-layer",
+        "6",
+        "--n-embd",
+        "640",
+        "--n-head",
+        "10",
+        "--block-size",
+        "64",
+        "--batch-size",
+        "4",
+    ];
+    let with = |extra: &[&str]| -> Vec<String> { model.iter().chain(extra).map(|s| s.to_string()).collect() };
+    let mut info_args = vec!["info".to_string()];
+    info_args.extend(with(&["--json"]));
+    let info = json(&ok(&strs(&info_args)));
+    let params = info["params"].as_f64().unwrap();
+    assert!((29e6..31e6).contains(&params), "{params} parameters");
+    let estimate = info["memory_bytes"]["none"]["total"].as_f64().unwrap() / (1024.0 * 1024.0);
+
+    let out = p(&dir.join("run"));
+    let mut train = vec!["train".to_string()];
+    train.extend(with(&[
+        "--data",
+        &data,
+        "--out",
+        &out,
+        "--max-iters",
+        "2",
+        "--eval-interval",
+        "2",
+        "--eval-iters",
+        "1",
+        "--sample-tokens",
+        "0",
+    ]));
+    let stdout = ok(&strs(&train));
+    let peak: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("peak memory: "))
+        .and_then(|l| l.trim_end_matches(" MiB").parse().ok())
+        .unwrap_or_else(|| panic!("no peak memory line: {stdout}"));
+    assert!((peak - estimate).abs() <= 0.15 * peak, "estimate {estimate:.1} MiB vs peak {peak:.1} MiB");
+}
+
+#[test]
+fn info_describes_presets_and_checkpoints() {
+    let params = |preset: &str| json(&ok(&["info", "--preset", preset, "--json"]))["params"].as_f64().unwrap();
+    // The Llama-style presets are sized like their GPT-2-style counterparts.
+    for (gpt, llama) in [("shakespeare-char-cpu", "llama-tiny"), ("shakespeare-char", "llama-char")] {
+        let (a, b) = (params(gpt), params(llama));
+        assert!((a - b).abs() <= 0.02 * a, "{gpt} {a} vs {llama} {b}");
+    }
+    let gpt2 = params("gpt2-small");
+    assert!((124e6..125e6).contains(&gpt2), "gpt2-small has {gpt2}");
+
+    let dir = scratch("info-ck");
+    let data = corpus(&dir);
+    let run = p(&dir.join("run"));
+    ok(&[
+        "train",
+        "--preset",
+        "llama-tiny",
+        "--data",
+        &data,
+        "--out",
+        &run,
+        "--max-iters",
+        "1",
+        "--batch-size",
+        "2",
+        "--eval-iters",
+        "1",
+        "--sample-tokens",
+        "0",
+    ]);
+    let text = ok(&["info", "--checkpoint", &run]);
+    assert!(text.contains("sharing 2 key/value heads") && text.contains("rope positions"), "{text}");
+    assert!(text.contains("KV cache: 2048 bytes per token"), "{text}");
+    // And the Llama-style checkpoint samples.
+    let sample = ok(&["sample", "--checkpoint", &run, "--max-new-tokens", "30", "--prompt", "KING"]);
+    assert_eq!(sample.trim_end_matches('\n').chars().count(), 30);
 }

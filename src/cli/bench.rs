@@ -7,15 +7,12 @@ use crate::data::{Dataset, Tokenizer};
 use crate::engine::cpu::Cpu;
 use crate::engine::profile::Profiled;
 use crate::engine::Backend;
-use crate::train::{TrainConfig, Trainer};
+use crate::model::ModelConfig;
+use crate::train::{config, TrainConfig, Trainer};
 use anyhow::{bail, Result};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use std::time::Instant;
-
-/// Vocabulary of tiny Shakespeare's characters, used when the preset's
-/// vocabulary would come from a data file.
-const DEFAULT_VOCAB: usize = 65;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -42,8 +39,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let mut cfg = a.run.resolve("shakespeare-char-cpu")?;
-    let vocab = *cfg.vocab_size.get_or_insert(DEFAULT_VOCAB);
+    let preset = a.run.preset.clone().unwrap_or_else(|| super::train::DEFAULT_PRESET.into());
+    let mut cfg = a.run.resolve(&preset)?;
+    let vocab = config::reference_vocab(&preset, &cfg);
+    cfg.vocab_size = Some(vocab);
     // Random tokens: enough for distinct windows, no data file needed.
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let len = (cfg.batch_size * cfg.block_size * 4).max(4096);
@@ -66,11 +65,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let tps = tokens / median;
     if a.json {
         let out = serde_json::json!({
-            "config": {
-                "vocab_size": m.vocab_size, "block_size": m.block_size, "n_layer": m.n_layer,
-                "n_head": m.n_head, "n_embd": m.n_embd, "bias": m.bias, "dropout": m.dropout,
-                "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
-            },
+            // The model configuration (ModelConfig's fields) and the batch.
+            "config": config_json(m, &cfg),
             "params": m.num_params(),
             "backend": trainer.model.be.name(),
             "steps": a.steps,
@@ -136,4 +132,11 @@ fn print_profile(p: &Profiled<Cpu>, steps: usize) {
         println!("{name:<36} {ms:>10.3} {share:>6.1}% {:>8}", calls / steps as u64);
     }
     println!("{:<36} {:>10.3}", "total in engine ops", total * 1e3 / steps as f64);
+}
+
+fn config_json(m: &ModelConfig, cfg: &TrainConfig) -> serde_json::Value {
+    let mut v = serde_json::to_value(m).expect("serialisable");
+    v["batch_size"] = cfg.batch_size.into();
+    v["grad_accum"] = cfg.grad_accum.into();
+    v
 }

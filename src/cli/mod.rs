@@ -1,6 +1,7 @@
 //! The `ferrite` command line: argument parsing and one module per command.
 
 mod bench;
+mod info;
 mod sample;
 mod train;
 
@@ -24,6 +25,8 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Time training steps of a model configuration on random tokens.
     Bench(bench::BenchArgs),
+    /// Parameters, FLOPs per token and memory of a configuration or checkpoint.
+    Info(info::InfoArgs),
 }
 
 /// Options shared by `train` and `bench`: a preset, a TOML file, and
@@ -43,7 +46,7 @@ pub struct RunArgs {
     resume: Option<PathBuf>,
     /// `--key value` overrides, filled from the dynamic options.
     #[arg(skip)]
-    overrides: Vec<(String, serde_json::Value)>,
+    overrides: Vec<(String, String)>,
 }
 
 impl RunArgs {
@@ -56,7 +59,7 @@ impl RunArgs {
     fn collect_overrides(&mut self, m: &ArgMatches) {
         for key in config_keys() {
             if let Some(v) = m.get_one::<String>(&key) {
-                self.overrides.push((key.clone(), config::parse_value(v)));
+                self.overrides.push((key.clone(), v.clone()));
             }
         }
     }
@@ -112,7 +115,8 @@ pub fn run() -> Result<()> {
     let help = presets_help();
     let command = Cli::command()
         .mut_subcommand("train", |c| c.args(config_args()).after_help(help.clone()))
-        .mut_subcommand("bench", |c| c.args(config_args()).after_help(help.clone()));
+        .mut_subcommand("bench", |c| c.args(config_args()).after_help(help.clone()))
+        .mut_subcommand("info", |c| c.args(config_args()).after_help(help.clone()));
     let matches = command.try_get_matches().unwrap_or_else(|e| exit_with_clap_error(e));
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| exit_with_clap_error(e));
     match cli.command.unwrap_or(Command::Train(RunArgs::default())) {
@@ -128,6 +132,12 @@ pub fn run() -> Result<()> {
                 args.run.collect_overrides(m);
             }
             bench::run(&args)
+        }
+        Command::Info(mut args) => {
+            if let Some(("info", m)) = matches.subcommand() {
+                args.run.collect_overrides(m);
+            }
+            info::run(&args)
         }
     }
 }

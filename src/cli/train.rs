@@ -39,6 +39,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
         );
     }
     println!("checkpoints in {}/{{best,last}}", trainer.cfg.out_dir);
+    if let Some(mib) = peak_rss_mib() {
+        println!("peak memory: {mib:.1} MiB");
+    }
     if trainer.cfg.sample_tokens > 0 {
         print_sample(&trainer)?;
     }
@@ -82,4 +85,13 @@ fn print_sample<B: Backend>(t: &Trainer<B>) -> Result<()> {
     let ids: Vec<u32> = (0..t.cfg.sample_tokens).map(|_| g.next_token()).collect();
     println!("sample:\n{}", t.tokenizer.decode(&ids));
     Ok(())
+}
+
+/// The process's peak resident memory so far.
+fn peak_rss_mib() -> Option<f64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; zeroed is a valid rusage.
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0;
+    // Linux reports ru_maxrss in KiB.
+    ok.then(|| unsafe { usage.assume_init() }.ru_maxrss as f64 / 1024.0)
 }

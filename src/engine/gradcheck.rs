@@ -3,7 +3,7 @@
 //! compares the analytic input gradient with central differences. The checks
 //! are generic over [`Backend`], so every backend runs the same proof.
 
-use super::{AttnShape, Backend, Dropout};
+use super::{Activation, AttnShape, Backend, Dropout};
 
 /// Deterministic pseudo-random values in [-1, 1).
 pub fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
@@ -128,26 +128,99 @@ pub fn check_layernorm<B: Backend>(be: &B, with_bias: bool) {
     }
 }
 
-pub fn check_gelu<B: Backend>(be: &B) {
+pub fn check_activation<B: Backend>(be: &B, act: Activation) {
     let n = 50;
-    let mut x: Vec<f32> = rand_vec(n, 20).iter().map(|v| 3.0 * v).collect();
+    // Away from 0 for ReLU², where the derivative has a kink.
+    let mut x: Vec<f32> = rand_vec(n, 20).iter().map(|v| 3.0 * v + if v.abs() < 0.05 { 0.3 } else { 0.0 }).collect();
     let r = rand_vec(n, 21);
     let mut dx = be.zeros(n);
-    be.gelu_bwd(&mut dx, &be.upload(&x), &be.upload(&r), n);
-    check("gelu", &mut x, &be.to_host(&dx), |x| {
+    be.activation_bwd(&mut dx, &be.upload(&x), &be.upload(&r), n, act);
+    check(&format!("{act:?}"), &mut x, &be.to_host(&dx), |x| {
         let mut out = be.zeros(n);
-        be.gelu_fwd(&mut out, &be.upload(x), n);
+        be.activation_fwd(&mut out, &be.upload(x), n, act);
         dot(&be.to_host(&out), &r)
     });
 }
 
-pub fn check_attention<B: Backend>(be: &B, drop: Dropout) {
-    let s = AttnShape { batch: 2, seq: 5, channels: 8, heads: 2 };
-    let n = s.batch * s.seq * 3 * s.channels;
+pub fn check_swiglu<B: Backend>(be: &B) {
+    let (rows, hidden) = (3, 7);
+    let mut x: Vec<f32> = rand_vec(rows * 2 * hidden, 22).iter().map(|v| 2.0 * v).collect();
+    let r = rand_vec(rows * hidden, 23);
+    let mut dx = be.upload(&vec![5.0; rows * 2 * hidden]); // must be overwritten
+    be.swiglu_bwd(&mut dx, &be.upload(&x), &be.upload(&r), rows, hidden);
+    check("swiglu", &mut x, &be.to_host(&dx), |x| {
+        let mut out = be.zeros(rows * hidden);
+        be.swiglu_fwd(&mut out, &be.upload(x), rows, hidden);
+        dot(&be.to_host(&out), &r)
+    });
+}
+
+pub fn check_rmsnorm<B: Backend>(be: &B) {
+    let (rows, c) = (5, 24);
+    let mut x = rand_vec(rows * c, 14);
+    let mut w: Vec<f32> = rand_vec(c, 15).iter().map(|v| 1.0 + 0.3 * v).collect();
+    let r = rand_vec(rows * c, 16);
+    let fwd = |x: &[f32], w: &[f32]| {
+        let (mut out, mut rstd) = (be.zeros(rows * c), be.zeros(rows));
+        be.rmsnorm_fwd(&mut out, &mut rstd, &be.upload(x), &be.upload(w), rows, c);
+        (out, rstd)
+    };
+    let (_, rstd) = fwd(&x, &w);
+    let mut dx = be.upload(&vec![0.5; rows * c]); // accumulates onto existing values
+    let mut dw = be.zeros(c);
+    be.rmsnorm_bwd(&mut dx, &mut dw, &be.upload(&r), &be.upload(&x), &be.upload(&w), &rstd, rows, c);
+    let dx: Vec<f32> = be.to_host(&dx).iter().map(|v| v - 0.5).collect();
+    let wc = w.clone();
+    check("rmsnorm dx", &mut x, &dx, |x| dot(&be.to_host(&fwd(x, &wc).0), &r));
+    let xc = x.clone();
+    check("rmsnorm dw", &mut w, &be.to_host(&dw), |w| dot(&be.to_host(&fwd(&xc, w).0), &r));
+}
+
+/// A grouped-query shape: 4 query heads sharing 2 key/value heads.
+const GQA: AttnShape = AttnShape { batch: 2, seq: 5, heads: 4, kv_heads: 2, head_dim: 4 };
+
+pub fn check_qk_norm<B: Backend>(be: &B) {
+    let s = GQA;
+    let rows = s.batch * s.seq;
+    let n = rows * s.qkv_width();
+    let mut x = rand_vec(n, 17);
+    let r = rand_vec(n, 18);
+    let fwd = |x: &[f32]| {
+        let (mut out, mut rstd) = (be.zeros(n), be.zeros(rows * (s.heads + s.kv_heads)));
+        be.qk_norm_fwd(&mut out, &mut rstd, &be.upload(x), s, rows);
+        (out, rstd)
+    };
+    let (_, rstd) = fwd(&x);
+    let mut dx = be.upload(&vec![9.0; n]); // must be overwritten
+    be.qk_norm_bwd(&mut dx, &be.upload(&r), &be.upload(&x), &rstd, s, rows);
+    check("qk-norm", &mut x, &be.to_host(&dx), |x| dot(&be.to_host(&fwd(x).0), &r));
+}
+
+pub fn check_rope<B: Backend>(be: &B) {
+    let s = GQA;
+    let rows = s.batch * s.seq;
+    let n = rows * s.qkv_width();
+    let (cos, sin) = crate::model::positions::rope_tables(s.seq + 3, s.head_dim, 100.0);
+    let (cos, sin) = (be.upload(&cos), be.upload(&sin));
+    let mut x = rand_vec(n, 19);
+    let r = rand_vec(n, 24);
+    // The backward is the inverse rotation applied to the output gradient.
+    let mut dx = be.upload(&r);
+    be.rope(&mut dx, &cos, &sin, s, rows, 3, true);
+    check("rope", &mut x, &be.to_host(&dx), |x| {
+        let mut y = be.upload(x);
+        be.rope(&mut y, &cos, &sin, s, rows, 3, false);
+        dot(&be.to_host(&y), &r)
+    });
+}
+
+pub fn check_attention<B: Backend>(be: &B, s: AttnShape, drop: Dropout) {
+    let n = s.batch * s.seq * s.qkv_width();
+    let on = s.batch * s.seq * s.q_width();
     let mut qkv = rand_vec(n, 30);
-    let r = rand_vec(s.batch * s.seq * s.channels, 31);
+    let r = rand_vec(on, 31);
     let fwd = |qkv: &[f32]| {
-        let mut out = be.zeros(s.batch * s.seq * s.channels);
+        let mut out = be.zeros(on);
         let mut probs = be.zeros(s.batch * s.heads * s.seq * s.seq);
         be.attention_fwd(&mut out, &mut probs, &be.upload(qkv), s, drop);
         (out, probs)
@@ -158,19 +231,19 @@ pub fn check_attention<B: Backend>(be: &B, drop: Dropout) {
     check("attention", &mut qkv, &be.to_host(&dqkv), |q| dot(&be.to_host(&fwd(q).0), &r));
 }
 
-pub fn check_cross_entropy<B: Backend>(be: &B) {
+pub fn check_cross_entropy<B: Backend>(be: &B, softcap: Option<f32>) {
     let (rows, vocab, padded) = (4, 10, 16);
-    let mut logits: Vec<f32> = rand_vec(rows * padded, 40).iter().map(|v| 2.0 * v).collect();
+    let mut logits: Vec<f32> = rand_vec(rows * padded, 40).iter().map(|v| 4.0 * v).collect();
     let targets = [3u32, 0, 9, 3];
     let scale = 0.25;
     let loss = |l: &[f32]| {
         let mut losses = be.zeros(rows);
-        be.cross_entropy(&mut losses, &mut be.upload(l), &targets, rows, vocab, padded, None);
+        be.cross_entropy(&mut losses, &mut be.upload(l), &targets, rows, vocab, padded, softcap, None);
         be.to_host(&losses).iter().map(|&v| v as f64 * scale as f64).sum::<f64>()
     };
     let mut grad = be.upload(&logits);
     let mut losses = be.zeros(rows);
-    be.cross_entropy(&mut losses, &mut grad, &targets, rows, vocab, padded, Some(scale));
+    be.cross_entropy(&mut losses, &mut grad, &targets, rows, vocab, padded, softcap, Some(scale));
     let grad = be.to_host(&grad);
     for r in 0..rows {
         assert!(grad[r * padded + vocab..(r + 1) * padded].iter().all(|&g| g == 0.0));
@@ -178,7 +251,7 @@ pub fn check_cross_entropy<B: Backend>(be: &B) {
     check("cross_entropy", &mut logits, &grad, loss);
 }
 
-pub fn check_embedding<B: Backend>(be: &B) {
+pub fn check_embedding<B: Backend>(be: &B, with_positions: bool) {
     let (vocab, block, c, seq) = (7, 6, 5, 4);
     let tokens = [1u32, 3, 1, 6, 0, 1, 2, 1]; // repeats on purpose
     let mut wte = rand_vec(vocab * c, 50);
@@ -186,15 +259,18 @@ pub fn check_embedding<B: Backend>(be: &B) {
     let r = rand_vec(tokens.len() * c, 52);
     let fwd = |wte: &[f32], wpe: &[f32]| {
         let mut out = be.zeros(tokens.len() * c);
-        be.embedding_fwd(&mut out, &be.upload(wte), &be.upload(wpe), &tokens, seq, c, 0);
+        let wpe = be.upload(wpe);
+        be.embedding_fwd(&mut out, &be.upload(wte), with_positions.then_some(&wpe), &tokens, seq, c, 0);
         dot(&be.to_host(&out), &r)
     };
     let (mut dwte, mut dwpe) = (be.zeros(vocab * c), be.zeros(block * c));
-    be.embedding_bwd(&mut dwte, &mut dwpe, &be.upload(&r), &tokens, seq, c);
+    be.embedding_bwd(&mut dwte, with_positions.then_some(&mut dwpe), &be.upload(&r), &tokens, seq, c);
     let wpec = wpe.clone();
     check("embedding wte", &mut wte, &be.to_host(&dwte), |w| fwd(w, &wpec));
-    let wtec = wte.clone();
-    check("embedding wpe", &mut wpe, &be.to_host(&dwpe), |w| fwd(&wtec, w));
+    if with_positions {
+        let wtec = wte.clone();
+        check("embedding wpe", &mut wpe, &be.to_host(&dwpe), |w| fwd(&wtec, w));
+    }
 }
 
 pub fn check_dropout<B: Backend>(be: &B) {
@@ -227,21 +303,39 @@ mod tests {
         check_layernorm(&Cpu, false);
     }
     #[test]
-    fn gelu() {
-        check_gelu(&Cpu);
+    fn activations() {
+        for act in [Activation::GeluTanh, Activation::Gelu, Activation::Relu2] {
+            check_activation(&Cpu, act);
+        }
+        check_swiglu(&Cpu);
+    }
+    #[test]
+    fn rmsnorm_and_qk_norm() {
+        check_rmsnorm(&Cpu);
+        check_qk_norm(&Cpu);
+    }
+    #[test]
+    fn rope() {
+        check_rope(&Cpu);
     }
     #[test]
     fn attention() {
-        check_attention(&Cpu, Dropout::OFF);
-        check_attention(&Cpu, Dropout { p: 0.25, seed: 3 });
+        let mha = AttnShape { batch: 2, seq: 5, heads: 2, kv_heads: 2, head_dim: 4 };
+        let mqa = AttnShape { kv_heads: 1, ..GQA };
+        for s in [mha, GQA, mqa] {
+            check_attention(&Cpu, s, Dropout::OFF);
+            check_attention(&Cpu, s, Dropout { p: 0.25, seed: 3 });
+        }
     }
     #[test]
     fn cross_entropy() {
-        check_cross_entropy(&Cpu);
+        check_cross_entropy(&Cpu, None);
+        check_cross_entropy(&Cpu, Some(3.0));
     }
     #[test]
     fn embedding() {
-        check_embedding(&Cpu);
+        check_embedding(&Cpu, true);
+        check_embedding(&Cpu, false);
     }
     #[test]
     fn dropout() {
@@ -251,26 +345,28 @@ mod tests {
     #[test]
     fn cached_attention_matches_training_attention() {
         let be = Cpu;
-        let s = AttnShape { batch: 1, seq: 7, channels: 12, heads: 3 };
-        let qkv = rand_vec(s.seq * 3 * s.channels, 70);
-        let mut want = be.zeros(s.seq * s.channels);
-        let mut probs = be.zeros(s.heads * s.seq * s.seq);
-        be.attention_fwd(&mut want, &mut probs, &qkv, s, Dropout::OFF);
-        // Prefill 4 rows, then decode the remaining 3 one by one.
-        let (mut kc, mut vc) = (be.zeros(8 * s.channels), be.zeros(8 * s.channels));
-        let c = s.channels;
-        let mut got = vec![0.0; s.seq * c];
-        let mut out = be.zeros(4 * c);
-        be.attention_cached(&mut out, &qkv[..4 * 3 * c].to_vec(), &mut kc, &mut vc, 0, 4, c, 3);
-        got[..4 * c].copy_from_slice(&out);
-        for t in 4..s.seq {
-            let mut o = be.zeros(c);
-            let row = qkv[t * 3 * c..(t + 1) * 3 * c].to_vec();
-            be.attention_cached(&mut o, &row, &mut kc, &mut vc, t, 1, c, 3);
-            got[t * c..(t + 1) * c].copy_from_slice(&o);
-        }
-        for (a, b) in got.iter().zip(&want) {
-            assert!((a - b).abs() < 1e-5);
+        for kv_heads in [3, 1] {
+            let s = AttnShape { batch: 1, seq: 7, heads: 3, kv_heads, head_dim: 4 };
+            let (w, ow, kvw) = (s.qkv_width(), s.q_width(), s.kv_width());
+            let qkv = rand_vec(s.seq * w, 70);
+            let mut want = be.zeros(s.seq * ow);
+            let mut probs = be.zeros(s.heads * s.seq * s.seq);
+            be.attention_fwd(&mut want, &mut probs, &qkv, s, Dropout::OFF);
+            // Prefill 4 rows, then decode the remaining 3 one by one.
+            let (mut kc, mut vc) = (be.zeros(8 * kvw), be.zeros(8 * kvw));
+            let mut got = vec![0.0; s.seq * ow];
+            let mut out = be.zeros(4 * ow);
+            be.attention_cached(&mut out, &qkv[..4 * w].to_vec(), &mut kc, &mut vc, 0, AttnShape { seq: 4, ..s });
+            got[..4 * ow].copy_from_slice(&out);
+            for t in 4..s.seq {
+                let mut o = be.zeros(ow);
+                let row = qkv[t * w..(t + 1) * w].to_vec();
+                be.attention_cached(&mut o, &row, &mut kc, &mut vc, t, AttnShape { seq: 1, ..s });
+                got[t * ow..(t + 1) * ow].copy_from_slice(&o);
+            }
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5);
+            }
         }
     }
 }

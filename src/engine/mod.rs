@@ -3,6 +3,8 @@
 //! [`Backend`] trait, so a CUDA backend slots in beside [`cpu::Cpu`] without
 //! touching them.
 
+use std::borrow::Cow;
+
 pub mod cpu;
 pub mod fastmath;
 #[cfg(test)]
@@ -10,19 +12,53 @@ pub mod gradcheck;
 pub mod profile;
 
 /// Shape of a causal self-attention call over a fused `qkv` buffer laid out
-/// `[batch, seq, 3 * channels]` (q, k, v along the last axis).
-#[derive(Clone, Copy, Debug)]
+/// `[batch, seq, (heads + 2 * kv_heads) * head_dim]`: all query heads, then
+/// the key heads, then the value heads. With `kv_heads < heads` (grouped-query
+/// attention; 1 is multi-query), query head `h` uses key/value head
+/// `h / (heads / kv_heads)`. The output is `[batch, seq, heads * head_dim]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttnShape {
     pub batch: usize,
     pub seq: usize,
-    pub channels: usize,
     pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
 }
 
 impl AttnShape {
-    pub fn head_dim(&self) -> usize {
-        self.channels / self.heads
+    /// Width of a `qkv` row.
+    pub fn qkv_width(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
     }
+    /// Width of an output row (and of the queries).
+    pub fn q_width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+    /// Width of the keys (and of the values).
+    pub fn kv_width(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+    /// Query heads per key/value head.
+    pub fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+    /// Column offsets of query head `h` and of its key and value heads in a `qkv` row.
+    pub fn offsets(&self, h: usize) -> (usize, usize, usize) {
+        let g = h / self.group();
+        let hd = self.head_dim;
+        (h * hd, self.q_width() + g * hd, self.q_width() + self.kv_width() + g * hd)
+    }
+}
+
+/// Pointwise activations of the MLP (SwiGLU, which gates, has its own kernel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// GELU, tanh approximation (GPT-2's `gelu_new`).
+    GeluTanh,
+    /// GELU with the exact error function (PyTorch's default, nanoGPT's).
+    Gelu,
+    /// `relu(x)^2` (Primer; modded-nanogpt, nanochat).
+    Relu2,
 }
 
 /// Inverted dropout with a counter-based mask: the mask is a pure function of
@@ -99,6 +135,11 @@ pub trait Backend: Send + Sync {
     fn zeros(&self, len: usize) -> Self::Buf;
     fn upload(&self, data: &[f32]) -> Self::Buf;
     fn to_host(&self, buf: &Self::Buf) -> Vec<f32>;
+    /// The buffer's values on the host: borrowed where the backend's memory
+    /// is host memory (no copy of a large model when saving it), else copied.
+    fn view<'a>(&self, buf: &'a Self::Buf) -> Cow<'a, [f32]> {
+        Cow::Owned(self.to_host(buf))
+    }
     /// Copies `len` values starting at `offset` back to the host.
     fn read_range(&self, buf: &Self::Buf, offset: usize, len: usize) -> Vec<f32>;
     fn write(&self, buf: &mut Self::Buf, data: &[f32]);
@@ -143,31 +184,31 @@ pub trait Backend: Send + Sync {
     fn bias_backward(&self, dbias: &mut Self::Buf, dout: &Self::Buf, rows: usize, cols: usize);
 
     // ---- embedding ----
-    /// `out[b,t,:] = wte[tokens[b,t]] + wpe[pos_offset + t]`.
-    #[allow(clippy::too_many_arguments)]
+    /// `out[b,t,:] = wte[tokens[b,t]] (+ wpe[pos_offset + t])`; `wpe` is a
+    /// learned or fixed (sinusoidal) position table, or absent.
     fn embedding_fwd(
         &self,
         out: &mut Self::Buf,
         wte: &Self::Buf,
-        wpe: &Self::Buf,
+        wpe: Option<&Self::Buf>,
         tokens: &[u32],
         seq: usize,
         channels: usize,
         pos_offset: usize,
     );
-    #[allow(clippy::too_many_arguments)]
+    /// Accumulates into `dwte` and, for a learned position table, `dwpe`.
     fn embedding_bwd(
         &self,
         dwte: &mut Self::Buf,
-        dwpe: &mut Self::Buf,
+        dwpe: Option<&mut Self::Buf>,
         dout: &Self::Buf,
         tokens: &[u32],
         seq: usize,
         channels: usize,
     );
 
-    // ---- layer norm (eps 1e-5) ----
-    #[allow(clippy::too_many_arguments)]
+    // ---- normalisation ----
+    /// LayerNorm (eps 1e-5, as PyTorch's default) over rows of `channels`.
     fn layernorm_fwd(
         &self,
         out: &mut Self::Buf,
@@ -180,7 +221,6 @@ pub trait Backend: Send + Sync {
         channels: usize,
     );
     /// Accumulates into `dinp` (it sits on the residual stream).
-    #[allow(clippy::too_many_arguments)]
     fn layernorm_bwd(
         &self,
         dinp: &mut Self::Buf,
@@ -194,14 +234,71 @@ pub trait Backend: Send + Sync {
         rows: usize,
         channels: usize,
     );
+    /// RMSNorm (eps 1e-6): `out = inp / rms(inp) * weight`.
+    fn rmsnorm_fwd(
+        &self,
+        out: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        inp: &Self::Buf,
+        weight: &Self::Buf,
+        rows: usize,
+        channels: usize,
+    );
+    /// Accumulates into `dinp` and `dweight`.
+    fn rmsnorm_bwd(
+        &self,
+        dinp: &mut Self::Buf,
+        dweight: &mut Self::Buf,
+        dout: &Self::Buf,
+        inp: &Self::Buf,
+        weight: &Self::Buf,
+        rstd: &Self::Buf,
+        rows: usize,
+        channels: usize,
+    );
+    /// QK-norm: copies `qkv` (`rows` rows) to `out` with every query and key
+    /// head RMS-normalised (eps 1e-6, no weight); `rstd` gets
+    /// `[rows, heads + kv_heads]`.
+    fn qk_norm_fwd(&self, out: &mut Self::Buf, rstd: &mut Self::Buf, qkv: &Self::Buf, shape: AttnShape, rows: usize);
+    /// Overwrites `dqkv` (values pass straight through).
+    fn qk_norm_bwd(
+        &self,
+        dqkv: &mut Self::Buf,
+        dout: &Self::Buf,
+        qkv: &Self::Buf,
+        rstd: &Self::Buf,
+        shape: AttnShape,
+        rows: usize,
+    );
 
-    // ---- GELU (tanh approximation) ----
+    // ---- rotary position embedding ----
+    /// Rotates every query and key head of `qkv` in place (the "rotate half"
+    /// pairing `(i, i + head_dim / 2)` of Llama); row `r` is at position
+    /// `pos_offset + r % shape.seq`. `cos` and `sin` are `[positions,
+    /// head_dim / 2]` tables. `inverse` rotates back: the backward pass.
+    #[allow(clippy::too_many_arguments)]
+    fn rope(
+        &self,
+        qkv: &mut Self::Buf,
+        cos: &Self::Buf,
+        sin: &Self::Buf,
+        shape: AttnShape,
+        rows: usize,
+        pos_offset: usize,
+        inverse: bool,
+    );
+
+    // ---- MLP activations ----
     /// On the first `n` elements.
-    fn gelu_fwd(&self, out: &mut Self::Buf, inp: &Self::Buf, n: usize);
-    fn gelu_bwd(&self, dinp: &mut Self::Buf, inp: &Self::Buf, dout: &Self::Buf, n: usize);
+    fn activation_fwd(&self, out: &mut Self::Buf, inp: &Self::Buf, n: usize, act: Activation);
+    fn activation_bwd(&self, dinp: &mut Self::Buf, inp: &Self::Buf, dout: &Self::Buf, n: usize, act: Activation);
+    /// SwiGLU: `inp` rows are `[gate | up]` (`2 * hidden` wide), `out[r] =
+    /// silu(gate) * up`.
+    fn swiglu_fwd(&self, out: &mut Self::Buf, inp: &Self::Buf, rows: usize, hidden: usize);
+    fn swiglu_bwd(&self, dinp: &mut Self::Buf, inp: &Self::Buf, dout: &Self::Buf, rows: usize, hidden: usize);
 
     // ---- causal self-attention ----
-    /// `out[b,t,:]` from `qkv`; stores the softmax probabilities
+    /// `out` from `qkv`; stores the softmax probabilities
     /// (`[batch, heads, seq, seq]`, before dropout) in `probs` for backward.
     fn attention_fwd(
         &self,
@@ -211,6 +308,7 @@ pub trait Backend: Send + Sync {
         shape: AttnShape,
         drop: Dropout,
     );
+    /// Overwrites `dqkv`.
     fn attention_bwd(
         &self,
         dqkv: &mut Self::Buf,
@@ -220,11 +318,11 @@ pub trait Backend: Send + Sync {
         shape: AttnShape,
         drop: Dropout,
     );
-    /// Inference with a KV cache: appends the k and v of `rows` new positions
-    /// (taken from `qkv`, `[rows, 3C]`) at `start_pos` of the caches
-    /// (`[max_seq, C]`) and attends each new query to every cached position up
-    /// to its own, with an online softmax (no `seq x seq` matrix is stored).
-    #[allow(clippy::too_many_arguments)]
+    /// Inference with a KV cache: appends the keys and values of `shape.seq`
+    /// new positions (from `qkv`, one sequence) at `start_pos` of the caches
+    /// (`[max_positions, kv_width]`) and attends each new query to every
+    /// cached position up to its own, with an online softmax (no `seq x seq`
+    /// matrix is stored).
     fn attention_cached(
         &self,
         out: &mut Self::Buf,
@@ -232,17 +330,15 @@ pub trait Backend: Send + Sync {
         k_cache: &mut Self::Buf,
         v_cache: &mut Self::Buf,
         start_pos: usize,
-        rows: usize,
-        channels: usize,
-        heads: usize,
+        shape: AttnShape,
     );
 
     // ---- loss ----
     /// Softmax cross-entropy over the first `vocab` of `padded_vocab` logits
-    /// per row. Writes per-row losses. With `grad_scale = Some(s)`, replaces
-    /// `logits` by `s * dloss/dlogits` (padding columns get 0), fusing the
-    /// backward into the forward so the logits are never read twice.
-    #[allow(clippy::too_many_arguments)]
+    /// per row, after optional soft-capping (`cap * tanh(logit / cap)`).
+    /// Writes per-row losses. With `grad_scale = Some(s)`, replaces `logits`
+    /// by `s * dloss/dlogits` (padding columns get 0), fusing the backward
+    /// into the forward so the logits are never read twice.
     fn cross_entropy(
         &self,
         losses: &mut Self::Buf,
@@ -251,6 +347,7 @@ pub trait Backend: Send + Sync {
         rows: usize,
         vocab: usize,
         padded_vocab: usize,
+        softcap: Option<f32>,
         grad_scale: Option<f32>,
     );
 

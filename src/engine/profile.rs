@@ -2,7 +2,8 @@
 //! `ferrite bench --profile`: where a training step spends its time.
 //! (Synchronous backends only: a GPU backend would need events.)
 
-use super::{AdamWStep, AttnShape, Backend, Dropout, Matmul};
+use super::{Activation, AdamWStep, AttnShape, Backend, Dropout, Matmul};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -56,6 +57,9 @@ impl<B: Backend> Backend for Profiled<B> {
     fn to_host(&self, buf: &B::Buf) -> Vec<f32> {
         self.time(|| "to_host".into(), || self.inner.to_host(buf))
     }
+    fn view<'a>(&self, buf: &'a B::Buf) -> Cow<'a, [f32]> {
+        self.inner.view(buf)
+    }
     fn read_range(&self, buf: &B::Buf, offset: usize, len: usize) -> Vec<f32> {
         self.inner.read_range(buf, offset, len)
     }
@@ -100,7 +104,7 @@ impl<B: Backend> Backend for Profiled<B> {
         &self,
         out: &mut B::Buf,
         wte: &B::Buf,
-        wpe: &B::Buf,
+        wpe: Option<&B::Buf>,
         tokens: &[u32],
         seq: usize,
         channels: usize,
@@ -111,7 +115,7 @@ impl<B: Backend> Backend for Profiled<B> {
     fn embedding_bwd(
         &self,
         dwte: &mut B::Buf,
-        dwpe: &mut B::Buf,
+        dwpe: Option<&mut B::Buf>,
         dout: &B::Buf,
         tokens: &[u32],
         seq: usize,
@@ -153,11 +157,71 @@ impl<B: Backend> Backend for Profiled<B> {
             || self.inner.layernorm_bwd(dinp, dweight, dbias, dout, inp, weight, mean, rstd, rows, channels),
         )
     }
-    fn gelu_fwd(&self, out: &mut B::Buf, inp: &B::Buf, n: usize) {
-        self.time(|| "gelu".into(), || self.inner.gelu_fwd(out, inp, n))
+    fn rmsnorm_fwd(
+        &self,
+        out: &mut B::Buf,
+        rstd: &mut B::Buf,
+        inp: &B::Buf,
+        weight: &B::Buf,
+        rows: usize,
+        channels: usize,
+    ) {
+        self.time(|| "rmsnorm".into(), || self.inner.rmsnorm_fwd(out, rstd, inp, weight, rows, channels))
     }
-    fn gelu_bwd(&self, dinp: &mut B::Buf, inp: &B::Buf, dout: &B::Buf, n: usize) {
-        self.time(|| "gelu backward".into(), || self.inner.gelu_bwd(dinp, inp, dout, n))
+    fn rmsnorm_bwd(
+        &self,
+        dinp: &mut B::Buf,
+        dweight: &mut B::Buf,
+        dout: &B::Buf,
+        inp: &B::Buf,
+        weight: &B::Buf,
+        rstd: &B::Buf,
+        rows: usize,
+        channels: usize,
+    ) {
+        self.time(
+            || "rmsnorm backward".into(),
+            || self.inner.rmsnorm_bwd(dinp, dweight, dout, inp, weight, rstd, rows, channels),
+        )
+    }
+    fn qk_norm_fwd(&self, out: &mut B::Buf, rstd: &mut B::Buf, qkv: &B::Buf, shape: AttnShape, rows: usize) {
+        self.time(|| "qk-norm".into(), || self.inner.qk_norm_fwd(out, rstd, qkv, shape, rows))
+    }
+    fn qk_norm_bwd(
+        &self,
+        dqkv: &mut B::Buf,
+        dout: &B::Buf,
+        qkv: &B::Buf,
+        rstd: &B::Buf,
+        shape: AttnShape,
+        rows: usize,
+    ) {
+        self.time(|| "qk-norm backward".into(), || self.inner.qk_norm_bwd(dqkv, dout, qkv, rstd, shape, rows))
+    }
+    fn rope(
+        &self,
+        qkv: &mut B::Buf,
+        cos: &B::Buf,
+        sin: &B::Buf,
+        shape: AttnShape,
+        rows: usize,
+        pos_offset: usize,
+        inverse: bool,
+    ) {
+        let name = if inverse { "rope backward" } else { "rope" };
+        self.time(|| name.into(), || self.inner.rope(qkv, cos, sin, shape, rows, pos_offset, inverse))
+    }
+    fn activation_fwd(&self, out: &mut B::Buf, inp: &B::Buf, n: usize, act: Activation) {
+        self.time(|| format!("{act:?}"), || self.inner.activation_fwd(out, inp, n, act))
+    }
+    fn activation_bwd(&self, dinp: &mut B::Buf, inp: &B::Buf, dout: &B::Buf, n: usize, act: Activation) {
+        self.time(|| format!("{act:?} backward"), || self.inner.activation_bwd(dinp, inp, dout, n, act))
+    }
+    fn swiglu_fwd(&self, out: &mut B::Buf, inp: &B::Buf, rows: usize, hidden: usize) {
+        self.time(|| "swiglu".into(), || self.inner.swiglu_fwd(out, inp, rows, hidden))
+    }
+    fn swiglu_bwd(&self, dinp: &mut B::Buf, inp: &B::Buf, dout: &B::Buf, rows: usize, hidden: usize) {
+        self.time(|| "swiglu backward".into(), || self.inner.swiglu_bwd(dinp, inp, dout, rows, hidden))
     }
     fn attention_fwd(&self, out: &mut B::Buf, probs: &mut B::Buf, qkv: &B::Buf, shape: AttnShape, drop: Dropout) {
         self.time(|| "attention".into(), || self.inner.attention_fwd(out, probs, qkv, shape, drop))
@@ -180,13 +244,11 @@ impl<B: Backend> Backend for Profiled<B> {
         k_cache: &mut B::Buf,
         v_cache: &mut B::Buf,
         start_pos: usize,
-        rows: usize,
-        channels: usize,
-        heads: usize,
+        shape: AttnShape,
     ) {
         self.time(
             || "attention (cached)".into(),
-            || self.inner.attention_cached(out, qkv, k_cache, v_cache, start_pos, rows, channels, heads),
+            || self.inner.attention_cached(out, qkv, k_cache, v_cache, start_pos, shape),
         )
     }
     fn cross_entropy(
@@ -197,11 +259,12 @@ impl<B: Backend> Backend for Profiled<B> {
         rows: usize,
         vocab: usize,
         padded_vocab: usize,
+        softcap: Option<f32>,
         grad_scale: Option<f32>,
     ) {
         self.time(
             || "cross-entropy".into(),
-            || self.inner.cross_entropy(losses, logits, targets, rows, vocab, padded_vocab, grad_scale),
+            || self.inner.cross_entropy(losses, logits, targets, rows, vocab, padded_vocab, softcap, grad_scale),
         )
     }
     fn adamw(&self, param: &mut B::Buf, grad: &B::Buf, m: &mut B::Buf, v: &mut B::Buf, step: AdamWStep) {

@@ -130,52 +130,79 @@ impl Utf8Stream {
 mod tests {
     use super::*;
     use crate::engine::cpu::Cpu;
+    use crate::engine::Dropout;
     use crate::generate::sampler::SamplerConfig;
-    use crate::model::{Activations, ModelConfig};
+    use crate::model::decode::KvCache;
+    use crate::model::{Activations, ModelConfig, Recompute};
+
+    fn gpt2_cfg() -> ModelConfig {
+        ModelConfig { bias: true, ..ModelConfig::gpt2(11, 8, 2, 2, 16) }
+    }
+
+    /// Every architecture option the decoding path must handle.
+    fn variants() -> Vec<ModelConfig> {
+        crate::model::config::test_variants()
+    }
 
     fn tiny_model() -> Gpt<Cpu> {
-        let cfg = ModelConfig {
-            vocab_size: 11,
-            padded_vocab: 64,
-            block_size: 8,
-            n_layer: 2,
-            n_head: 2,
-            n_embd: 16,
-            bias: true,
-            dropout: 0.0,
-        };
-        Gpt::new(Cpu, cfg, 5)
+        Gpt::new(Cpu, gpt2_cfg(), 5)
     }
 
     /// Logits of the last position from a full forward over `ctx`.
     fn full_logits(model: &Gpt<Cpu>, ctx: &[u32]) -> Vec<f32> {
-        let mut acts = Activations::new(&model.be, &model.cfg, 1, ctx.len());
-        model.forward(&mut acts, ctx, None, None, false, 0);
-        let pv = model.cfg.padded_vocab;
-        acts.logits[(ctx.len() - 1) * pv..(ctx.len() - 1) * pv + model.cfg.vocab_size].to_vec()
+        let mut acts = Activations::<Cpu>::new(&model.be, &model.cfg, 1, ctx.len(), Recompute::None);
+        model.forward(&mut acts, ctx, None, None, Dropout::OFF);
+        let (pv, v) = (model.cfg.padded_vocab, model.cfg.vocab_size);
+        let mut logits = acts.logits[(ctx.len() - 1) * pv..(ctx.len() - 1) * pv + v].to_vec();
+        if let Some(cap) = model.cfg.logit_softcap {
+            logits.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
+        }
+        logits
+    }
+
+    #[test]
+    fn kv_cache_logits_match_full_recompute_for_every_architecture() {
+        for cfg in variants() {
+            let model = Gpt::new(Cpu, cfg.clone(), 9);
+            let mut cache = KvCache::new(&model);
+            let ctx = [3u32, 1, 4, 1, 5, 9, 2, 6];
+            // Prefill 3 tokens, then one at a time.
+            let mut got = cache.forward(&model, &ctx[..3]);
+            for t in 3..=ctx.len() {
+                let want = full_logits(&model, &ctx[..t]);
+                for (a, b) in got.iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-4, "{cfg:?}: position {t}: {a} vs {b}");
+                }
+                if t < ctx.len() {
+                    got = cache.forward(&model, &ctx[t..t + 1]);
+                }
+            }
+        }
     }
 
     #[test]
     fn greedy_generation_matches_full_recompute_with_sliding_window() {
-        let model = tiny_model();
-        let greedy = SamplerConfig { temperature: 0.0, top_k: 0, top_p: 1.0 };
-        let mut g = Generator::new(&model, Sampler::new(greedy, 0));
-        let prompt = [1u32, 2, 3];
-        g.prefill(&prompt).unwrap();
-        // Reference: nanoGPT-style, recompute the context window every token,
-        // with the same window the generator uses after each slide.
-        let mut ctx = prompt.to_vec();
-        let mut window_start = 0;
-        for _ in 0..30 {
-            let got = g.next_token();
-            let want = super::super::sampler::argmax(&full_logits(&model, &ctx[window_start..]));
-            assert_eq!(got, want);
-            ctx.push(got);
-            if ctx.len() - window_start > model.cfg.block_size {
-                window_start = ctx.len() - model.cfg.block_size / 2;
+        for cfg in variants() {
+            let model = Gpt::new(Cpu, cfg, 5);
+            let greedy = SamplerConfig { temperature: 0.0, top_k: 0, top_p: 1.0 };
+            let mut g = Generator::new(&model, Sampler::new(greedy, 0));
+            let prompt = [1u32, 2, 3];
+            g.prefill(&prompt).unwrap();
+            // Reference: nanoGPT-style, recompute the context window every
+            // token, with the same window the generator uses after each slide.
+            let mut ctx = prompt.to_vec();
+            let mut window_start = 0;
+            for _ in 0..30 {
+                let got = g.next_token();
+                let want = super::super::sampler::argmax(&full_logits(&model, &ctx[window_start..]));
+                assert_eq!(got, want);
+                ctx.push(got);
+                if ctx.len() - window_start > model.cfg.block_size {
+                    window_start = ctx.len() - model.cfg.block_size / 2;
+                }
             }
+            assert_eq!(g.tokens, ctx);
         }
-        assert_eq!(g.tokens, ctx);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Incremental inference with a KV cache: each new token costs one row of
-//! every matmul instead of a forward over the whole context.
+//! every matmul instead of a forward pass over the whole context.
 
-use super::gpt::Gpt;
+use super::gpt::{Gpt, NormStats};
 use crate::engine::Backend;
 
 /// Per-layer key/value caches plus scratch for up to `block_size` new rows.
@@ -15,11 +15,13 @@ pub struct KvCache<B: Backend> {
     ln: B::Buf,
     mean: B::Buf,
     rstd: B::Buf,
+    qkv_raw: B::Buf,
+    qk_rstd: B::Buf,
     qkv: B::Buf,
     atty: B::Buf,
     proj: B::Buf,
-    fch: B::Buf,
-    fch_gelu: B::Buf,
+    fc: B::Buf,
+    act: B::Buf,
     last: B::Buf,
     last_ln: B::Buf,
     logits: B::Buf,
@@ -29,25 +31,34 @@ impl<B: Backend> KvCache<B> {
     pub fn new(model: &Gpt<B>) -> Self {
         let be = &model.be;
         let cfg = &model.cfg;
-        let (t, c) = (cfg.block_size, cfg.n_embd);
+        let (t, c, w) = (cfg.block_size, cfg.n_embd, cfg.qkv_width());
+        let kv = cfg.attn_shape(1, 1).kv_width();
         KvCache {
-            k: (0..cfg.n_layer).map(|_| be.zeros(t * c)).collect(),
-            v: (0..cfg.n_layer).map(|_| be.zeros(t * c)).collect(),
+            k: (0..cfg.n_layer).map(|_| be.zeros(t * kv)).collect(),
+            v: (0..cfg.n_layer).map(|_| be.zeros(t * kv)).collect(),
             len: 0,
             capacity: t,
             x: be.zeros(t * c),
             ln: be.zeros(t * c),
             mean: be.zeros(t),
             rstd: be.zeros(t),
-            qkv: be.zeros(t * 3 * c),
+            qkv_raw: be.zeros(if cfg.qk_norm { t * w } else { 0 }),
+            qk_rstd: be.zeros(if cfg.qk_norm { t * (cfg.n_head + cfg.kv_heads()) } else { 0 }),
+            qkv: be.zeros(t * w),
             atty: be.zeros(t * c),
             proj: be.zeros(t * c),
-            fch: be.zeros(t * 4 * c),
-            fch_gelu: be.zeros(t * 4 * c),
+            fc: be.zeros(t * cfg.fc_width()),
+            act: be.zeros(t * cfg.hidden()),
             last: be.zeros(c),
             last_ln: be.zeros(c),
             logits: be.zeros(cfg.padded_vocab),
         }
+    }
+
+    /// Bytes of key/value cache per position (all layers).
+    pub fn bytes_per_token(model: &Gpt<B>) -> usize {
+        let cfg = &model.cfg;
+        2 * cfg.n_layer * cfg.attn_shape(1, 1).kv_width() * std::mem::size_of::<f32>()
     }
 
     pub fn reset(&mut self) {
@@ -55,58 +66,43 @@ impl<B: Backend> KvCache<B> {
     }
 
     /// Feeds `tokens` at positions `len..len + tokens.len()` and returns the
-    /// logits (real vocabulary only) after the last of them.
+    /// logits (real vocabulary only, soft-capped if the model caps them)
+    /// after the last of them.
     pub fn forward(&mut self, model: &Gpt<B>, tokens: &[u32]) -> Vec<f32> {
-        let be = &model.be;
-        let cfg = &model.cfg;
-        let lay = &model.layout;
-        let (rows, c) = (tokens.len(), cfg.n_embd);
+        let (be, cfg, lay) = (&model.be, &model.cfg, &model.layout);
+        let (rows, c, w) = (tokens.len(), cfg.n_embd, cfg.qkv_width());
         assert!(rows > 0 && self.len + rows <= self.capacity, "KV cache overflow");
+        let shape = cfg.attn_shape(1, rows);
         let p = |i: usize| &model.params[i];
-        let po = |i: Option<usize>| i.map(|i| &model.params[i]);
-        let linear = |out: &mut B::Buf, inp: &B::Buf, w: usize, b: Option<usize>, ic: usize, oc: usize| {
-            be.matmul(out, inp, p(w), rows, oc, ic, false, true, false);
-            if let Some(b) = b {
-                be.add_bias(out, p(b), rows, oc);
-            }
-        };
-        be.embedding_fwd(&mut self.x, p(lay.wte), p(lay.wpe), tokens, rows, c, self.len);
+        be.embedding_fwd(&mut self.x, p(lay.wte), model.position_table(), tokens, rows, c, self.len);
         for (l, bi) in lay.blocks.iter().enumerate() {
-            be.layernorm_fwd(&mut self.ln, &mut self.mean, &mut self.rstd, &self.x, p(bi.ln1_w), po(bi.ln1_b), rows, c);
-            linear(&mut self.qkv, &self.ln, bi.qkv_w, bi.qkv_b, c, 3 * c);
-            be.attention_cached(
-                &mut self.atty,
-                &self.qkv,
-                &mut self.k[l],
-                &mut self.v[l],
-                self.len,
-                rows,
-                c,
-                cfg.n_head,
-            );
-            linear(&mut self.proj, &self.atty, bi.proj_w, bi.proj_b, c, c);
+            model.norm(&mut self.ln, NormStats { mean: &mut self.mean, rstd: &mut self.rstd }, &self.x, bi.ln1, rows);
+            if cfg.qk_norm {
+                model.linear(&mut self.qkv_raw, &self.ln, bi.qkv, rows, c, w);
+                be.qk_norm_fwd(&mut self.qkv, &mut self.qk_rstd, &self.qkv_raw, shape, rows);
+            } else {
+                model.linear(&mut self.qkv, &self.ln, bi.qkv, rows, c, w);
+            }
+            model.rope(&mut self.qkv, rows, rows, self.len, false);
+            be.attention_cached(&mut self.atty, &self.qkv, &mut self.k[l], &mut self.v[l], self.len, shape);
+            model.linear(&mut self.proj, &self.atty, bi.proj, rows, c, c);
             be.add_assign(&mut self.x, &self.proj, rows * c);
-            be.layernorm_fwd(&mut self.ln, &mut self.mean, &mut self.rstd, &self.x, p(bi.ln2_w), po(bi.ln2_b), rows, c);
-            linear(&mut self.fch, &self.ln, bi.fc_w, bi.fc_b, c, 4 * c);
-            be.gelu_fwd(&mut self.fch_gelu, &self.fch, rows * 4 * c);
-            linear(&mut self.proj, &self.fch_gelu, bi.fcproj_w, bi.fcproj_b, 4 * c, c);
+            model.norm(&mut self.ln, NormStats { mean: &mut self.mean, rstd: &mut self.rstd }, &self.x, bi.ln2, rows);
+            model.linear(&mut self.fc, &self.ln, bi.fc, rows, c, cfg.fc_width());
+            model.mlp_activation(&mut self.act, &self.fc, rows);
+            model.linear(&mut self.proj, &self.act, bi.fcproj, rows, cfg.hidden(), c);
             be.add_assign(&mut self.x, &self.proj, rows * c);
         }
         self.len += rows;
         // Only the last position's logits are needed.
         let last = be.read_range(&self.x, (rows - 1) * c, c);
         be.write(&mut self.last, &last);
-        be.layernorm_fwd(
-            &mut self.last_ln,
-            &mut self.mean,
-            &mut self.rstd,
-            &self.last,
-            p(lay.lnf_w),
-            po(lay.lnf_b),
-            1,
-            c,
-        );
-        be.matmul(&mut self.logits, &self.last_ln, p(lay.wte), 1, cfg.vocab_size, c, false, true, false);
-        be.read_range(&self.logits, 0, cfg.vocab_size)
+        model.norm(&mut self.last_ln, NormStats { mean: &mut self.mean, rstd: &mut self.rstd }, &self.last, lay.lnf, 1);
+        model.head(&mut self.logits, &self.last_ln, 1);
+        let mut logits = be.read_range(&self.logits, 0, cfg.vocab_size);
+        if let Some(cap) = cfg.logit_softcap {
+            logits.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
+        }
+        logits
     }
 }

@@ -1,102 +1,31 @@
-//! The GPT-2 forward and backward passes, written against [`Backend`] only.
+//! The decoder's forward and backward passes, written against [`Backend`]
+//! only. One code path covers GPT-2 and Llama-style models: the options of
+//! [`ModelConfig`] pick the kernels (norm, position encoding, MLP, ...).
 
-use super::config::ModelConfig;
-use super::params::{init_params, BlockIdx, Layout};
+use super::activations::{Activations, BlockActs, MlpActs, Recompute};
+use super::config::{ModelConfig, NormKind, PosEncoding};
+use super::params::{init_params, BlockIdx, Layout, LinearIdx, NormIdx};
+use super::positions;
 use crate::engine::fastmath::mix64;
-use crate::engine::{AttnShape, Backend, Dropout, Matmul};
+use crate::engine::{Backend, Dropout, Matmul};
 
-/// A model: configuration, parameter layout, and parameter buffers on the backend.
+/// A model: configuration, parameter layout, parameter buffers and the
+/// fixed (untrained) tables some position encodings need.
 pub struct Gpt<B: Backend> {
     pub be: B,
     pub cfg: ModelConfig,
     pub layout: Layout,
     pub params: Vec<B::Buf>,
+    /// The sinusoidal position table (`[block_size, n_embd]`).
+    sinusoid: Option<B::Buf>,
+    /// Rotary cos and sin tables (`[block_size, head_dim / 2]` each).
+    rope: Option<(B::Buf, B::Buf)>,
 }
 
-/// Per-block activations kept from forward for backward.
-struct BlockActs<B: Backend> {
-    ln1: B::Buf,
-    ln1_mean: B::Buf,
-    ln1_rstd: B::Buf,
-    qkv: B::Buf,
-    probs: B::Buf,
-    atty: B::Buf,
-    /// Residual stream after attention.
-    res_attn: B::Buf,
-    ln2: B::Buf,
-    ln2_mean: B::Buf,
-    ln2_rstd: B::Buf,
-    fch: B::Buf,
-    fch_gelu: B::Buf,
-    /// Residual stream after the MLP: the block's output.
-    res_out: B::Buf,
-}
-
-/// Every buffer one training step needs, allocated once for a (batch, seq)
-/// shape and reused by every step.
-pub struct Activations<B: Backend> {
-    pub batch: usize,
-    pub seq: usize,
-    encoded: B::Buf,
-    blocks: Vec<BlockActs<B>>,
-    lnf: B::Buf,
-    lnf_mean: B::Buf,
-    lnf_rstd: B::Buf,
-    /// Logits `[N, padded_vocab]`; after a training forward, their gradient.
-    pub logits: B::Buf,
-    pub losses: B::Buf,
-    /// Scratch for a projection's output before it joins the residual.
-    proj: B::Buf,
-    // Gradient scratch.
-    d_res: B::Buf,
-    d_c: B::Buf,
-    d_c2: B::Buf,
-    d_qkv: B::Buf,
-    d_h: B::Buf,
-    d_h2: B::Buf,
-}
-
-impl<B: Backend> Activations<B> {
-    pub fn new(be: &B, cfg: &ModelConfig, batch: usize, seq: usize) -> Self {
-        let n = batch * seq;
-        let c = cfg.n_embd;
-        let z = |len: usize| be.zeros(len);
-        let blocks = (0..cfg.n_layer)
-            .map(|_| BlockActs {
-                ln1: z(n * c),
-                ln1_mean: z(n),
-                ln1_rstd: z(n),
-                qkv: z(n * 3 * c),
-                probs: z(batch * cfg.n_head * seq * seq),
-                atty: z(n * c),
-                res_attn: z(n * c),
-                ln2: z(n * c),
-                ln2_mean: z(n),
-                ln2_rstd: z(n),
-                fch: z(n * 4 * c),
-                fch_gelu: z(n * 4 * c),
-                res_out: z(n * c),
-            })
-            .collect();
-        Activations {
-            batch,
-            seq,
-            encoded: z(n * c),
-            blocks,
-            lnf: z(n * c),
-            lnf_mean: z(n),
-            lnf_rstd: z(n),
-            logits: z(n * cfg.padded_vocab),
-            losses: z(n),
-            proj: z(n * c),
-            d_res: z(n * c),
-            d_c: z(n * c),
-            d_c2: z(n * c),
-            d_qkv: z(n * 3 * c),
-            d_h: z(n * 4 * c),
-            d_h2: z(n * 4 * c),
-        }
-    }
+/// Normalisation statistics buffers: mean (LayerNorm only) and 1/std.
+pub struct NormStats<'a, T> {
+    pub mean: &'a mut T,
+    pub rstd: &'a mut T,
 }
 
 /// Dropout site seeds: one stream per (step seed, layer, site).
@@ -116,7 +45,13 @@ impl<B: Backend> Gpt<B> {
         let layout = Layout::new(&cfg);
         assert_eq!(host.len(), layout.specs.len());
         let params = host.iter().map(|p| be.upload(p)).collect();
-        Gpt { be, cfg, layout, params }
+        let sinusoid =
+            (cfg.pos == PosEncoding::Sinusoidal).then(|| be.upload(&positions::sinusoidal(cfg.block_size, cfg.n_embd)));
+        let rope = (cfg.pos == PosEncoding::Rope).then(|| {
+            let (cos, sin) = positions::rope_tables(cfg.block_size, cfg.head_dim(), cfg.rope_base);
+            (be.upload(&cos), be.upload(&sin))
+        });
+        Gpt { be, cfg, layout, params, sinusoid, rope }
     }
 
     pub fn params_to_host(&self) -> Vec<Vec<f32>> {
@@ -130,200 +65,281 @@ impl<B: Backend> Gpt<B> {
     fn p(&self, i: usize) -> &B::Buf {
         &self.params[i]
     }
-    fn p_opt(&self, i: Option<usize>) -> Option<&B::Buf> {
-        i.map(|i| &self.params[i])
+
+    /// The table added to the token embeddings, if any.
+    pub(crate) fn position_table(&self) -> Option<&B::Buf> {
+        match self.cfg.pos {
+            PosEncoding::Learned => self.layout.wpe.map(|i| self.p(i)),
+            PosEncoding::Sinusoidal => self.sinusoid.as_ref(),
+            PosEncoding::Rope | PosEncoding::None => None,
+        }
+    }
+
+    /// Rotates queries and keys (`inverse`: their gradients) when positions are rotary.
+    pub(crate) fn rope(&self, qkv: &mut B::Buf, rows: usize, seq: usize, pos_offset: usize, inverse: bool) {
+        if let Some((cos, sin)) = &self.rope {
+            self.be.rope(qkv, cos, sin, self.cfg.attn_shape(rows / seq, seq), rows, pos_offset, inverse);
+        }
     }
 
     /// `out = inp · W^T (+ b)` for `rows` rows.
-    fn linear(&self, out: &mut B::Buf, inp: &B::Buf, w: usize, b: Option<usize>, rows: usize, ic: usize, oc: usize) {
-        self.be.matmul(out, inp, self.p(w), rows, oc, ic, false, true, false);
-        if let Some(b) = b {
+    pub(crate) fn linear(&self, out: &mut B::Buf, inp: &B::Buf, lin: LinearIdx, rows: usize, ic: usize, oc: usize) {
+        self.be.matmul(out, inp, self.p(lin.w), rows, oc, ic, false, true, false);
+        if let Some(b) = lin.b {
             self.be.add_bias(out, self.p(b), rows, oc);
         }
     }
 
+    /// LayerNorm or RMSNorm over `rows` rows of `n_embd`.
+    pub(crate) fn norm(&self, out: &mut B::Buf, stats: NormStats<B::Buf>, inp: &B::Buf, idx: NormIdx, rows: usize) {
+        let (be, c) = (&self.be, self.cfg.n_embd);
+        match self.cfg.norm {
+            NormKind::LayerNorm => {
+                be.layernorm_fwd(out, stats.mean, stats.rstd, inp, self.p(idx.w), idx.b.map(|b| self.p(b)), rows, c)
+            }
+            NormKind::RmsNorm => be.rmsnorm_fwd(out, stats.rstd, inp, self.p(idx.w), rows, c),
+        }
+    }
+
+    /// The MLP's activation: `act = f(fc)`.
+    pub(crate) fn mlp_activation(&self, act: &mut B::Buf, fc: &B::Buf, rows: usize) {
+        let hidden = self.cfg.hidden();
+        match self.cfg.mlp.activation() {
+            Some(a) => self.be.activation_fwd(act, fc, rows * hidden, a),
+            None => self.be.swiglu_fwd(act, fc, rows, hidden),
+        }
+    }
+
+    /// Logits of the real vocabulary (`ldo = padded_vocab`; the padding
+    /// columns are never read, so never computed).
+    pub(crate) fn head(&self, logits: &mut B::Buf, x: &B::Buf, rows: usize) {
+        let (c, v, pv) = (self.cfg.n_embd, self.cfg.vocab_size, self.cfg.padded_vocab);
+        let mm = Matmul::new(rows, v, c, false, true, false).strides(c, c, pv);
+        self.be.matmul_strided(logits, x, self.p(self.layout.head), mm);
+    }
+
+    /// One block's forward pass from `input` into `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn block_forward(
+        &self,
+        l: usize,
+        input: &B::Buf,
+        a: &mut BlockActs<B::Buf>,
+        m: &mut MlpActs<B::Buf>,
+        proj: &mut B::Buf,
+        out: &mut B::Buf,
+        (batch, seq): (usize, usize),
+        drop: impl Fn(usize, u64) -> Dropout,
+    ) {
+        let (be, cfg) = (&self.be, &self.cfg);
+        let bi: &BlockIdx = &self.layout.blocks[l];
+        let (n, c, w) = (batch * seq, cfg.n_embd, cfg.qkv_width());
+        let shape = cfg.attn_shape(batch, seq);
+
+        self.norm(&mut a.ln1, NormStats { mean: &mut a.ln1_mean, rstd: &mut a.ln1_rstd }, input, bi.ln1, n);
+        if cfg.qk_norm {
+            self.linear(&mut a.qkv_raw, &a.ln1, bi.qkv, n, c, w);
+            be.qk_norm_fwd(&mut a.qkv, &mut a.qk_rstd, &a.qkv_raw, shape, n);
+        } else {
+            self.linear(&mut a.qkv, &a.ln1, bi.qkv, n, c, w);
+        }
+        self.rope(&mut a.qkv, n, seq, 0, false);
+        be.attention_fwd(&mut a.atty, &mut a.probs, &a.qkv, shape, drop(l, 1));
+        self.linear(proj, &a.atty, bi.proj, n, c, c);
+        be.dropout(proj, drop(l, 2));
+        be.add(&mut a.res_attn, input, proj, n * c);
+
+        self.norm(&mut a.ln2, NormStats { mean: &mut a.ln2_mean, rstd: &mut a.ln2_rstd }, &a.res_attn, bi.ln2, n);
+        self.linear(&mut m.fc, &a.ln2, bi.fc, n, c, cfg.fc_width());
+        self.mlp_activation(&mut m.act, &m.fc, n);
+        self.linear(proj, &m.act, bi.fcproj, n, cfg.hidden(), c);
+        be.dropout(proj, drop(l, 3));
+        be.add(out, &a.res_attn, proj, n * c);
+    }
+
     /// Forward pass over `tokens` (`[batch, seq]`). With `targets`, writes
     /// per-position losses and returns their mean; with `grad_scale` too, the
-    /// logits buffer is replaced by the loss gradient, ready for [`Self::backward`].
-    /// `dropout_seed` selects this step's dropout masks (ignored when
-    /// `train` is false or dropout is 0).
+    /// logits buffer is replaced by the loss gradient, ready for
+    /// [`Self::backward`]. `drop` is this step's dropout rate and seed
+    /// ([`Dropout::OFF`] to evaluate).
     pub fn forward(
         &self,
         acts: &mut Activations<B>,
         tokens: &[u32],
         targets: Option<&[u32]>,
         grad_scale: Option<f32>,
-        train: bool,
-        dropout_seed: u64,
+        drop: Dropout,
     ) -> Option<f32> {
-        let be = &self.be;
-        let cfg = &self.cfg;
+        let (be, cfg) = (&self.be, &self.cfg);
         let (bsz, t) = (acts.batch, acts.seq);
         let (n, c) = (bsz * t, cfg.n_embd);
         assert_eq!(tokens.len(), n, "tokens must be batch x seq");
-        let p = if train { cfg.dropout } else { 0.0 };
-        let drop = |layer: usize, which: u64| Dropout { p, seed: site(dropout_seed, layer, which) };
-        let shape = AttnShape { batch: bsz, seq: t, channels: c, heads: cfg.n_head };
+        let dropout = |layer: usize, which: u64| Dropout { p: drop.p, seed: site(drop.seed, layer, which) };
 
-        be.embedding_fwd(&mut acts.encoded, self.p(self.layout.wte), self.p(self.layout.wpe), tokens, t, c, 0);
-        be.dropout(&mut acts.encoded, drop(cfg.n_layer, 0));
-        for (l, bi) in self.layout.blocks.iter().enumerate() {
-            let (prev, rest) = acts.blocks.split_at_mut(l);
-            let a = &mut rest[0];
-            let input = if l == 0 { &acts.encoded } else { &prev[l - 1].res_out };
-            be.layernorm_fwd(
-                &mut a.ln1,
-                &mut a.ln1_mean,
-                &mut a.ln1_rstd,
-                input,
-                self.p(bi.ln1_w),
-                self.p_opt(bi.ln1_b),
-                n,
-                c,
-            );
-            self.linear(&mut a.qkv, &a.ln1, bi.qkv_w, bi.qkv_b, n, c, 3 * c);
-            be.attention_fwd(&mut a.atty, &mut a.probs, &a.qkv, shape, drop(l, 1));
-            self.linear(&mut acts.proj, &a.atty, bi.proj_w, bi.proj_b, n, c, c);
-            be.dropout(&mut acts.proj, drop(l, 2));
-            be.add(&mut a.res_attn, input, &acts.proj, n * c);
-            be.layernorm_fwd(
-                &mut a.ln2,
-                &mut a.ln2_mean,
-                &mut a.ln2_rstd,
-                &a.res_attn,
-                self.p(bi.ln2_w),
-                self.p_opt(bi.ln2_b),
-                n,
-                c,
-            );
-            self.linear(&mut a.fch, &a.ln2, bi.fc_w, bi.fc_b, n, c, 4 * c);
-            be.gelu_fwd(&mut a.fch_gelu, &a.fch, n * 4 * c);
-            self.linear(&mut acts.proj, &a.fch_gelu, bi.fcproj_w, bi.fcproj_b, n, 4 * c, c);
-            be.dropout(&mut acts.proj, drop(l, 3));
-            be.add(&mut a.res_out, &a.res_attn, &acts.proj, n * c);
+        be.embedding_fwd(&mut acts.encoded, self.p(self.layout.wte), self.position_table(), tokens, t, c, 0);
+        be.dropout(&mut acts.encoded, dropout(cfg.n_layer, 0));
+        for l in 0..cfg.n_layer {
+            let (bs, ms) = (acts.block_slot(l), acts.mlp_slot(l));
+            let (prev, rest) = acts.outputs.split_at_mut(l);
+            let input = if l == 0 { &acts.encoded } else { &prev[l - 1] };
+            let (a, m) = (&mut acts.blocks[bs], &mut acts.mlps[ms]);
+            self.block_forward(l, input, a, m, &mut acts.proj, &mut rest[0], (bsz, t), dropout);
         }
-        let last = &acts.blocks[cfg.n_layer - 1].res_out;
-        be.layernorm_fwd(
+        let last = &acts.outputs[cfg.n_layer - 1];
+        self.norm(
             &mut acts.lnf,
-            &mut acts.lnf_mean,
-            &mut acts.lnf_rstd,
+            NormStats { mean: &mut acts.lnf_mean, rstd: &mut acts.lnf_rstd },
             last,
-            self.p(self.layout.lnf_w),
-            self.p_opt(self.layout.lnf_b),
+            self.layout.lnf,
             n,
-            c,
         );
-        // Tied LM head: logits = lnf · wte^T, for the real vocabulary only
-        // (the padding columns are never read, so never computed).
-        let head = Matmul::new(n, cfg.vocab_size, c, false, true, false).strides(c, c, cfg.padded_vocab);
-        be.matmul_strided(&mut acts.logits, &acts.lnf, self.p(self.layout.wte), head);
+        self.head(&mut acts.logits, &acts.lnf, n);
         let targets = targets?;
-        be.cross_entropy(&mut acts.losses, &mut acts.logits, targets, n, cfg.vocab_size, cfg.padded_vocab, grad_scale);
+        be.cross_entropy(
+            &mut acts.losses,
+            &mut acts.logits,
+            targets,
+            n,
+            cfg.vocab_size,
+            cfg.padded_vocab,
+            cfg.logit_softcap,
+            grad_scale,
+        );
         let losses = be.to_host(&acts.losses);
         Some((losses.iter().map(|&x| x as f64).sum::<f64>() / n as f64) as f32)
     }
 
-    /// Backward pass after a training forward; accumulates into `grads`.
-    pub fn backward(&self, acts: &mut Activations<B>, grads: &mut [B::Buf], tokens: &[u32], dropout_seed: u64) {
-        let be = &self.be;
-        let cfg = &self.cfg;
+    /// Backward pass after a training forward with the same `drop`;
+    /// accumulates into `grads`.
+    pub fn backward(&self, acts: &mut Activations<B>, grads: &mut [B::Buf], tokens: &[u32], drop: Dropout) {
+        let (be, cfg, lay) = (&self.be, &self.cfg, &self.layout);
         let (bsz, t) = (acts.batch, acts.seq);
         let (n, c) = (bsz * t, cfg.n_embd);
-        let p = cfg.dropout;
-        let drop = |layer: usize, which: u64| Dropout { p, seed: site(dropout_seed, layer, which) };
-        let shape = AttnShape { batch: bsz, seq: t, channels: c, heads: cfg.n_head };
-        let lay = &self.layout;
+        let dropout = |layer: usize, which: u64| Dropout { p: drop.p, seed: site(drop.seed, layer, which) };
 
-        // LM head: d lnf = dlogits · wte ; d wte += dlogits^T · lnf, over the
-        // real vocabulary (the padding columns' gradient is zero).
+        // LM head: d lnf = dlogits · W ; dW += dlogits^T · lnf, over the real
+        // vocabulary (the padding columns' gradient is zero).
         let (v, pv) = (cfg.vocab_size, cfg.padded_vocab);
         be.matmul_strided(
             &mut acts.d_c,
             &acts.logits,
-            self.p(lay.wte),
+            self.p(lay.head),
             Matmul::new(n, c, v, false, false, false).strides(pv, c, c),
         );
         be.matmul_strided(
-            &mut grads[lay.wte],
+            &mut grads[lay.head],
             &acts.logits,
             &acts.lnf,
             Matmul::new(v, c, n, true, false, true).strides(pv, c, c),
         );
         be.fill(&mut acts.d_res, 0.0);
-        let last = &acts.blocks[cfg.n_layer - 1].res_out;
-        let (dw, db) = two_mut(grads, lay.lnf_w, lay.lnf_b);
-        be.layernorm_bwd(
-            &mut acts.d_res,
-            dw,
-            db,
-            &acts.d_c,
-            last,
-            self.p(lay.lnf_w),
-            &acts.lnf_mean,
-            &acts.lnf_rstd,
-            n,
-            c,
-        );
+        let last = &acts.outputs[cfg.n_layer - 1];
+        self.norm_backward(&mut acts.d_res, grads, &acts.d_c, last, lay.lnf, (&acts.lnf_mean, &acts.lnf_rstd), n);
 
         for l in (0..cfg.n_layer).rev() {
-            let bi: &BlockIdx = &lay.blocks[l];
-            let (prev, rest) = acts.blocks.split_at(l);
-            let a = &rest[0];
-            let input = if l == 0 { &acts.encoded } else { &prev[l - 1].res_out };
-
-            // MLP residual branch: res_out = res_attn + drop(fcproj(gelu(fc(ln2)))).
-            let d_branch = if p > 0.0 {
-                be.copy(&mut acts.d_c2, &acts.d_res);
-                be.dropout(&mut acts.d_c2, drop(l, 3));
-                &acts.d_c2
-            } else {
-                &acts.d_res
+            let (bs, ms) = (acts.block_slot(l), acts.mlp_slot(l));
+            let (prev, rest) = acts.outputs.split_at_mut(l);
+            let input = if l == 0 { &acts.encoded } else { &prev[l - 1] };
+            let (a, m) = (&mut acts.blocks[bs], &mut acts.mlps[ms]);
+            match acts.recompute {
+                // Rewrites the block's output with the same values.
+                Recompute::Block => self.block_forward(l, input, a, m, &mut acts.proj, &mut rest[0], (bsz, t), dropout),
+                Recompute::Mlp => {
+                    self.linear(&mut m.fc, &a.ln2, lay.blocks[l].fc, n, c, cfg.fc_width());
+                    self.mlp_activation(&mut m.act, &m.fc, n);
+                }
+                Recompute::None => {}
+            }
+            let g = BlockGrads {
+                d_res: &mut acts.d_res,
+                d_c: &mut acts.d_c,
+                d_c2: &mut acts.d_c2,
+                d_qkv: &mut acts.d_qkv,
+                d_qkv2: &mut acts.d_qkv2,
+                d_h: &mut acts.d_h,
+                d_h2: &mut acts.d_h2,
             };
-            self.linear_backward(&mut acts.d_h, grads, d_branch, &a.fch_gelu, bi.fcproj_w, bi.fcproj_b, n, 4 * c, c);
-            be.gelu_bwd(&mut acts.d_h2, &a.fch, &acts.d_h, n * 4 * c);
-            self.linear_backward(&mut acts.d_c, grads, &acts.d_h2, &a.ln2, bi.fc_w, bi.fc_b, n, c, 4 * c);
-            let (dw, db) = two_mut(grads, bi.ln2_w, bi.ln2_b);
-            be.layernorm_bwd(
-                &mut acts.d_res,
-                dw,
-                db,
-                &acts.d_c,
-                &a.res_attn,
-                self.p(bi.ln2_w),
-                &a.ln2_mean,
-                &a.ln2_rstd,
-                n,
-                c,
-            );
-
-            // Attention residual branch: res_attn = input + drop(proj(attn(qkv(ln1)))).
-            let d_branch = if p > 0.0 {
-                be.copy(&mut acts.d_c2, &acts.d_res);
-                be.dropout(&mut acts.d_c2, drop(l, 2));
-                &acts.d_c2
-            } else {
-                &acts.d_res
-            };
-            self.linear_backward(&mut acts.d_c, grads, d_branch, &a.atty, bi.proj_w, bi.proj_b, n, c, c);
-            be.attention_bwd(&mut acts.d_qkv, &acts.d_c, &a.qkv, &a.probs, shape, drop(l, 1));
-            self.linear_backward(&mut acts.d_c, grads, &acts.d_qkv, &a.ln1, bi.qkv_w, bi.qkv_b, n, c, 3 * c);
-            let (dw, db) = two_mut(grads, bi.ln1_w, bi.ln1_b);
-            be.layernorm_bwd(
-                &mut acts.d_res,
-                dw,
-                db,
-                &acts.d_c,
-                input,
-                self.p(bi.ln1_w),
-                &a.ln1_mean,
-                &a.ln1_rstd,
-                n,
-                c,
-            );
+            self.block_backward(l, input, a, m, g, grads, (bsz, t), dropout);
         }
-        be.dropout(&mut acts.d_res, drop(cfg.n_layer, 0));
-        let (dwte, dwpe) = two_mut(grads, lay.wte, Some(lay.wpe));
-        be.embedding_bwd(dwte, dwpe.expect("wpe"), &acts.d_res, tokens, t, c);
+        be.dropout(&mut acts.d_res, dropout(cfg.n_layer, 0));
+        let (dwte, dwpe) = two_mut(grads, lay.wte, lay.wpe);
+        be.embedding_bwd(dwte, dwpe, &acts.d_res, tokens, t, c);
+    }
+
+    /// One block's backward pass: `g.d_res` holds dL/d(output) and becomes
+    /// dL/d(input).
+    #[allow(clippy::too_many_arguments)]
+    fn block_backward(
+        &self,
+        l: usize,
+        input: &B::Buf,
+        a: &BlockActs<B::Buf>,
+        m: &MlpActs<B::Buf>,
+        g: BlockGrads<B::Buf>,
+        grads: &mut [B::Buf],
+        (batch, seq): (usize, usize),
+        drop: impl Fn(usize, u64) -> Dropout,
+    ) {
+        let (be, cfg) = (&self.be, &self.cfg);
+        let bi = &self.layout.blocks[l];
+        let (n, c, w, hidden) = (batch * seq, cfg.n_embd, cfg.qkv_width(), cfg.hidden());
+        let shape = cfg.attn_shape(batch, seq);
+
+        // MLP residual branch: out = res_attn + drop(fcproj(act(fc(ln2)))).
+        let d_branch = self.through_dropout(g.d_c2, g.d_res, drop(l, 3));
+        self.linear_backward(g.d_h, grads, d_branch, &m.act, bi.fcproj, n, hidden, c);
+        match cfg.mlp.activation() {
+            Some(act) => be.activation_bwd(g.d_h2, &m.fc, g.d_h, n * hidden, act),
+            None => be.swiglu_bwd(g.d_h2, &m.fc, g.d_h, n, hidden),
+        }
+        self.linear_backward(g.d_c, grads, g.d_h2, &a.ln2, bi.fc, n, c, cfg.fc_width());
+        self.norm_backward(g.d_res, grads, g.d_c, &a.res_attn, bi.ln2, (&a.ln2_mean, &a.ln2_rstd), n);
+
+        // Attention residual branch: res_attn = input + drop(proj(attn(qkv(ln1)))).
+        let d_branch = self.through_dropout(g.d_c2, g.d_res, drop(l, 2));
+        self.linear_backward(g.d_c, grads, d_branch, &a.atty, bi.proj, n, c, c);
+        be.attention_bwd(g.d_qkv, g.d_c, &a.qkv, &a.probs, shape, drop(l, 1));
+        self.rope(g.d_qkv, n, seq, 0, true);
+        let d_qkv = if cfg.qk_norm {
+            be.qk_norm_bwd(g.d_qkv2, g.d_qkv, &a.qkv_raw, &a.qk_rstd, shape, n);
+            &*g.d_qkv2
+        } else {
+            &*g.d_qkv
+        };
+        self.linear_backward(g.d_c, grads, d_qkv, &a.ln1, bi.qkv, n, c, w);
+        self.norm_backward(g.d_res, grads, g.d_c, input, bi.ln1, (&a.ln1_mean, &a.ln1_rstd), n);
+    }
+
+    /// The gradient of a residual branch: `d_res` through the branch's
+    /// dropout (a copy in `scratch`), or `d_res` itself without dropout.
+    fn through_dropout<'a>(&self, scratch: &'a mut B::Buf, d_res: &'a B::Buf, drop: Dropout) -> &'a B::Buf {
+        if drop.active() {
+            self.be.copy(scratch, d_res);
+            self.be.dropout(scratch, drop);
+            scratch
+        } else {
+            d_res
+        }
+    }
+
+    /// Backward of [`Self::norm`]: accumulates into `dinp` and the norm's gradients.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_backward(
+        &self,
+        dinp: &mut B::Buf,
+        grads: &mut [B::Buf],
+        dout: &B::Buf,
+        inp: &B::Buf,
+        idx: NormIdx,
+        (mean, rstd): (&B::Buf, &B::Buf),
+        rows: usize,
+    ) {
+        let (be, c) = (&self.be, self.cfg.n_embd);
+        let (dw, db) = two_mut(grads, idx.w, idx.b);
+        match self.cfg.norm {
+            NormKind::LayerNorm => be.layernorm_bwd(dinp, dw, db, dout, inp, self.p(idx.w), mean, rstd, rows, c),
+            NormKind::RmsNorm => be.rmsnorm_bwd(dinp, dw, dout, inp, self.p(idx.w), rstd, rows, c),
+        }
     }
 
     /// Backward of [`Self::linear`]: `dinp = dout · W` (overwritten),
@@ -335,19 +351,29 @@ impl<B: Backend> Gpt<B> {
         grads: &mut [B::Buf],
         dout: &B::Buf,
         inp: &B::Buf,
-        w: usize,
-        b: Option<usize>,
+        lin: LinearIdx,
         rows: usize,
         ic: usize,
         oc: usize,
     ) {
         let be = &self.be;
-        be.matmul(dinp, dout, self.p(w), rows, ic, oc, false, false, false);
-        be.matmul(&mut grads[w], dout, inp, oc, ic, rows, true, false, true);
-        if let Some(b) = b {
+        be.matmul(dinp, dout, self.p(lin.w), rows, ic, oc, false, false, false);
+        be.matmul(&mut grads[lin.w], dout, inp, oc, ic, rows, true, false, true);
+        if let Some(b) = lin.b {
             be.bias_backward(&mut grads[b], dout, rows, oc);
         }
     }
+}
+
+/// Gradient scratch of a block's backward pass.
+struct BlockGrads<'a, T> {
+    d_res: &'a mut T,
+    d_c: &'a mut T,
+    d_c2: &'a mut T,
+    d_qkv: &'a mut T,
+    d_qkv2: &'a mut T,
+    d_h: &'a mut T,
+    d_h2: &'a mut T,
 }
 
 /// Two distinct mutable elements of a slice (the second optional).
@@ -363,6 +389,83 @@ pub fn two_mut<T>(v: &mut [T], i: usize, j: Option<usize>) -> (&mut T, Option<&m
                 let (a, b) = v.split_at_mut(i);
                 (&mut b[0], Some(&mut a[j]))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::cpu::Cpu;
+    use crate::engine::gradcheck::{check, rand_vec};
+    use crate::model::config::test_variants;
+
+    const B: usize = 2;
+    const T: usize = 5;
+
+    fn batch(cfg: &ModelConfig) -> (Vec<u32>, Vec<u32>) {
+        let v = cfg.vocab_size as u64;
+        let tok = |seed: u64| (0..(B * T) as u64).map(|i| (mix64(seed ^ i) % v) as u32).collect();
+        (tok(1), tok(2))
+    }
+
+    /// A model with large random weights, so its gradients are big enough
+    /// for finite differences in f32.
+    fn random_model(cfg: ModelConfig) -> Gpt<Cpu> {
+        let layout = Layout::new(&cfg);
+        let host: Vec<Vec<f32>> = layout
+            .specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let r = rand_vec(s.numel(), 100 + i as u64);
+                if s.shape.len() == 1 && s.name.ends_with("weight") {
+                    r.iter().map(|x| 1.0 + 0.3 * x).collect()
+                } else {
+                    r.iter().map(|x| 0.4 * x).collect()
+                }
+            })
+            .collect();
+        Gpt::from_host(Cpu, cfg, &host)
+    }
+
+    fn grads(model: &Gpt<Cpu>, recompute: Recompute, drop: Dropout) -> Vec<Vec<f32>> {
+        let (x, y) = batch(&model.cfg);
+        let mut acts = Activations::<Cpu>::new(&model.be, &model.cfg, B, T, recompute);
+        let mut g = model.zeros_like_params();
+        model.forward(&mut acts, &x, Some(&y), Some(1.0), drop);
+        model.backward(&mut acts, &mut g, &x, drop);
+        g
+    }
+
+    #[test]
+    fn whole_model_gradients_match_finite_differences() {
+        for cfg in test_variants() {
+            let mut model = random_model(cfg.clone());
+            let analytic = grads(&model, Recompute::None, Dropout::OFF);
+            let (x, y) = batch(&cfg);
+            let mut acts = Activations::<Cpu>::new(&model.be, &cfg, B, T, Recompute::None);
+            for (i, grad) in analytic.iter().enumerate() {
+                let name = format!("{:?} {}", cfg.pos, model.layout.specs[i].name);
+                let mut p = model.params[i].clone();
+                check(&name, &mut p, grad, |v| {
+                    model.params[i].copy_from_slice(v);
+                    // Summed (not mean) loss, as the gradient above (scale 1).
+                    model.forward(&mut acts, &x, Some(&y), None, Dropout::OFF).unwrap() as f64 * (B * T) as f64
+                });
+                model.params[i] = p;
+            }
+        }
+    }
+
+    #[test]
+    fn recompute_gives_bit_identical_gradients() {
+        for cfg in test_variants() {
+            let model = Gpt::new(Cpu, ModelConfig { dropout: 0.2, ..cfg }, 7);
+            let drop = Dropout { p: 0.2, seed: 11 };
+            let none = grads(&model, Recompute::None, drop);
+            assert_eq!(none, grads(&model, Recompute::Mlp, drop));
+            assert_eq!(none, grads(&model, Recompute::Block, drop));
         }
     }
 }

@@ -1,10 +1,14 @@
-//! The GPT model: configuration, parameter layout, forward/backward, and
-//! KV-cache inference.
+//! The model: configuration, parameter layout, activations, forward and
+//! backward passes, and KV-cache inference.
 
+pub mod activations;
 pub mod config;
 pub mod decode;
 pub mod gpt;
+pub mod info;
 pub mod params;
+pub mod positions;
 
+pub use activations::{Activations, Recompute};
 pub use config::ModelConfig;
-pub use gpt::{Activations, Gpt};
+pub use gpt::Gpt;

@@ -1,7 +1,7 @@
 //! The parameter layout (nanoGPT's names, so checkpoints read naturally from
 //! PyTorch), initialisation, and safetensors I/O.
 
-use super::config::ModelConfig;
+use super::config::{ModelConfig, NormKind, PosEncoding};
 use anyhow::{bail, Context, Result};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -34,31 +34,41 @@ impl ParamSpec {
     }
 }
 
+/// A normalisation's parameters: weight, and bias for a LayerNorm with biases.
+#[derive(Clone, Copy, Debug)]
+pub struct NormIdx {
+    pub w: usize,
+    pub b: Option<usize>,
+}
+
+/// A linear layer's parameters (`y = x W^T + b`, W stored `[out, in]`).
+#[derive(Clone, Copy, Debug)]
+pub struct LinearIdx {
+    pub w: usize,
+    pub b: Option<usize>,
+}
+
 /// Indices into the parameter list for one transformer block.
 #[derive(Clone, Debug)]
 pub struct BlockIdx {
-    pub ln1_w: usize,
-    pub ln1_b: Option<usize>,
-    pub qkv_w: usize,
-    pub qkv_b: Option<usize>,
-    pub proj_w: usize,
-    pub proj_b: Option<usize>,
-    pub ln2_w: usize,
-    pub ln2_b: Option<usize>,
-    pub fc_w: usize,
-    pub fc_b: Option<usize>,
-    pub fcproj_w: usize,
-    pub fcproj_b: Option<usize>,
+    pub ln1: NormIdx,
+    pub qkv: LinearIdx,
+    pub proj: LinearIdx,
+    pub ln2: NormIdx,
+    pub fc: LinearIdx,
+    pub fcproj: LinearIdx,
 }
 
 #[derive(Clone, Debug)]
 pub struct Layout {
     pub specs: Vec<ParamSpec>,
     pub wte: usize,
-    pub wpe: usize,
+    /// The learned position table, when positions are learned.
+    pub wpe: Option<usize>,
     pub blocks: Vec<BlockIdx>,
-    pub lnf_w: usize,
-    pub lnf_b: Option<usize>,
+    pub lnf: NormIdx,
+    /// The LM head: `lm_head.weight`, or `wte` when tied.
+    pub head: usize,
 }
 
 pub fn param_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
@@ -66,54 +76,53 @@ pub fn param_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
 }
 
 impl Layout {
+    /// nanoGPT's parameter names (so checkpoints read naturally from
+    /// PyTorch) and GPT-2's initialisation: N(0, 0.02), the projections into
+    /// the residual stream scaled by 1/sqrt(2 · n_layer), norms at 1, biases at 0.
     pub fn new(cfg: &ModelConfig) -> Layout {
         let c = cfg.n_embd;
         let std = 0.02f32;
-        // GPT-2: residual projections scaled by 1/sqrt(2 * n_layer).
         let proj_std = std / (2.0 * cfg.n_layer as f32).sqrt();
         let mut specs = Vec::new();
         let mut add = |name: String, shape: Vec<usize>, init: Init| {
             specs.push(ParamSpec { name, shape, init });
             specs.len() - 1
         };
-        let wte = add("transformer.wte.weight".into(), vec![cfg.padded_vocab, c], Init::Normal(std));
-        let wpe = add("transformer.wpe.weight".into(), vec![cfg.block_size, c], Init::Normal(std));
-        let mut blocks = Vec::new();
-        for l in 0..cfg.n_layer {
-            let p = format!("transformer.h.{l}.");
-            let bias = |name: &str, n: usize, add: &mut dyn FnMut(String, Vec<usize>, Init) -> usize| {
-                cfg.bias.then(|| add(format!("{p}{name}"), vec![n], Init::Zeros))
+        let layernorm_bias = cfg.bias && cfg.norm == NormKind::LayerNorm;
+        let norm = |add: &mut dyn FnMut(String, Vec<usize>, Init) -> usize, name: &str| NormIdx {
+            w: add(format!("{name}.weight"), vec![c], Init::Ones),
+            b: layernorm_bias.then(|| add(format!("{name}.bias"), vec![c], Init::Zeros)),
+        };
+        let linear =
+            |add: &mut dyn FnMut(String, Vec<usize>, Init) -> usize, name: &str, out: usize, inp: usize, std: f32| {
+                LinearIdx {
+                    w: add(format!("{name}.weight"), vec![out, inp], Init::Normal(std)),
+                    b: cfg.bias.then(|| add(format!("{name}.bias"), vec![out], Init::Zeros)),
+                }
             };
-            let ln1_w = add(format!("{p}ln_1.weight"), vec![c], Init::Ones);
-            let ln1_b = bias("ln_1.bias", c, &mut add);
-            let qkv_w = add(format!("{p}attn.c_attn.weight"), vec![3 * c, c], Init::Normal(std));
-            let qkv_b = bias("attn.c_attn.bias", 3 * c, &mut add);
-            let proj_w = add(format!("{p}attn.c_proj.weight"), vec![c, c], Init::Normal(proj_std));
-            let proj_b = bias("attn.c_proj.bias", c, &mut add);
-            let ln2_w = add(format!("{p}ln_2.weight"), vec![c], Init::Ones);
-            let ln2_b = bias("ln_2.bias", c, &mut add);
-            let fc_w = add(format!("{p}mlp.c_fc.weight"), vec![4 * c, c], Init::Normal(std));
-            let fc_b = bias("mlp.c_fc.bias", 4 * c, &mut add);
-            let fcproj_w = add(format!("{p}mlp.c_proj.weight"), vec![c, 4 * c], Init::Normal(proj_std));
-            let fcproj_b = bias("mlp.c_proj.bias", c, &mut add);
-            blocks.push(BlockIdx {
-                ln1_w,
-                ln1_b,
-                qkv_w,
-                qkv_b,
-                proj_w,
-                proj_b,
-                ln2_w,
-                ln2_b,
-                fc_w,
-                fc_b,
-                fcproj_w,
-                fcproj_b,
-            });
-        }
-        let lnf_w = add("transformer.ln_f.weight".into(), vec![c], Init::Ones);
-        let lnf_b = cfg.bias.then(|| add("transformer.ln_f.bias".into(), vec![c], Init::Zeros));
-        Layout { specs, wte, wpe, blocks, lnf_w, lnf_b }
+        let wte = add("transformer.wte.weight".into(), vec![cfg.padded_vocab, c], Init::Normal(std));
+        let wpe = (cfg.pos == PosEncoding::Learned)
+            .then(|| add("transformer.wpe.weight".into(), vec![cfg.block_size, c], Init::Normal(std)));
+        let blocks = (0..cfg.n_layer)
+            .map(|l| {
+                let p = format!("transformer.h.{l}.");
+                BlockIdx {
+                    ln1: norm(&mut add, &format!("{p}ln_1")),
+                    qkv: linear(&mut add, &format!("{p}attn.c_attn"), cfg.qkv_width(), c, std),
+                    proj: linear(&mut add, &format!("{p}attn.c_proj"), c, c, proj_std),
+                    ln2: norm(&mut add, &format!("{p}ln_2")),
+                    fc: linear(&mut add, &format!("{p}mlp.c_fc"), cfg.fc_width(), c, std),
+                    fcproj: linear(&mut add, &format!("{p}mlp.c_proj"), c, cfg.hidden(), proj_std),
+                }
+            })
+            .collect();
+        let lnf = norm(&mut add, "transformer.ln_f");
+        let head = if cfg.tie_embeddings {
+            wte
+        } else {
+            add("lm_head.weight".into(), vec![cfg.padded_vocab, c], Init::Normal(std))
+        };
+        Layout { specs, wte, wpe, blocks, lnf, head }
     }
 }
 
@@ -140,14 +149,20 @@ pub fn normal(rng: &mut impl RngCore) -> f32 {
 /// Writes named f32 tensors to a safetensors file (not atomically: callers
 /// write into a temporary directory that is renamed into place).
 pub fn save_safetensors(path: &Path, tensors: &[(String, Vec<usize>, &[f32])]) -> Result<()> {
-    let bytes: Vec<Vec<u8>> =
-        tensors.iter().map(|(_, _, d)| d.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
     let views: Vec<(String, TensorView)> = tensors
         .iter()
-        .zip(&bytes)
-        .map(|((n, s, _), b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .map(|(n, s, d)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), f32_bytes(d))?)))
         .collect::<Result<_>>()?;
     safetensors::serialize_to_file(views, None, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The bytes of f32 values, which safetensors stores little-endian: a view,
+/// not a copy, so saving a large model needs no second copy of it.
+#[cfg(target_endian = "little")]
+fn f32_bytes(data: &[f32]) -> &[u8] {
+    // SAFETY: any f32 is 4 initialised bytes; u8 has alignment 1, and the
+    // length covers exactly the same memory.
+    unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) }
 }
 
 /// Reads every tensor of a safetensors file as f32, with its shape.

@@ -131,8 +131,8 @@ pub fn save<'a>(
     dir: &Path,
     config: &CheckpointConfig,
     specs: &[ParamSpec],
-    params: &'a [Vec<f32>],
-    moments: (&'a [Vec<f32>], &'a [Vec<f32>]),
+    params: &'a [&'a [f32]],
+    moments: (&'a [&'a [f32]], &'a [&'a [f32]]),
     state: &TrainState,
 ) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
@@ -143,7 +143,7 @@ pub fn save<'a>(
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::create_dir_all(&tmp)?;
-    let named = |prefix: &str, data: &'a [Vec<f32>]| named_tensors(specs, prefix, data);
+    let named = |prefix: &str, data: &'a [&'a [f32]]| named_tensors(specs, prefix, data);
     save_safetensors(&tmp.join("model.safetensors"), &named("", params))?;
     let mut opt = named("m.", moments.0);
     opt.extend(named("v.", moments.1));
@@ -169,6 +169,6 @@ pub fn save<'a>(
     Ok(())
 }
 
-fn named_tensors<'a>(specs: &[ParamSpec], prefix: &str, data: &'a [Vec<f32>]) -> Vec<(String, Vec<usize>, &'a [f32])> {
-    specs.iter().zip(data).map(|(s, d)| (format!("{prefix}{}", s.name), s.shape.clone(), &d[..])).collect()
+fn named_tensors<'a>(specs: &[ParamSpec], prefix: &str, data: &'a [&'a [f32]]) -> Vec<(String, Vec<usize>, &'a [f32])> {
+    specs.iter().zip(data).map(|(s, d)| (format!("{prefix}{}", s.name), s.shape.clone(), *d)).collect()
 }

@@ -1,6 +1,8 @@
 //! The training configuration: presets, TOML files and `--key value`
 //! overrides all resolve into one flat [`TrainConfig`].
 
+use crate::model::config::{MlpKind, NormKind, PosEncoding};
+use crate::model::Recompute;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -23,10 +25,29 @@ pub struct TrainConfig {
     pub n_head: usize,
     pub n_embd: usize,
     pub block_size: usize,
+    /// Key/value heads (grouped-query attention; 1 = multi-query); none = n_head.
+    pub n_kv_head: Option<usize>,
     pub bias: bool,
+    /// `learned`, `sinusoidal`, `rope` or `none`.
+    pub pos: PosEncoding,
+    pub rope_base: f32,
+    /// `layernorm` or `rmsnorm`.
+    pub norm: NormKind,
+    pub qk_norm: bool,
+    /// `gelu_tanh`, `gelu`, `swiglu` or `relu2`.
+    pub mlp: MlpKind,
+    /// MLP hidden width; none = 4 x n_embd (SwiGLU: 8/3 x n_embd, rounded up to 64).
+    pub mlp_hidden: Option<usize>,
+    pub tie_embeddings: bool,
+    pub logit_softcap: Option<f32>,
     pub dropout: f32,
+    /// Dropout anneals linearly from `dropout` to this over the learning-rate
+    /// schedule's horizon (lr_decay_iters); none = constant.
+    pub dropout_final: Option<f32>,
     /// Only for benchmarks on random tokens: overrides the tokenizer's vocabulary size.
     pub vocab_size: Option<usize>,
+    /// Activation recomputation: `none`, `mlp` or `block` (less memory, more compute).
+    pub recompute: Recompute,
     // ---- batch ----
     pub batch_size: usize,
     pub grad_accum: usize,
@@ -68,9 +89,20 @@ impl Default for TrainConfig {
             n_head: 4,
             n_embd: 128,
             block_size: 64,
+            n_kv_head: None,
             bias: false,
+            pos: PosEncoding::Learned,
+            rope_base: 10000.0,
+            norm: NormKind::LayerNorm,
+            qk_norm: false,
+            mlp: MlpKind::GeluTanh,
+            mlp_hidden: None,
+            tie_embeddings: true,
+            logit_softcap: None,
             dropout: 0.0,
+            dropout_final: None,
             vocab_size: None,
+            recompute: Recompute::None,
             batch_size: 12,
             grad_accum: 1,
             max_iters: 2000,
@@ -104,15 +136,50 @@ pub const PRESETS: &[(&str, &str)] = &[
         "shakespeare-char",
         "nanoGPT's baby GPT: 6 layers, 6 heads, 384 wide, block 256, batch 64, dropout 0.2, 5000 iters",
     ),
+    (
+        "llama-tiny",
+        "shakespeare-char-cpu's size and recipe, Llama-style: RoPE, RMSNorm, SwiGLU, 2 KV heads, untied, no biases",
+    ),
+    ("llama-char", "the baby GPT's size and recipe, Llama-style (RoPE, RMSNorm, SwiGLU, GQA, untied)"),
+    ("gpt2-small", "GPT-2 124M: 12 layers, 12 heads, 768 wide, block 1024 (124M with GPT-2's 50257-token vocabulary)"),
     ("tiny", "a seconds-long smoke test: 2 layers, 2 heads, 32 wide, block 32, batch 4, 50 iters"),
 ];
+
+/// The vocabulary size to assume without data (`ferrite bench`, `ferrite
+/// info`): the configured one, 256 for bytes, GPT-2's for the GPT-2 presets,
+/// else tiny Shakespeare's 65 characters. Training takes it from the tokenizer.
+pub fn reference_vocab(preset: &str, cfg: &TrainConfig) -> usize {
+    match cfg.vocab_size {
+        Some(v) => v,
+        None if preset.starts_with("gpt2") => 50257,
+        None if cfg.tokenizer == "byte" => 256,
+        None => 65,
+    }
+}
+
+/// Turns a GPT-2-style configuration into its Llama-style counterpart.
+fn llama(base: TrainConfig, n_kv_head: usize) -> TrainConfig {
+    TrainConfig {
+        n_kv_head: Some(n_kv_head),
+        pos: PosEncoding::Rope,
+        norm: NormKind::RmsNorm,
+        mlp: MlpKind::Swiglu,
+        tie_embeddings: false,
+        bias: false,
+        ..base
+    }
+}
 
 pub fn preset(name: &str) -> Result<TrainConfig> {
     let base = TrainConfig::default();
     Ok(match name {
-        "shakespeare-char-cpu" => {
-            TrainConfig { out_dir: "out/shakespeare-char-cpu".into(), lr_decay_iters: Some(2000), ..base }
-        }
+        // nanoGPT's recipes, down to its exact (erf) GELU.
+        "shakespeare-char-cpu" => TrainConfig {
+            out_dir: "out/shakespeare-char-cpu".into(),
+            lr_decay_iters: Some(2000),
+            mlp: MlpKind::Gelu,
+            ..base
+        },
         "shakespeare-char" => TrainConfig {
             out_dir: "out/shakespeare-char".into(),
             n_layer: 6,
@@ -124,6 +191,36 @@ pub fn preset(name: &str) -> Result<TrainConfig> {
             max_iters: 5000,
             lr_decay_iters: Some(5000),
             eval_iters: 200,
+            mlp: MlpKind::Gelu,
+            ..base
+        },
+        // Grouped-query attention shrinks the attention weights; a wider
+        // SwiGLU gives them back, so the parameter counts match the GPT-2 presets.
+        "llama-tiny" => TrainConfig {
+            out_dir: "out/llama-tiny".into(),
+            mlp_hidden: Some(384),
+            ..llama(preset("shakespeare-char-cpu")?, 2)
+        },
+        "llama-char" => TrainConfig {
+            out_dir: "out/llama-char".into(),
+            mlp_hidden: Some(1216),
+            ..llama(preset("shakespeare-char")?, 2)
+        },
+        "gpt2-small" => TrainConfig {
+            out_dir: "out/gpt2-small".into(),
+            tokenizer: "byte".into(),
+            n_layer: 12,
+            n_head: 12,
+            n_embd: 768,
+            block_size: 1024,
+            bias: true,
+            batch_size: 8,
+            max_iters: 10000,
+            learning_rate: 6e-4,
+            min_lr: Some(6e-5),
+            warmup_iters: 200,
+            beta2: 0.95,
+            eval_iters: 50,
             ..base
         },
         "tiny" => TrainConfig {
@@ -148,8 +245,18 @@ pub fn preset(name: &str) -> Result<TrainConfig> {
     })
 }
 
-/// Parses a command-line value: integer, float, bool, `none`, else a string.
-pub fn parse_value(s: &str) -> Value {
+/// Types a command-line value by the key's current value: text for text keys
+/// (so `--data 2024` is a file name and `--pos none` a choice), else integer,
+/// float, bool, `none` (unset) or, failing those, text (an error later).
+fn typed(raw: &str, current: &Value) -> Value {
+    match current {
+        Value::String(_) => Value::String(raw.to_string()),
+        _ => parse_value(raw),
+    }
+}
+
+/// Parses a value: integer, float, bool, `none`, else a string.
+fn parse_value(s: &str) -> Value {
     if let Ok(i) = s.parse::<i64>() {
         return Value::from(i);
     }
@@ -178,9 +285,10 @@ fn field_name(key: &str) -> String {
     }
 }
 
-/// Applies a TOML file and then overrides on top of `base`, rejecting
-/// unknown keys and ill-typed values with the key's name.
-pub fn resolve(base: &TrainConfig, file: Option<&Path>, overrides: &[(String, Value)]) -> Result<TrainConfig> {
+/// Applies a TOML file and then `(key, value)` overrides from the command
+/// line on top of `base`, rejecting unknown keys and ill-typed values with
+/// the key's name.
+pub fn resolve(base: &TrainConfig, file: Option<&Path>, overrides: &[(String, String)]) -> Result<TrainConfig> {
     let mut map: Map<String, Value> = match serde_json::to_value(base)? {
         Value::Object(m) => m,
         _ => unreachable!(),
@@ -200,8 +308,10 @@ pub fn resolve(base: &TrainConfig, file: Option<&Path>, overrides: &[(String, Va
             set(&mut map, &field_name(&k), v, &format!("in {}", path.display()))?;
         }
     }
-    for (k, v) in overrides {
-        set(&mut map, k, v.clone(), "on the command line")?;
+    for (k, raw) in overrides {
+        let key = field_name(k);
+        let v = typed(raw, map.get(&key).unwrap_or(&Value::Null));
+        set(&mut map, &key, v, "on the command line")?;
     }
     let de = Value::Object(map);
     let cfg: TrainConfig =
@@ -228,6 +338,20 @@ impl TrainConfig {
 
     pub fn lr_decay_iters(&self) -> usize {
         self.lr_decay_iters.unwrap_or(self.max_iters)
+    }
+
+    /// Dropout rate for update `step`: constant, or annealed linearly to
+    /// `dropout_final` at `lr_decay_iters` (held after). Tied to the
+    /// schedule's horizon, not to max_iters, so that extending a run with
+    /// `--resume --max-iters` does not change the rates already used.
+    pub fn dropout_at(&self, step: usize) -> f32 {
+        match self.dropout_final {
+            None => self.dropout,
+            Some(end) => {
+                let frac = (step as f32 / self.lr_decay_iters().max(1) as f32).min(1.0);
+                self.dropout + (end - self.dropout) * frac
+            }
+        }
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -292,6 +416,11 @@ impl TrainConfig {
             ("grad_clip", self.grad_clip),
             ("dropout", self.dropout as f64),
         ];
+        if let Some(d) = self.dropout_final {
+            if !(0.0..1.0).contains(&d) {
+                bail!("dropout_final must be in [0, 1), got {d}");
+            }
+        }
         if let Some((name, v)) = floats.iter().find(|(_, v)| !v.is_finite()) {
             bail!("{name} must be a finite number, got {v}");
         }
@@ -306,8 +435,8 @@ impl TrainConfig {
 mod tests {
     use super::*;
 
-    fn pairs(list: &[(&str, &str)]) -> Vec<(String, Value)> {
-        list.iter().map(|(k, v)| (field_name(k), parse_value(v))).collect()
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -324,6 +453,15 @@ mod tests {
         assert!(resolve(&base, None, &o).is_err());
         let o = pairs(&[("min-lr", "none")]);
         assert_eq!(resolve(&base, None, &o).unwrap().min_lr, None);
+        // Text keys take the text as it is: a file named 2024, the `none` choices.
+        let o = pairs(&[("data", "2024"), ("pos", "none"), ("recompute", "none"), ("n_kv_head", "2")]);
+        let cfg = resolve(&base, None, &o).unwrap();
+        assert_eq!(
+            (cfg.data.as_str(), cfg.pos, cfg.recompute, cfg.n_kv_head),
+            ("2024", PosEncoding::None, Recompute::None, Some(2))
+        );
+        let err = resolve(&base, None, &pairs(&[("pos", "rotary")])).unwrap_err().to_string();
+        assert!(err.contains("pos") && err.contains("rope"), "{err}");
         assert!(preset("nope").unwrap_err().to_string().contains("unknown preset"));
     }
 

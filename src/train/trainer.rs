@@ -8,12 +8,13 @@ use super::optimizer::{AdamW, Hyper};
 use super::schedule::learning_rate;
 use crate::data::{download, Dataset, Split, Tokenizer};
 use crate::engine::fastmath::mix64;
-use crate::engine::Backend;
+use crate::engine::{Backend, Dropout};
 use crate::model::params::param_specs;
 use crate::model::{config::pad_vocab, Activations, Gpt, ModelConfig};
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -83,7 +84,7 @@ impl<B: Backend> Trainer<B> {
         saved.out_dir = dir.parent().unwrap_or(Path::new(".")).display().to_string();
         let cfg = overrides(saved)?;
         if model_config(&cfg, ck.config.model.vocab_size) != ck.config.model {
-            bail!("model options cannot change when resuming (n_layer, n_head, n_embd, block_size, bias and dropout come from the checkpoint)");
+            bail!("model options cannot change when resuming (the architecture, block_size and dropout come from the checkpoint)");
         }
         let data_path = data_path(&cfg)?;
         let text = crate::data::dataset::read_corpus(&data_path, ck.config.tokenizer.kind() == "char")?;
@@ -107,7 +108,7 @@ impl<B: Backend> Trainer<B> {
         data: Dataset,
         state: TrainState,
     ) -> Self {
-        let acts = Activations::new(&model.be, &model.cfg, cfg.batch_size, cfg.block_size);
+        let acts = Activations::<B>::new(&model.be, &model.cfg, cfg.batch_size, cfg.block_size, cfg.recompute);
         let run_dir = PathBuf::from(&cfg.out_dir);
         Trainer { cfg, model, opt, tokenizer, data, state, acts, run_dir, x: vec![], y: vec![] }
     }
@@ -126,10 +127,11 @@ impl<B: Backend> Trainer<B> {
         for micro in 0..accum {
             let seed = derive_seed(self.cfg.seed, &[SEED_BATCH, it as u64, micro as u64]);
             self.data.batch(Split::Train, b, t, seed, &mut self.x, &mut self.y);
-            let dseed = derive_seed(self.cfg.seed, &[SEED_DROPOUT, it as u64, micro as u64]);
-            let l = self.model.forward(&mut self.acts, &self.x, Some(&self.y), Some(scale), true, dseed);
+            let seed = derive_seed(self.cfg.seed, &[SEED_DROPOUT, it as u64, micro as u64]);
+            let drop = Dropout { p: self.cfg.dropout_at(it), seed };
+            let l = self.model.forward(&mut self.acts, &self.x, Some(&self.y), Some(scale), drop);
             loss += l.expect("targets given") as f64 / accum as f64;
-            self.model.backward(&mut self.acts, &mut self.opt.grads, &self.x, dseed);
+            self.model.backward(&mut self.acts, &mut self.opt.grads, &self.x, drop);
         }
         let lr = learning_rate(&self.cfg, it);
         let h = Hyper {
@@ -154,7 +156,7 @@ impl<B: Backend> Trainer<B> {
             let seed = derive_seed(self.cfg.seed, &[SEED_EVAL, self.state.step as u64, split as u64, i as u64]);
             self.data.batch(split, b, t, seed, &mut self.x, &mut self.y);
             total +=
-                self.model.forward(&mut self.acts, &self.x, Some(&self.y), None, false, 0).expect("targets") as f64;
+                self.model.forward(&mut self.acts, &self.x, Some(&self.y), None, Dropout::OFF).expect("targets") as f64;
         }
         total / self.cfg.eval_iters as f64
     }
@@ -179,13 +181,13 @@ impl<B: Backend> Trainer<B> {
     pub fn save(&self, name: &str) -> Result<PathBuf> {
         let dir = self.run_dir.join(name);
         let be = &self.model.be;
-        let host = |v: &[B::Buf]| v.iter().map(|b| be.to_host(b)).collect::<Vec<_>>();
+        let (params, m, v) = (views(be, &self.model.params), views(be, &self.opt.m), views(be, &self.opt.v));
         checkpoint::save(
             &dir,
             &self.checkpoint_config(),
             &self.model.layout.specs,
-            &self.model.params_to_host(),
-            (&host(&self.opt.m), &host(&self.opt.v)),
+            &slices(&params),
+            (&slices(&m), &slices(&v)),
             &self.state,
         )?;
         Ok(dir)
@@ -260,6 +262,15 @@ impl<B: Backend> Trainer<B> {
     }
 }
 
+/// Host views of buffers (borrowed on the CPU backend).
+fn views<'a, B: Backend>(be: &B, bufs: &'a [B::Buf]) -> Vec<Cow<'a, [f32]>> {
+    bufs.iter().map(|b| be.view(b)).collect()
+}
+
+fn slices<'a>(views: &'a [Cow<'a, [f32]>]) -> Vec<&'a [f32]> {
+    views.iter().map(|c| c.as_ref()).collect()
+}
+
 fn data_path(cfg: &TrainConfig) -> Result<PathBuf> {
     if cfg.data.is_empty() {
         download::tiny_shakespeare()
@@ -278,7 +289,16 @@ pub fn model_config(cfg: &TrainConfig, vocab: usize) -> ModelConfig {
         n_layer: cfg.n_layer,
         n_head: cfg.n_head,
         n_embd: cfg.n_embd,
+        n_kv_head: cfg.n_kv_head,
         bias: cfg.bias,
         dropout: cfg.dropout,
+        pos: cfg.pos,
+        rope_base: cfg.rope_base,
+        norm: cfg.norm,
+        qk_norm: cfg.qk_norm,
+        mlp: cfg.mlp,
+        mlp_hidden: cfg.mlp_hidden,
+        tie_embeddings: cfg.tie_embeddings,
+        logit_softcap: cfg.logit_softcap,
     }
 }

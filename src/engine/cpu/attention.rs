@@ -1,7 +1,11 @@
-//! Causal multi-head self-attention over a fused `[B, T, 3C]` qkv buffer.
+//! Causal multi-head self-attention over a fused qkv buffer (see
+//! [`AttnShape`]), with grouped-query attention when there are fewer key/value
+//! heads than query heads.
 //!
 //! Training works one (batch, head) pair at a time, in parallel across
-//! pairs: the score, value and gradient products are small matrix multiplies
+//! pairs (the backward pass: one (batch, key/value head) pair, so the heads
+//! sharing a key/value head add their gradients in a fixed order): the
+//! score, value and gradient products are small matrix multiplies
 //! done by `gemm` straight on the strided q/k/v columns of `qkv` (no copies),
 //! and the softmax probabilities (`[B, H, T, T]`) are kept for backward so it
 //! needs no recomputation. Inference with a KV cache uses a single-pass
@@ -41,19 +45,20 @@ fn causal_softmax(p: &mut [f32], t_len: usize) {
 }
 
 pub fn attention_fwd(out: &mut [f32], probs: &mut [f32], qkv: &[f32], s: AttnShape, drop: Dropout) {
-    let (t_len, c, hd, heads) = (s.seq, s.channels, s.head_dim(), s.heads);
+    let (t_len, hd, heads, w, ow) = (s.seq, s.head_dim, s.heads, s.qkv_width(), s.q_width());
     let tt = t_len * t_len;
-    assert!(out.len() >= s.batch * t_len * c && qkv.len() >= s.batch * t_len * 3 * c);
+    assert!(out.len() >= s.batch * t_len * ow && qkv.len() >= s.batch * t_len * w);
     let scale = 1.0 / (hd as f32).sqrt();
     let out_ptr = SharedMut(out.as_mut_ptr());
     probs[..s.batch * heads * tt].par_chunks_mut(tt).enumerate().for_each(|(bh, p)| {
         with_scratch(if drop.active() { tt } else { 0 }, |dropped| {
             let (b, h) = (bh / heads, bh % heads);
-            let q = qkv[b * t_len * 3 * c + h * hd..].as_ptr();
+            let (qo, ko, vo) = s.offsets(h);
+            let row0 = qkv[b * t_len * w..].as_ptr();
             // SAFETY: all views stay inside this batch row of qkv, out and
             // this task's own probability block; tasks write disjoint heads.
             unsafe {
-                let (k, v) = (q.add(c), q.add(2 * c));
+                let (q, k, v) = (row0.add(qo), row0.add(ko), row0.add(vo));
                 gemm_serial(
                     t_len,
                     t_len,
@@ -61,8 +66,8 @@ pub fn attention_fwd(out: &mut [f32], probs: &mut [f32], qkv: &[f32], s: AttnSha
                     p.as_mut_ptr(),
                     t_len,
                     false,
-                    View::rows(q, 3 * c),
-                    View::transposed(k, 3 * c),
+                    View::rows(q, w),
+                    View::transposed(k, w),
                     scale,
                 );
                 causal_softmax(p, t_len);
@@ -72,8 +77,8 @@ pub fn attention_fwd(out: &mut [f32], probs: &mut [f32], qkv: &[f32], s: AttnSha
                 } else {
                     p.as_ptr()
                 };
-                let o = out_ptr.at(b * t_len * c + h * hd);
-                gemm_serial(t_len, hd, t_len, o, c, false, View::rows(pd, t_len), View::rows(v, 3 * c), 1.0);
+                let o = out_ptr.at(b * t_len * ow + h * hd);
+                gemm_serial(t_len, hd, t_len, o, ow, false, View::rows(pd, t_len), View::rows(v, w), 1.0);
             }
         })
     });
@@ -81,113 +86,109 @@ pub fn attention_fwd(out: &mut [f32], probs: &mut [f32], qkv: &[f32], s: AttnSha
 
 /// Overwrites `dqkv`.
 pub fn attention_bwd(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], probs: &[f32], s: AttnShape, drop: Dropout) {
-    let (t_len, c, hd, heads) = (s.seq, s.channels, s.head_dim(), s.heads);
+    let (t_len, hd, heads, w, ow) = (s.seq, s.head_dim, s.heads, s.qkv_width(), s.q_width());
     let tt = t_len * t_len;
-    assert!(dqkv.len() >= s.batch * t_len * 3 * c && dout.len() >= s.batch * t_len * c);
+    assert!(dqkv.len() >= s.batch * t_len * w && dout.len() >= s.batch * t_len * ow);
     assert!(probs.len() >= s.batch * heads * tt);
     let scale = 1.0 / (hd as f32).sqrt();
     let keep_scale = 1.0 / (1.0 - drop.p);
     let dqkv_ptr = SharedMut(dqkv.as_mut_ptr());
-    (0..s.batch * heads).into_par_iter().for_each(|bh| {
+    // One task per (batch, key/value head): its query heads run in order, so
+    // their contributions to the shared dK and dV add up deterministically.
+    (0..s.batch * s.kv_heads).into_par_iter().for_each(|bg| {
         with_scratch(if drop.active() { 2 * tt } else { tt }, |scratch| {
             let (dp, dropped) = scratch.split_at_mut(tt);
-            let (b, h) = (bh / heads, bh % heads);
-            let p = &probs[bh * tt..(bh + 1) * tt];
-            let q = qkv[b * t_len * 3 * c + h * hd..].as_ptr();
-            let go = dout[b * t_len * c + h * hd..].as_ptr();
-            let dq = dqkv_ptr.at(b * t_len * 3 * c + h * hd);
-            // SAFETY: as in the forward pass; this task writes only head h's
-            // q/k/v gradient columns of batch row b.
-            unsafe {
-                let (k, v) = (q.add(c), q.add(2 * c));
-                let (dk, dv) = (dq.add(c), dq.add(2 * c));
-                let pd = if drop.active() {
-                    apply_dropout(dropped, p, bh * tt, drop);
-                    dropped.as_ptr()
-                } else {
-                    p.as_ptr()
-                };
-                // d(dropped probs) = dO · V^T ; dV = dropped^T · dO.
-                gemm_serial(
-                    t_len,
-                    t_len,
-                    hd,
-                    dp.as_mut_ptr(),
-                    t_len,
-                    false,
-                    View::rows(go, c),
-                    View::transposed(v, 3 * c),
-                    1.0,
-                );
-                gemm_serial(t_len, hd, t_len, dv, 3 * c, false, View::transposed(pd, t_len), View::rows(go, c), 1.0);
-                // Through dropout, then softmax: dS = P * (dP - sum(P * dP)), scaled.
-                for (i, (dp_row, p_row)) in dp.chunks_exact_mut(t_len).zip(p.chunks_exact(t_len)).enumerate() {
-                    if drop.active() {
-                        for (j, d) in dp_row[..=i].iter_mut().enumerate() {
-                            let idx = (bh * tt + i * t_len + j) as u64;
-                            *d *= if fastmath::keep(drop.seed, idx, drop.p) { keep_scale } else { 0.0 };
+            let (b, g) = (bg / s.kv_heads, bg % s.kv_heads);
+            for h in g * s.group()..(g + 1) * s.group() {
+                let bh = b * heads + h;
+                let first = h == g * s.group();
+                let p = &probs[bh * tt..(bh + 1) * tt];
+                let (qo, ko, vo) = s.offsets(h);
+                let row0 = qkv[b * t_len * w..].as_ptr();
+                let go = dout[b * t_len * ow + h * hd..].as_ptr();
+                let drow0 = dqkv_ptr.at(b * t_len * w);
+                // SAFETY: as in the forward pass; this task alone writes the
+                // gradient columns of key/value head g and of its query heads.
+                unsafe {
+                    let (q, k, v) = (row0.add(qo), row0.add(ko), row0.add(vo));
+                    let (dq, dk, dv) = (drow0.add(qo), drow0.add(ko), drow0.add(vo));
+                    let pd = if drop.active() {
+                        apply_dropout(dropped, p, bh * tt, drop);
+                        dropped.as_ptr()
+                    } else {
+                        p.as_ptr()
+                    };
+                    // d(dropped probs) = dO · V^T ; dV (+)= dropped^T · dO.
+                    gemm_serial(
+                        t_len,
+                        t_len,
+                        hd,
+                        dp.as_mut_ptr(),
+                        t_len,
+                        false,
+                        View::rows(go, ow),
+                        View::transposed(v, w),
+                        1.0,
+                    );
+                    gemm_serial(t_len, hd, t_len, dv, w, !first, View::transposed(pd, t_len), View::rows(go, ow), 1.0);
+                    // Through dropout, then softmax: dS = P * (dP - sum(P * dP)), scaled.
+                    for (i, (dp_row, p_row)) in dp.chunks_exact_mut(t_len).zip(p.chunks_exact(t_len)).enumerate() {
+                        if drop.active() {
+                            for (j, d) in dp_row[..=i].iter_mut().enumerate() {
+                                let idx = (bh * tt + i * t_len + j) as u64;
+                                *d *= if fastmath::keep(drop.seed, idx, drop.p) { keep_scale } else { 0.0 };
+                            }
                         }
+                        let pdp = dot(&p_row[..=i], &dp_row[..=i]);
+                        for (d, &pv) in dp_row[..=i].iter_mut().zip(&p_row[..=i]) {
+                            *d = pv * (*d - pdp) * scale;
+                        }
+                        dp_row[i + 1..].fill(0.0);
                     }
-                    let pdp = dot(&p_row[..=i], &dp_row[..=i]);
-                    for (d, &pv) in dp_row[..=i].iter_mut().zip(&p_row[..=i]) {
-                        *d = pv * (*d - pdp) * scale;
-                    }
-                    dp_row[i + 1..].fill(0.0);
+                    // dQ = dS · K ; dK (+)= dS^T · Q.
+                    gemm_serial(t_len, hd, t_len, dq, w, false, View::rows(dp.as_ptr(), t_len), View::rows(k, w), 1.0);
+                    gemm_serial(
+                        t_len,
+                        hd,
+                        t_len,
+                        dk,
+                        w,
+                        !first,
+                        View::transposed(dp.as_ptr(), t_len),
+                        View::rows(q, w),
+                        1.0,
+                    );
                 }
-                // dQ = dS · K ; dK = dS^T · Q.
-                gemm_serial(
-                    t_len,
-                    hd,
-                    t_len,
-                    dq,
-                    3 * c,
-                    false,
-                    View::rows(dp.as_ptr(), t_len),
-                    View::rows(k, 3 * c),
-                    1.0,
-                );
-                gemm_serial(
-                    t_len,
-                    hd,
-                    t_len,
-                    dk,
-                    3 * c,
-                    false,
-                    View::transposed(dp.as_ptr(), t_len),
-                    View::rows(q, 3 * c),
-                    1.0,
-                );
             }
         })
     });
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Inference for one sequence: `s.seq` new rows at `start`.
 pub fn attention_cached(
     out: &mut [f32],
     qkv: &[f32],
     k_cache: &mut [f32],
     v_cache: &mut [f32],
     start: usize,
-    rows: usize,
-    c: usize,
-    heads: usize,
+    s: AttnShape,
 ) {
-    let hd = c / heads;
+    let (rows, hd, w, kvw, ow) = (s.seq, s.head_dim, s.qkv_width(), s.kv_width(), s.q_width());
     let scale = 1.0 / (hd as f32).sqrt();
-    assert!(k_cache.len() >= (start + rows) * c, "KV cache overflow");
+    assert!(k_cache.len() >= (start + rows) * kvw, "KV cache overflow");
     for i in 0..rows {
-        let src = &qkv[i * 3 * c..(i + 1) * 3 * c];
-        k_cache[(start + i) * c..][..c].copy_from_slice(&src[c..2 * c]);
-        v_cache[(start + i) * c..][..c].copy_from_slice(&src[2 * c..]);
+        let src = &qkv[i * w..(i + 1) * w];
+        k_cache[(start + i) * kvw..][..kvw].copy_from_slice(&src[ow..ow + kvw]);
+        v_cache[(start + i) * kvw..][..kvw].copy_from_slice(&src[ow + kvw..]);
     }
     let (kc, vc) = (&*k_cache, &*v_cache);
     let one = |i: usize, h: usize, o: &mut [f32]| {
-        let q = &qkv[i * 3 * c + h * hd..][..hd];
+        let q = &qkv[i * w + h * hd..][..hd];
+        let kv = (h / s.group()) * hd;
         let (mut m, mut l) = (f32::NEG_INFINITY, 0.0f32);
         o.fill(0.0);
         for t2 in 0..=start + i {
-            let sc = dot(q, &kc[t2 * c + h * hd..][..hd]) * scale;
+            let sc = dot(q, &kc[t2 * kvw + kv..][..hd]) * scale;
             if sc > m {
                 // New running maximum: rescale what was accumulated so far.
                 let r = fastmath::exp(m - sc);
@@ -195,21 +196,21 @@ pub fn attention_cached(
                 o.iter_mut().for_each(|x| *x *= r);
                 m = sc;
             }
-            let w = fastmath::exp(sc - m);
-            l += w;
-            axpy(o, w, &vc[t2 * c + h * hd..][..hd]);
+            let e = fastmath::exp(sc - m);
+            l += e;
+            axpy(o, e, &vc[t2 * kvw + kv..][..hd]);
         }
         let inv = 1.0 / l;
         o.iter_mut().for_each(|x| *x *= inv);
     };
-    let work = rows * (start + rows) * c;
+    let work = rows * (start + rows) * ow;
     if work < 1 << 16 {
         for i in 0..rows {
-            for h in 0..heads {
-                one(i, h, &mut out[i * c + h * hd..][..hd]);
+            for h in 0..s.heads {
+                one(i, h, &mut out[i * ow + h * hd..][..hd]);
             }
         }
     } else {
-        out[..rows * c].par_chunks_mut(hd).enumerate().for_each(|(j, o)| one(j / heads, j % heads, o));
+        out[..rows * ow].par_chunks_mut(hd).enumerate().for_each(|(j, o)| one(j / s.heads, j % s.heads, o));
     }
 }

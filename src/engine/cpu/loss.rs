@@ -1,4 +1,5 @@
-//! Fused softmax cross-entropy (forward + backward in one pass over the logits).
+//! Fused softmax cross-entropy (forward + backward in one pass over the
+//! logits), with optional logit soft-capping.
 
 use crate::engine::fastmath;
 use rayon::prelude::*;
@@ -11,6 +12,7 @@ pub fn cross_entropy(
     rows: usize,
     vocab: usize,
     padded: usize,
+    softcap: Option<f32>,
     grad_scale: Option<f32>,
 ) {
     losses[..rows]
@@ -21,22 +23,20 @@ pub fn cross_entropy(
             let target = target as usize;
             assert!(target < vocab, "target {target} outside vocabulary {vocab}");
             let real = &mut row[..vocab];
+            // Soft-capping is applied in place; the backward recovers its
+            // derivative from the capped value: d(cap tanh(z/cap))/dz = 1 - (y/cap)^2.
+            if let Some(cap) = softcap {
+                for x in real.iter_mut() {
+                    *x = cap * fastmath::tanh(*x / cap);
+                }
+            }
             let m = fastmath::max(real);
             let target_logit = real[target];
-            match grad_scale {
-                None => {
-                    let mut acc = [0.0f32; 16];
-                    let chunks = real.chunks_exact(16);
-                    let rem: f32 = chunks.remainder().iter().map(|&x| fastmath::exp(x - m)).sum();
-                    for ch in chunks {
-                        for i in 0..16 {
-                            acc[i] += fastmath::exp(ch[i] - m);
-                        }
-                    }
-                    let s = acc.iter().sum::<f32>() + rem;
-                    *loss = s.ln() + m - target_logit;
+            match (grad_scale, softcap) {
+                (None, _) => {
+                    *loss = sum_exp(real, m).ln() + m - target_logit;
                 }
-                Some(scale) => {
+                (Some(scale), None) => {
                     for x in real.iter_mut() {
                         *x = fastmath::exp(*x - m);
                     }
@@ -47,8 +47,33 @@ pub fn cross_entropy(
                         *x *= k;
                     }
                     real[target] -= scale;
-                    row[vocab..].fill(0.0);
+                }
+                (Some(scale), Some(cap)) => {
+                    let s = sum_exp(real, m);
+                    *loss = s.ln() + m - target_logit;
+                    let (k, inv_cap) = (scale / s, 1.0 / cap);
+                    for (j, x) in real.iter_mut().enumerate() {
+                        let t = *x * inv_cap;
+                        let onehot = if j == target { scale } else { 0.0 };
+                        *x = (fastmath::exp(*x - m) * k - onehot) * (1.0 - t * t);
+                    }
                 }
             }
+            if grad_scale.is_some() {
+                row[vocab..].fill(0.0);
+            }
         });
+}
+
+/// `sum(exp(x - m))` with independent accumulators.
+fn sum_exp(x: &[f32], m: f32) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let rem: f32 = chunks.remainder().iter().map(|&v| fastmath::exp(v - m)).sum();
+    for ch in chunks {
+        for i in 0..16 {
+            acc[i] += fastmath::exp(ch[i] - m);
+        }
+    }
+    acc.iter().sum::<f32>() + rem
 }

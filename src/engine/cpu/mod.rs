@@ -9,10 +9,12 @@ mod loss;
 mod matmul;
 mod norm;
 mod optim;
+mod rope;
 mod scratch;
 
-use super::{fastmath, AdamWStep, AttnShape, Backend, Dropout, Matmul};
+use super::{fastmath, Activation, AdamWStep, AttnShape, Backend, Dropout, Matmul};
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 const CHUNK: usize = 8192;
 
@@ -35,6 +37,9 @@ impl Backend for Cpu {
     }
     fn to_host(&self, buf: &Vec<f32>) -> Vec<f32> {
         buf.clone()
+    }
+    fn view<'a>(&self, buf: &'a Vec<f32>) -> Cow<'a, [f32]> {
+        Cow::Borrowed(buf)
     }
     fn read_range(&self, buf: &Vec<f32>, offset: usize, len: usize) -> Vec<f32> {
         buf[offset..offset + len].to_vec()
@@ -98,24 +103,24 @@ impl Backend for Cpu {
         &self,
         out: &mut Vec<f32>,
         wte: &Vec<f32>,
-        wpe: &Vec<f32>,
+        wpe: Option<&Vec<f32>>,
         tokens: &[u32],
         seq: usize,
         channels: usize,
         pos_offset: usize,
     ) {
-        embedding::embedding_fwd(out, wte, wpe, tokens, seq, channels, pos_offset);
+        embedding::embedding_fwd(out, wte, wpe.map(|w| &w[..]), tokens, seq, channels, pos_offset);
     }
     fn embedding_bwd(
         &self,
         dwte: &mut Vec<f32>,
-        dwpe: &mut Vec<f32>,
+        dwpe: Option<&mut Vec<f32>>,
         dout: &Vec<f32>,
         tokens: &[u32],
         seq: usize,
         channels: usize,
     ) {
-        embedding::embedding_bwd(dwte, dwpe, dout, tokens, seq, channels);
+        embedding::embedding_bwd(dwte, dwpe.map(|w| &mut w[..]), dout, tokens, seq, channels);
     }
 
     fn layernorm_fwd(
@@ -146,12 +151,69 @@ impl Backend for Cpu {
     ) {
         norm::layernorm_bwd(dinp, dweight, dbias.map(|b| &mut b[..]), dout, inp, weight, mean, rstd, rows, channels);
     }
-
-    fn gelu_fwd(&self, out: &mut Vec<f32>, inp: &Vec<f32>, n: usize) {
-        activation::gelu_fwd(&mut out[..n], &inp[..n]);
+    fn rmsnorm_fwd(
+        &self,
+        out: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        inp: &Vec<f32>,
+        weight: &Vec<f32>,
+        rows: usize,
+        channels: usize,
+    ) {
+        norm::rmsnorm_fwd(out, rstd, inp, weight, rows, channels);
     }
-    fn gelu_bwd(&self, dinp: &mut Vec<f32>, inp: &Vec<f32>, dout: &Vec<f32>, n: usize) {
-        activation::gelu_bwd(&mut dinp[..n], &inp[..n], &dout[..n]);
+    fn rmsnorm_bwd(
+        &self,
+        dinp: &mut Vec<f32>,
+        dweight: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        inp: &Vec<f32>,
+        weight: &Vec<f32>,
+        rstd: &Vec<f32>,
+        rows: usize,
+        channels: usize,
+    ) {
+        norm::rmsnorm_bwd(dinp, dweight, dout, inp, weight, rstd, rows, channels);
+    }
+    fn qk_norm_fwd(&self, out: &mut Vec<f32>, rstd: &mut Vec<f32>, qkv: &Vec<f32>, shape: AttnShape, rows: usize) {
+        norm::qk_norm_fwd(out, rstd, qkv, shape, rows);
+    }
+    fn qk_norm_bwd(
+        &self,
+        dqkv: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        qkv: &Vec<f32>,
+        rstd: &Vec<f32>,
+        shape: AttnShape,
+        rows: usize,
+    ) {
+        norm::qk_norm_bwd(dqkv, dout, qkv, rstd, shape, rows);
+    }
+
+    fn rope(
+        &self,
+        qkv: &mut Vec<f32>,
+        cos: &Vec<f32>,
+        sin: &Vec<f32>,
+        shape: AttnShape,
+        rows: usize,
+        pos_offset: usize,
+        inverse: bool,
+    ) {
+        rope::rope(qkv, cos, sin, shape, rows, pos_offset, inverse);
+    }
+
+    fn activation_fwd(&self, out: &mut Vec<f32>, inp: &Vec<f32>, n: usize, act: Activation) {
+        activation::activation_fwd(&mut out[..n], &inp[..n], act);
+    }
+    fn activation_bwd(&self, dinp: &mut Vec<f32>, inp: &Vec<f32>, dout: &Vec<f32>, n: usize, act: Activation) {
+        activation::activation_bwd(&mut dinp[..n], &inp[..n], &dout[..n], act);
+    }
+    fn swiglu_fwd(&self, out: &mut Vec<f32>, inp: &Vec<f32>, rows: usize, hidden: usize) {
+        activation::swiglu_fwd(out, inp, rows, hidden);
+    }
+    fn swiglu_bwd(&self, dinp: &mut Vec<f32>, inp: &Vec<f32>, dout: &Vec<f32>, rows: usize, hidden: usize) {
+        activation::swiglu_bwd(dinp, inp, dout, rows, hidden);
     }
 
     fn attention_fwd(&self, out: &mut Vec<f32>, probs: &mut Vec<f32>, qkv: &Vec<f32>, shape: AttnShape, drop: Dropout) {
@@ -175,11 +237,9 @@ impl Backend for Cpu {
         k_cache: &mut Vec<f32>,
         v_cache: &mut Vec<f32>,
         start_pos: usize,
-        rows: usize,
-        channels: usize,
-        heads: usize,
+        shape: AttnShape,
     ) {
-        attention::attention_cached(out, qkv, k_cache, v_cache, start_pos, rows, channels, heads);
+        attention::attention_cached(out, qkv, k_cache, v_cache, start_pos, shape);
     }
 
     fn cross_entropy(
@@ -190,9 +250,10 @@ impl Backend for Cpu {
         rows: usize,
         vocab: usize,
         padded_vocab: usize,
+        softcap: Option<f32>,
         grad_scale: Option<f32>,
     ) {
-        loss::cross_entropy(losses, logits, targets, rows, vocab, padded_vocab, grad_scale);
+        loss::cross_entropy(losses, logits, targets, rows, vocab, padded_vocab, softcap, grad_scale);
     }
 
     fn adamw(&self, param: &mut Vec<f32>, grad: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, step: AdamWStep) {

@@ -1,6 +1,7 @@
-//! LayerNorm forward and backward (eps 1e-5, as PyTorch's default).
+//! Normalisation: LayerNorm (eps 1e-5, as PyTorch's default), RMSNorm, and the
+//! per-head RMS normalisation of queries and keys (QK-norm).
 
-use crate::engine::fastmath;
+use crate::engine::{fastmath, AttnShape};
 use rayon::prelude::*;
 
 pub const EPS: f32 = 1e-5;
@@ -99,4 +100,106 @@ pub fn layernorm_bwd(
             fastmath::add_to(&mut db[..c], &part[c..]);
         }
     }
+}
+
+/// RMSNorm's epsilon (Llama's).
+pub const RMS_EPS: f32 = 1e-6;
+
+/// `1 / sqrt(mean(x^2) + eps)`.
+#[inline]
+fn inv_rms(x: &[f32]) -> f32 {
+    1.0 / (fastmath::sum_sq_dev(x, 0.0) / x.len() as f32 + RMS_EPS).sqrt()
+}
+
+pub fn rmsnorm_fwd(out: &mut [f32], rstd: &mut [f32], inp: &[f32], weight: &[f32], rows: usize, c: usize) {
+    let w = &weight[..c];
+    out[..rows * c]
+        .par_chunks_mut(c * ROWS_PER_TASK)
+        .zip(rstd[..rows].par_chunks_mut(ROWS_PER_TASK))
+        .enumerate()
+        .for_each(|(ti, (o, rs))| {
+            for (ri, orow) in o.chunks_exact_mut(c).enumerate() {
+                let r = ti * ROWS_PER_TASK + ri;
+                let x = &inp[r * c..(r + 1) * c];
+                let s = inv_rms(x);
+                for ((o, &xi), &wi) in orow.iter_mut().zip(x).zip(w) {
+                    *o = xi * s * wi;
+                }
+                rs[ri] = s;
+            }
+        });
+}
+
+/// `dinp += ...`, `dweight += ...`; row blocks with partial sums as in
+/// [`layernorm_bwd`].
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_bwd(
+    dinp: &mut [f32],
+    dweight: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    rstd: &[f32],
+    rows: usize,
+    c: usize,
+) {
+    let block_rows = rows.div_ceil(ROW_BLOCKS).max(1);
+    let blocks = rows.div_ceil(block_rows);
+    let mut partial = vec![0.0f32; blocks * c];
+    let w = &weight[..c];
+    dinp[..rows * c].par_chunks_mut(block_rows * c).zip(partial.par_chunks_mut(c)).enumerate().for_each(
+        |(bi, (d, pw))| {
+            for (ri, drow) in d.chunks_exact_mut(c).enumerate() {
+                let r = bi * block_rows + ri;
+                let x = &inp[r * c..(r + 1) * c];
+                let g = &dout[r * c..(r + 1) * c];
+                let s = rstd[r];
+                // mean(g * w * x_hat), x_hat = x * s
+                let m = fastmath::dot3(g, w, x) * s / c as f32;
+                for i in 0..c {
+                    let xh = x[i] * s;
+                    drow[i] += s * (g[i] * w[i] - xh * m);
+                    pw[i] += g[i] * xh;
+                }
+            }
+        },
+    );
+    for pw in partial.chunks_exact(c) {
+        fastmath::add_to(&mut dweight[..c], pw);
+    }
+}
+
+/// QK-norm forward: copies `qkv` rows and RMS-normalises each query and key
+/// head in the copy.
+pub fn qk_norm_fwd(out: &mut [f32], rstd: &mut [f32], qkv: &[f32], s: AttnShape, rows: usize) {
+    let (w, hd, heads) = (s.qkv_width(), s.head_dim, s.heads + s.kv_heads);
+    out[..rows * w].par_chunks_mut(w).zip(rstd[..rows * heads].par_chunks_mut(heads)).enumerate().for_each(
+        |(r, (orow, rs))| {
+            let x = &qkv[r * w..(r + 1) * w];
+            orow.copy_from_slice(x);
+            for (h, seg) in orow[..heads * hd].chunks_exact_mut(hd).enumerate() {
+                let inv = inv_rms(seg);
+                seg.iter_mut().for_each(|v| *v *= inv);
+                rs[h] = inv;
+            }
+        },
+    );
+}
+
+/// QK-norm backward: overwrites `dqkv`.
+pub fn qk_norm_bwd(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], rstd: &[f32], s: AttnShape, rows: usize) {
+    let (w, hd, heads) = (s.qkv_width(), s.head_dim, s.heads + s.kv_heads);
+    dqkv[..rows * w].par_chunks_mut(w).enumerate().for_each(|(r, drow)| {
+        let (x, g) = (&qkv[r * w..(r + 1) * w], &dout[r * w..(r + 1) * w]);
+        drow.copy_from_slice(g);
+        for h in 0..heads {
+            let span = h * hd..(h + 1) * hd;
+            let (xs, gs, inv) = (&x[span.clone()], &g[span.clone()], rstd[r * heads + h]);
+            // y = x * inv; dx = inv * (g - y * mean(g * y))
+            let m = fastmath::dot(gs, xs) * inv * inv / hd as f32;
+            for ((d, &gi), &xi) in drow[span].iter_mut().zip(gs).zip(xs) {
+                *d = inv * (gi - xi * m);
+            }
+        }
+    });
 }

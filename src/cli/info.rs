@@ -1,0 +1,134 @@
+//! `ferrite info`: what a model costs (parameters, FLOPs, memory), for a
+//! configuration or a checkpoint.
+
+use super::RunArgs;
+use crate::model::info::{kv_cache_bytes_per_token, params_by_component, TrainMemory};
+use crate::model::{ModelConfig, Recompute};
+use crate::train::checkpoint::{self, Prefer};
+use crate::train::{config, trainer::model_config};
+use anyhow::Result;
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Describe this checkpoint (or run directory) instead of a configuration.
+    #[arg(long, value_name = "DIR")]
+    checkpoint: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+pub fn run(a: &InfoArgs) -> Result<()> {
+    let (model, batch, seq, recompute) = match &a.checkpoint {
+        Some(dir) => {
+            let ck = checkpoint::load_config(&checkpoint::resolve_dir(dir, Prefer::Best)?)?;
+            let t = &ck.train;
+            (ck.model, t.batch_size, t.block_size, t.recompute)
+        }
+        None => {
+            if a.run.resume.is_some() {
+                anyhow::bail!("--resume is only valid for `ferrite train`");
+            }
+            let preset = a.run.preset.clone().unwrap_or_else(|| super::train::DEFAULT_PRESET.into());
+            let cfg = a.run.resolve(&preset)?;
+            let m = model_config(&cfg, config::reference_vocab(&preset, &cfg));
+            m.validate()?;
+            (m, cfg.batch_size, cfg.block_size, cfg.recompute)
+        }
+    };
+    let memory: Vec<(Recompute, TrainMemory)> = [Recompute::None, Recompute::Mlp, Recompute::Block]
+        .into_iter()
+        .map(|r| (r, TrainMemory::new(&model, batch, seq, r)))
+        .collect();
+    if a.json {
+        let out = json!({
+            "model": model,
+            "params": model.num_params(),
+            "params_by_component": params_by_component(&model).into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "forward_flops_per_token": forward_flops(&model, seq),
+            "train_flops_per_token": model.train_flops_per_token(seq),
+            "batch_size": batch,
+            "block_size": seq,
+            "memory_bytes": memory.iter().map(|(r, m)| (label(r), json!({
+                "params": m.params, "grads": m.grads, "optimizer": m.optimizer,
+                "activations": m.activations, "total": m.total(),
+            }))).collect::<serde_json::Map<_, _>>(),
+            "recompute": recompute,
+            "kv_cache_bytes_per_token": kv_cache_bytes_per_token(&model),
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    print_table(&model, batch, seq, recompute, &memory);
+    Ok(())
+}
+
+/// An option's name as written in configurations (`rope`, `rmsnorm`, ...).
+fn label(x: impl serde::Serialize) -> String {
+    serde_json::to_value(x).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
+/// Forward FLOPs per token: 2 per matmul weight plus the attention products.
+fn forward_flops(m: &ModelConfig, seq: usize) -> f64 {
+    2.0 * m.matmul_params() as f64 + m.attn_flops_per_token(seq)
+}
+
+fn print_table(m: &ModelConfig, batch: usize, seq: usize, recompute: Recompute, memory: &[(Recompute, TrainMemory)]) {
+    let attn =
+        if m.kv_heads() == m.n_head { String::new() } else { format!(" sharing {} key/value heads", m.kv_heads()) };
+    println!(
+        "model: {} layers, {} heads{attn}, {} wide, block {}, vocab {} (padded {})",
+        m.n_layer, m.n_head, m.n_embd, m.block_size, m.vocab_size, m.padded_vocab
+    );
+    println!(
+        "       {} positions, {}{}, {} MLP ({} hidden), {} embeddings{}{}",
+        label(m.pos),
+        label(m.norm),
+        if m.qk_norm { " + QK-norm" } else { "" },
+        label(m.mlp),
+        m.hidden(),
+        if m.tie_embeddings { "tied" } else { "untied" },
+        if m.bias { ", biases" } else { "" },
+        m.logit_softcap.map(|c| format!(", logits capped at {c}")).unwrap_or_default()
+    );
+    println!("\nparameters: {} ({:.2}M)", m.num_params(), m.num_params() as f64 / 1e6);
+    for (name, n) in params_by_component(m) {
+        println!("  {name:<20} {n:>12}");
+    }
+    println!("\nFLOPs per token at context {seq}:");
+    println!("  forward              {:>12.4e}", forward_flops(m, seq));
+    println!(
+        "  training             {:>12.4e}  (6N + attention, N = {} matmul weights)",
+        m.train_flops_per_token(seq),
+        m.matmul_params()
+    );
+    println!("\ntraining memory at batch {batch} x block {seq}, fp32 (MiB):");
+    println!(
+        "  {:<12} {:>10} {:>10} {:>10} {:>12} {:>10}",
+        "recompute", "params", "grads", "AdamW", "activations", "total"
+    );
+    for (r, mem) in memory {
+        let mark = if *r == recompute { " <- configured" } else { "" };
+        println!(
+            "  {:<12} {:>10.1} {:>10.1} {:>10.1} {:>12.1} {:>10.1}{mark}",
+            label(r),
+            mem.params as f64 / MIB,
+            mem.grads as f64 / MIB,
+            mem.optimizer as f64 / MIB,
+            mem.activations as f64 / MIB,
+            mem.total() as f64 / MIB
+        );
+    }
+    let kv = kv_cache_bytes_per_token(m);
+    println!(
+        "\nKV cache: {kv} bytes per token ({:.2} MiB for a full {}-token context)",
+        (kv * m.block_size) as f64 / MIB,
+        m.block_size
+    );
+}

@@ -1,0 +1,184 @@
+//! Every buffer a training step needs, allocated once for a (batch, seq)
+//! shape and reused by every step, and what activation recomputation keeps.
+
+use super::config::ModelConfig;
+use crate::engine::Backend;
+use serde::{Deserialize, Serialize};
+
+/// Activation recomputation: what the forward pass stores for the backward
+/// pass and what the backward pass recomputes instead (same kernels, same
+/// inputs: the gradients are bit-identical).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recompute {
+    /// Store everything.
+    #[default]
+    None,
+    /// Recompute the MLP's hidden activations (its widest buffers).
+    Mlp,
+    /// Store only each block's output; recompute the block in backward.
+    Block,
+}
+
+/// Activations of one block, kept from forward for backward.
+pub struct BlockActs<T> {
+    pub ln1: T,
+    pub ln1_mean: T,
+    pub ln1_rstd: T,
+    /// The q/k/v projection before QK-norm (empty without QK-norm).
+    pub qkv_raw: T,
+    pub qk_rstd: T,
+    /// Queries, keys and values as attention sees them.
+    pub qkv: T,
+    pub probs: T,
+    pub atty: T,
+    /// Residual stream after attention.
+    pub res_attn: T,
+    pub ln2: T,
+    pub ln2_mean: T,
+    pub ln2_rstd: T,
+}
+
+/// The MLP's hidden activations: before (`fc`) and after the activation.
+pub struct MlpActs<T> {
+    pub fc: T,
+    pub act: T,
+}
+
+/// Buffers of a training step over `[batch, seq]` tokens. Generic over the
+/// buffer type so the same code that allocates them also counts them
+/// ([`activation_floats`]).
+pub struct Acts<T> {
+    pub batch: usize,
+    pub seq: usize,
+    pub recompute: Recompute,
+    pub encoded: T,
+    /// Each block's output (the residual stream), always kept.
+    pub outputs: Vec<T>,
+    /// One per block, or a single one reused by every block (`Block`).
+    pub blocks: Vec<BlockActs<T>>,
+    /// One per block, or a single one reused by every block (`Mlp`, `Block`).
+    pub mlps: Vec<MlpActs<T>>,
+    pub lnf: T,
+    pub lnf_mean: T,
+    pub lnf_rstd: T,
+    /// Logits `[N, padded_vocab]`; after a training forward, their gradient.
+    pub logits: T,
+    pub losses: T,
+    /// A projection's output before it joins the residual stream.
+    pub proj: T,
+    // Gradient scratch.
+    pub d_res: T,
+    pub d_c: T,
+    pub d_c2: T,
+    pub d_qkv: T,
+    pub d_qkv2: T,
+    pub d_h: T,
+    pub d_h2: T,
+}
+
+/// Activations on a backend.
+pub type Activations<B> = Acts<<B as Backend>::Buf>;
+
+impl<T> Acts<T> {
+    /// Lays out every buffer, creating each with `alloc(len)`.
+    pub fn build(
+        cfg: &ModelConfig,
+        batch: usize,
+        seq: usize,
+        recompute: Recompute,
+        mut alloc: impl FnMut(usize) -> T,
+    ) -> Self {
+        let n = batch * seq;
+        let (c, w) = (cfg.n_embd, cfg.qkv_width());
+        let qk = if cfg.qk_norm { 1 } else { 0 };
+        let stored_blocks = if recompute == Recompute::Block { 1 } else { cfg.n_layer };
+        let stored_mlps = if recompute == Recompute::None { cfg.n_layer } else { 1 };
+        let mut block = || BlockActs {
+            ln1: alloc(n * c),
+            ln1_mean: alloc(n),
+            ln1_rstd: alloc(n),
+            qkv_raw: alloc(qk * n * w),
+            qk_rstd: alloc(qk * n * (cfg.n_head + cfg.kv_heads())),
+            qkv: alloc(n * w),
+            probs: alloc(batch * cfg.n_head * seq * seq),
+            atty: alloc(n * c),
+            res_attn: alloc(n * c),
+            ln2: alloc(n * c),
+            ln2_mean: alloc(n),
+            ln2_rstd: alloc(n),
+        };
+        let blocks = (0..stored_blocks).map(|_| block()).collect();
+        let mlps =
+            (0..stored_mlps).map(|_| MlpActs { fc: alloc(n * cfg.fc_width()), act: alloc(n * cfg.hidden()) }).collect();
+        Acts {
+            batch,
+            seq,
+            recompute,
+            encoded: alloc(n * c),
+            outputs: (0..cfg.n_layer).map(|_| alloc(n * c)).collect(),
+            blocks,
+            mlps,
+            lnf: alloc(n * c),
+            lnf_mean: alloc(n),
+            lnf_rstd: alloc(n),
+            logits: alloc(n * cfg.padded_vocab),
+            losses: alloc(n),
+            proj: alloc(n * c),
+            d_res: alloc(n * c),
+            d_c: alloc(n * c),
+            d_c2: alloc(n * c),
+            d_qkv: alloc(n * w),
+            d_qkv2: alloc(qk * n * w),
+            d_h: alloc(n * cfg.hidden()),
+            d_h2: alloc(n * cfg.fc_width()),
+        }
+    }
+
+    /// Index of block `l`'s stored activations.
+    pub fn block_slot(&self, l: usize) -> usize {
+        if self.recompute == Recompute::Block {
+            0
+        } else {
+            l
+        }
+    }
+
+    /// Index of block `l`'s MLP activations.
+    pub fn mlp_slot(&self, l: usize) -> usize {
+        if self.recompute == Recompute::None {
+            l
+        } else {
+            0
+        }
+    }
+}
+
+impl<T> Acts<T> {
+    /// Allocates the buffers on a backend.
+    pub fn new<B: Backend<Buf = T>>(be: &B, cfg: &ModelConfig, batch: usize, seq: usize, recompute: Recompute) -> Self {
+        Acts::build(cfg, batch, seq, recompute, |len| be.zeros(len))
+    }
+}
+
+/// Number of f32 values all the activation buffers hold.
+pub fn activation_floats(cfg: &ModelConfig, batch: usize, seq: usize, recompute: Recompute) -> usize {
+    let mut total = 0;
+    Acts::build(cfg, batch, seq, recompute, |len| total += len);
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recompute_stores_less() {
+        let cfg = ModelConfig::gpt2(65, 64, 4, 4, 128);
+        let [none, mlp, block] =
+            [Recompute::None, Recompute::Mlp, Recompute::Block].map(|r| activation_floats(&cfg, 12, 64, r));
+        assert!(none > mlp && mlp > block, "{none} {mlp} {block}");
+        // Recomputing the MLP saves its two hidden buffers in all but one block.
+        assert_eq!(none - mlp, 3 * 12 * 64 * (4 * 128 + 4 * 128));
+    }
+}
