@@ -37,7 +37,7 @@ pub struct SampleArgs {
 }
 
 pub fn run(a: &SampleArgs) -> Result<()> {
-    let cfg = SamplerConfig { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p };
+    let cfg = SamplerConfig { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, ..SamplerConfig::default() };
     cfg.validate()?;
     let (model, ck, _) = checkpoint::load_model(Cpu, &a.checkpoint)?;
     let tok = &ck.tokenizer;

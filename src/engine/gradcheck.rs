@@ -3,7 +3,7 @@
 //! compares the analytic input gradient with central differences. The checks
 //! are generic over [`Backend`], so every backend runs the same proof.
 
-use super::{Activation, AttnShape, Backend, Dropout};
+use super::{Activation, AttnShape, Backend, CacheRow, Dropout};
 
 /// Deterministic pseudo-random values in [-1, 1).
 pub fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
@@ -205,11 +205,12 @@ pub fn check_rope<B: Backend>(be: &B) {
     let mut x = rand_vec(n, 19);
     let r = rand_vec(n, 24);
     // The backward is the inverse rotation applied to the output gradient.
+    let positions: Vec<u32> = (0..rows as u32).map(|r| 3 + r % s.seq as u32).collect();
     let mut dx = be.upload(&r);
-    be.rope(&mut dx, &cos, &sin, s, rows, 3, true);
+    be.rope(&mut dx, &cos, &sin, s, &positions, true);
     check("rope", &mut x, &be.to_host(&dx), |x| {
         let mut y = be.upload(x);
-        be.rope(&mut y, &cos, &sin, s, rows, 3, false);
+        be.rope(&mut y, &cos, &sin, s, &positions, false);
         dot(&be.to_host(&y), &r)
     });
 }
@@ -254,17 +255,18 @@ pub fn check_cross_entropy<B: Backend>(be: &B, softcap: Option<f32>) {
 pub fn check_embedding<B: Backend>(be: &B, with_positions: bool) {
     let (vocab, block, c, seq) = (7, 6, 5, 4);
     let tokens = [1u32, 3, 1, 6, 0, 1, 2, 1]; // repeats on purpose
+    let positions: Vec<u32> = (0..tokens.len() as u32).map(|i| i % seq as u32).collect();
     let mut wte = rand_vec(vocab * c, 50);
     let mut wpe = rand_vec(block * c, 51);
     let r = rand_vec(tokens.len() * c, 52);
     let fwd = |wte: &[f32], wpe: &[f32]| {
         let mut out = be.zeros(tokens.len() * c);
         let wpe = be.upload(wpe);
-        be.embedding_fwd(&mut out, &be.upload(wte), with_positions.then_some(&wpe), &tokens, seq, c, 0);
+        be.embedding_fwd(&mut out, &be.upload(wte), with_positions.then_some(&wpe), &tokens, &positions, c);
         dot(&be.to_host(&out), &r)
     };
     let (mut dwte, mut dwpe) = (be.zeros(vocab * c), be.zeros(block * c));
-    be.embedding_bwd(&mut dwte, with_positions.then_some(&mut dwpe), &be.upload(&r), &tokens, seq, c);
+    be.embedding_bwd(&mut dwte, with_positions.then_some(&mut dwpe), &be.upload(&r), &tokens, &positions, c);
     let wpec = wpe.clone();
     check("embedding wte", &mut wte, &be.to_host(&dwte), |w| fwd(w, &wpec));
     if with_positions {
@@ -346,23 +348,34 @@ mod tests {
     fn cached_attention_matches_training_attention() {
         let be = Cpu;
         for kv_heads in [3, 1] {
-            let s = AttnShape { batch: 1, seq: 7, heads: 3, kv_heads, head_dim: 4 };
-            let (w, ow, kvw) = (s.qkv_width(), s.q_width(), s.kv_width());
-            let qkv = rand_vec(s.seq * w, 70);
-            let mut want = be.zeros(s.seq * ow);
-            let mut probs = be.zeros(s.heads * s.seq * s.seq);
+            // Two sequences in one cache (slots 0 and 1), fed differently.
+            let s = AttnShape { batch: 2, seq: 7, heads: 3, kv_heads, head_dim: 4 };
+            let (w, ow, kvw, cap) = (s.qkv_width(), s.q_width(), s.kv_width(), 8);
+            let qkv = rand_vec(s.batch * s.seq * w, 70);
+            let mut want = be.zeros(s.batch * s.seq * ow);
+            let mut probs = be.zeros(s.batch * s.heads * s.seq * s.seq);
             be.attention_fwd(&mut want, &mut probs, &qkv, s, Dropout::OFF);
-            // Prefill 4 rows, then decode the remaining 3 one by one.
-            let (mut kc, mut vc) = (be.zeros(8 * kvw), be.zeros(8 * kvw));
-            let mut got = vec![0.0; s.seq * ow];
-            let mut out = be.zeros(4 * ow);
-            be.attention_cached(&mut out, &qkv[..4 * w].to_vec(), &mut kc, &mut vc, 0, AttnShape { seq: 4, ..s });
-            got[..4 * ow].copy_from_slice(&out);
-            for t in 4..s.seq {
-                let mut o = be.zeros(ow);
-                let row = qkv[t * w..(t + 1) * w].to_vec();
-                be.attention_cached(&mut o, &row, &mut kc, &mut vc, t, AttnShape { seq: 1, ..s });
-                got[t * ow..(t + 1) * ow].copy_from_slice(&o);
+            let (mut kc, mut vc) = (be.zeros(2 * cap * kvw), be.zeros(2 * cap * kvw));
+            let mut got = vec![0.0; s.batch * s.seq * ow];
+            let row = |b: usize, t: usize| b * s.seq + t;
+            // Prefill 4 rows of sequence 0 and 2 of sequence 1 in one call...
+            let prefill: Vec<(usize, usize)> = (0..4).map(|t| (0, t)).chain((0..2).map(|t| (1, t))).collect();
+            let run = |kc: &mut Vec<f32>, vc: &mut Vec<f32>, got: &mut Vec<f32>, batch: &[(usize, usize)]| {
+                let q: Vec<f32> =
+                    batch.iter().flat_map(|&(b, t)| qkv[row(b, t) * w..(row(b, t) + 1) * w].to_vec()).collect();
+                let rows: Vec<CacheRow> = batch.iter().map(|&(b, t)| CacheRow { slot: b, pos: t }).collect();
+                let mut out = be.zeros(batch.len() * ow);
+                be.attention_cached(&mut out, &q, kc, vc, &rows, cap, s);
+                for (i, &(b, t)) in batch.iter().enumerate() {
+                    got[row(b, t) * ow..(row(b, t) + 1) * ow].copy_from_slice(&out[i * ow..(i + 1) * ow]);
+                }
+            };
+            run(&mut kc, &mut vc, &mut got, &prefill);
+            // ...then decode both together, one row each, until each is done.
+            for step in 0..5 {
+                let batch: Vec<(usize, usize)> =
+                    [(0, 4 + step), (1, 2 + step)].into_iter().filter(|&(_, t)| t < s.seq).collect();
+                run(&mut kc, &mut vc, &mut got, &batch);
             }
             for (a, b) in got.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-5);

@@ -50,6 +50,13 @@ impl AttnShape {
     }
 }
 
+/// Where one row of an inference batch lives in a multi-sequence KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheRow {
+    pub slot: usize,
+    pub pos: usize,
+}
+
 /// Pointwise activations of the MLP (SwiGLU, which gates, has its own kernel).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
@@ -184,7 +191,7 @@ pub trait Backend: Send + Sync {
     fn bias_backward(&self, dbias: &mut Self::Buf, dout: &Self::Buf, rows: usize, cols: usize);
 
     // ---- embedding ----
-    /// `out[b,t,:] = wte[tokens[b,t]] (+ wpe[pos_offset + t])`; `wpe` is a
+    /// `out[i,:] = wte[tokens[i]] (+ wpe[positions[i]])`; `wpe` is a
     /// learned or fixed (sinusoidal) position table, or absent.
     fn embedding_fwd(
         &self,
@@ -192,9 +199,8 @@ pub trait Backend: Send + Sync {
         wte: &Self::Buf,
         wpe: Option<&Self::Buf>,
         tokens: &[u32],
-        seq: usize,
+        positions: &[u32],
         channels: usize,
-        pos_offset: usize,
     );
     /// Accumulates into `dwte` and, for a learned position table, `dwpe`.
     fn embedding_bwd(
@@ -203,7 +209,7 @@ pub trait Backend: Send + Sync {
         dwpe: Option<&mut Self::Buf>,
         dout: &Self::Buf,
         tokens: &[u32],
-        seq: usize,
+        positions: &[u32],
         channels: usize,
     );
 
@@ -272,19 +278,18 @@ pub trait Backend: Send + Sync {
     );
 
     // ---- rotary position embedding ----
-    /// Rotates every query and key head of `qkv` in place (the "rotate half"
-    /// pairing `(i, i + head_dim / 2)` of Llama); row `r` is at position
-    /// `pos_offset + r % shape.seq`. `cos` and `sin` are `[positions,
-    /// head_dim / 2]` tables. `inverse` rotates back: the backward pass.
-    #[allow(clippy::too_many_arguments)]
+    /// Rotates every query and key head of the first `positions.len()` rows
+    /// of `qkv` in place (the "rotate half" pairing `(i, i + head_dim / 2)`
+    /// of Llama), row `r` by the angles of position `positions[r]`. `cos`
+    /// and `sin` are `[positions, head_dim / 2]` tables. `inverse` rotates
+    /// back: the backward pass. (Only the head counts of `shape` are used.)
     fn rope(
         &self,
         qkv: &mut Self::Buf,
         cos: &Self::Buf,
         sin: &Self::Buf,
         shape: AttnShape,
-        rows: usize,
-        pos_offset: usize,
+        positions: &[u32],
         inverse: bool,
     );
 
@@ -318,18 +323,21 @@ pub trait Backend: Send + Sync {
         shape: AttnShape,
         drop: Dropout,
     );
-    /// Inference with a KV cache: appends the keys and values of `shape.seq`
-    /// new positions (from `qkv`, one sequence) at `start_pos` of the caches
-    /// (`[max_positions, kv_width]`) and attends each new query to every
-    /// cached position up to its own, with an online softmax (no `seq x seq`
-    /// matrix is stored).
+    /// Inference with a KV cache holding several sequences: `k_cache` and
+    /// `v_cache` are `[slots, capacity, kv_width]`. Row `r` of `qkv` belongs
+    /// to `rows[r]`: its keys and values are stored at that slot and
+    /// position, then its query attends to the slot's positions up to its
+    /// own, with an online softmax (no `seq x seq` matrix is stored). A
+    /// prompt is consecutive rows of one slot; a decoding step of a batch is
+    /// one row per slot.
     fn attention_cached(
         &self,
         out: &mut Self::Buf,
         qkv: &Self::Buf,
         k_cache: &mut Self::Buf,
         v_cache: &mut Self::Buf,
-        start_pos: usize,
+        rows: &[CacheRow],
+        capacity: usize,
         shape: AttnShape,
     );
 

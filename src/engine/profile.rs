@@ -2,7 +2,7 @@
 //! `ferrite bench --profile`: where a training step spends its time.
 //! (Synchronous backends only: a GPU backend would need events.)
 
-use super::{Activation, AdamWStep, AttnShape, Backend, Dropout, Matmul};
+use super::{Activation, AdamWStep, AttnShape, Backend, CacheRow, Dropout, Matmul};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -106,11 +106,10 @@ impl<B: Backend> Backend for Profiled<B> {
         wte: &B::Buf,
         wpe: Option<&B::Buf>,
         tokens: &[u32],
-        seq: usize,
+        positions: &[u32],
         channels: usize,
-        pos_offset: usize,
     ) {
-        self.time(|| "embedding".into(), || self.inner.embedding_fwd(out, wte, wpe, tokens, seq, channels, pos_offset))
+        self.time(|| "embedding".into(), || self.inner.embedding_fwd(out, wte, wpe, tokens, positions, channels))
     }
     fn embedding_bwd(
         &self,
@@ -118,10 +117,13 @@ impl<B: Backend> Backend for Profiled<B> {
         dwpe: Option<&mut B::Buf>,
         dout: &B::Buf,
         tokens: &[u32],
-        seq: usize,
+        positions: &[u32],
         channels: usize,
     ) {
-        self.time(|| "embedding backward".into(), || self.inner.embedding_bwd(dwte, dwpe, dout, tokens, seq, channels))
+        self.time(
+            || "embedding backward".into(),
+            || self.inner.embedding_bwd(dwte, dwpe, dout, tokens, positions, channels),
+        )
     }
     fn layernorm_fwd(
         &self,
@@ -198,18 +200,9 @@ impl<B: Backend> Backend for Profiled<B> {
     ) {
         self.time(|| "qk-norm backward".into(), || self.inner.qk_norm_bwd(dqkv, dout, qkv, rstd, shape, rows))
     }
-    fn rope(
-        &self,
-        qkv: &mut B::Buf,
-        cos: &B::Buf,
-        sin: &B::Buf,
-        shape: AttnShape,
-        rows: usize,
-        pos_offset: usize,
-        inverse: bool,
-    ) {
+    fn rope(&self, qkv: &mut B::Buf, cos: &B::Buf, sin: &B::Buf, shape: AttnShape, positions: &[u32], inverse: bool) {
         let name = if inverse { "rope backward" } else { "rope" };
-        self.time(|| name.into(), || self.inner.rope(qkv, cos, sin, shape, rows, pos_offset, inverse))
+        self.time(|| name.into(), || self.inner.rope(qkv, cos, sin, shape, positions, inverse))
     }
     fn activation_fwd(&self, out: &mut B::Buf, inp: &B::Buf, n: usize, act: Activation) {
         self.time(|| format!("{act:?}"), || self.inner.activation_fwd(out, inp, n, act))
@@ -243,12 +236,13 @@ impl<B: Backend> Backend for Profiled<B> {
         qkv: &B::Buf,
         k_cache: &mut B::Buf,
         v_cache: &mut B::Buf,
-        start_pos: usize,
+        rows: &[CacheRow],
+        capacity: usize,
         shape: AttnShape,
     ) {
         self.time(
             || "attention (cached)".into(),
-            || self.inner.attention_cached(out, qkv, k_cache, v_cache, start_pos, shape),
+            || self.inner.attention_cached(out, qkv, k_cache, v_cache, rows, capacity, shape),
         )
     }
     fn cross_entropy(

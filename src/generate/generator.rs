@@ -28,7 +28,14 @@ pub struct Generator<'m, B: Backend> {
 
 impl<'m, B: Backend> Generator<'m, B> {
     pub fn new(model: &'m Gpt<B>, sampler: Sampler) -> Self {
-        Generator { model, cache: KvCache::new(model), sampler, tokens: Vec::new(), logits: Vec::new(), pending: None }
+        Generator {
+            model,
+            cache: KvCache::new(model, 1),
+            sampler,
+            tokens: Vec::new(),
+            logits: Vec::new(),
+            pending: None,
+        }
     }
 
     /// Starts a new sequence from `prompt` (only its last `block_size` tokens
@@ -44,8 +51,8 @@ impl<'m, B: Backend> Generator<'m, B> {
         self.tokens = prompt.to_vec();
         self.pending = None;
         let window = &prompt[prompt.len().saturating_sub(self.cache.capacity)..];
-        self.cache.reset();
-        self.logits = self.cache.forward(self.model, window);
+        self.cache.truncate(0, 0);
+        self.logits = self.cache.forward(self.model, 0, window);
         Ok(())
     }
 
@@ -55,7 +62,7 @@ impl<'m, B: Backend> Generator<'m, B> {
         if let Some(t) = self.pending.take() {
             self.feed(t);
         }
-        let t = self.sampler.sample(&self.logits);
+        let t = self.sampler.sample(&self.logits, &self.tokens);
         self.tokens.push(t);
         self.pending = Some(t);
         t
@@ -63,20 +70,20 @@ impl<'m, B: Backend> Generator<'m, B> {
 
     /// Positions currently held by the KV cache.
     pub fn cached(&self) -> usize {
-        self.cache.len
+        self.cache.len(0)
     }
 
     fn feed(&mut self, token: u32) {
-        if self.cache.len < self.cache.capacity {
-            self.logits = self.cache.forward(self.model, &[token]);
+        if self.cache.len(0) < self.cache.capacity {
+            self.logits = self.cache.forward(self.model, 0, &[token]);
             return;
         }
         // Slide: rebuild the cache from the newest half of the context
         // (which ends with `token`).
         let keep = (self.cache.capacity / 2).max(1);
         let window = &self.tokens[self.tokens.len() - keep..];
-        self.cache.reset();
-        self.logits = self.cache.forward(self.model, window);
+        self.cache.truncate(0, 0);
+        self.logits = self.cache.forward(self.model, 0, window);
     }
 }
 
@@ -164,17 +171,17 @@ mod tests {
     fn kv_cache_logits_match_full_recompute_for_every_architecture() {
         for cfg in variants() {
             let model = Gpt::new(Cpu, cfg.clone(), 9);
-            let mut cache = KvCache::new(&model);
+            let mut cache = KvCache::new(&model, 1);
             let ctx = [3u32, 1, 4, 1, 5, 9, 2, 6];
             // Prefill 3 tokens, then one at a time.
-            let mut got = cache.forward(&model, &ctx[..3]);
+            let mut got = cache.forward(&model, 0, &ctx[..3]);
             for t in 3..=ctx.len() {
                 let want = full_logits(&model, &ctx[..t]);
                 for (a, b) in got.iter().zip(&want) {
                     assert!((a - b).abs() < 1e-4, "{cfg:?}: position {t}: {a} vs {b}");
                 }
                 if t < ctx.len() {
-                    got = cache.forward(&model, &ctx[t..t + 1]);
+                    got = cache.forward(&model, 0, &ctx[t..t + 1]);
                 }
             }
         }
@@ -184,7 +191,7 @@ mod tests {
     fn greedy_generation_matches_full_recompute_with_sliding_window() {
         for cfg in variants() {
             let model = Gpt::new(Cpu, cfg, 5);
-            let greedy = SamplerConfig { temperature: 0.0, top_k: 0, top_p: 1.0 };
+            let greedy = SamplerConfig::greedy();
             let mut g = Generator::new(&model, Sampler::new(greedy, 0));
             let prompt = [1u32, 2, 3];
             g.prefill(&prompt).unwrap();

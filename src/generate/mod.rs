@@ -1,7 +1,11 @@
-//! Text generation: samplers and the KV-cache decoding loop.
+//! Text generation: samplers, stop sequences and the KV-cache decoding loop.
 
+pub mod batch;
 pub mod generator;
 pub mod sampler;
+pub mod speculative;
+pub mod stop;
 
 pub use generator::{Generator, Utf8Stream};
 pub use sampler::{Sampler, SamplerConfig};
+pub use stop::StopMatcher;

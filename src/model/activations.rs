@@ -52,6 +52,8 @@ pub struct Acts<T> {
     pub batch: usize,
     pub seq: usize,
     pub recompute: Recompute,
+    /// Each token's position (`t` of `[b, t]`), on the host.
+    pub positions: Vec<u32>,
     pub encoded: T,
     /// Each block's output (the residual stream), always kept.
     pub outputs: Vec<T>,
@@ -115,6 +117,7 @@ impl<T> Acts<T> {
             batch,
             seq,
             recompute,
+            positions: (0..n).map(|i| (i % seq) as u32).collect(),
             encoded: alloc(n * c),
             outputs: (0..cfg.n_layer).map(|_| alloc(n * c)).collect(),
             blocks,

@@ -1,15 +1,19 @@
 //! Incremental inference with a KV cache: each new token costs one row of
-//! every matmul instead of a forward pass over the whole context.
+//! every matmul instead of a forward pass over the whole context. The cache
+//! holds several sequences ("slots"), so a batch of sequences decodes
+//! together: one row per sequence through every matmul, each row attending
+//! to its own sequence.
 
 use super::gpt::{Gpt, NormStats};
-use crate::engine::Backend;
+use crate::engine::{Backend, CacheRow};
 
-/// Per-layer key/value caches plus scratch for up to `block_size` new rows.
 pub struct KvCache<B: Backend> {
+    /// Per layer: `[slots, capacity, kv_width]`.
     k: Vec<B::Buf>,
     v: Vec<B::Buf>,
-    /// Number of positions currently cached.
-    pub len: usize,
+    /// Positions held by each slot.
+    lens: Vec<usize>,
+    /// Positions per slot: the model's block size.
     pub capacity: usize,
     x: B::Buf,
     ln: B::Buf,
@@ -22,87 +26,142 @@ pub struct KvCache<B: Backend> {
     proj: B::Buf,
     fc: B::Buf,
     act: B::Buf,
+    /// The rows whose logits are wanted, gathered.
     last: B::Buf,
     last_ln: B::Buf,
     logits: B::Buf,
 }
 
 impl<B: Backend> KvCache<B> {
-    pub fn new(model: &Gpt<B>) -> Self {
+    /// A cache for `slots` sequences of up to `block_size` positions each.
+    pub fn new(model: &Gpt<B>, slots: usize) -> Self {
         let be = &model.be;
         let cfg = &model.cfg;
-        let (t, c, w) = (cfg.block_size, cfg.n_embd, cfg.qkv_width());
+        let (cap, c, w) = (cfg.block_size, cfg.n_embd, cfg.qkv_width());
         let kv = cfg.attn_shape(1, 1).kv_width();
+        // Scratch rows: a whole prompt of one sequence, or one row per sequence.
+        let rows = cap.max(slots);
         KvCache {
-            k: (0..cfg.n_layer).map(|_| be.zeros(t * kv)).collect(),
-            v: (0..cfg.n_layer).map(|_| be.zeros(t * kv)).collect(),
-            len: 0,
-            capacity: t,
-            x: be.zeros(t * c),
-            ln: be.zeros(t * c),
-            mean: be.zeros(t),
-            rstd: be.zeros(t),
-            qkv_raw: be.zeros(if cfg.qk_norm { t * w } else { 0 }),
-            qk_rstd: be.zeros(if cfg.qk_norm { t * (cfg.n_head + cfg.kv_heads()) } else { 0 }),
-            qkv: be.zeros(t * w),
-            atty: be.zeros(t * c),
-            proj: be.zeros(t * c),
-            fc: be.zeros(t * cfg.fc_width()),
-            act: be.zeros(t * cfg.hidden()),
-            last: be.zeros(c),
-            last_ln: be.zeros(c),
-            logits: be.zeros(cfg.padded_vocab),
+            k: (0..cfg.n_layer).map(|_| be.zeros(slots * cap * kv)).collect(),
+            v: (0..cfg.n_layer).map(|_| be.zeros(slots * cap * kv)).collect(),
+            lens: vec![0; slots],
+            capacity: cap,
+            x: be.zeros(rows * c),
+            ln: be.zeros(rows * c),
+            mean: be.zeros(rows),
+            rstd: be.zeros(rows),
+            qkv_raw: be.zeros(if cfg.qk_norm { rows * w } else { 0 }),
+            qk_rstd: be.zeros(if cfg.qk_norm { rows * (cfg.n_head + cfg.kv_heads()) } else { 0 }),
+            qkv: be.zeros(rows * w),
+            atty: be.zeros(rows * c),
+            proj: be.zeros(rows * c),
+            fc: be.zeros(rows * cfg.fc_width()),
+            act: be.zeros(rows * cfg.hidden()),
+            last: be.zeros(rows * c),
+            last_ln: be.zeros(rows * c),
+            logits: be.zeros(rows * cfg.padded_vocab),
         }
     }
 
-    /// Bytes of key/value cache per position (all layers).
-    pub fn bytes_per_token(model: &Gpt<B>) -> usize {
-        let cfg = &model.cfg;
-        2 * cfg.n_layer * cfg.attn_shape(1, 1).kv_width() * std::mem::size_of::<f32>()
+    pub fn slots(&self) -> usize {
+        self.lens.len()
     }
 
-    pub fn reset(&mut self) {
-        self.len = 0;
+    /// Positions sequence `slot` holds.
+    pub fn len(&self, slot: usize) -> usize {
+        self.lens[slot]
     }
 
-    /// Feeds `tokens` at positions `len..len + tokens.len()` and returns the
-    /// logits (real vocabulary only, soft-capped if the model caps them)
-    /// after the last of them.
-    pub fn forward(&mut self, model: &Gpt<B>, tokens: &[u32]) -> Vec<f32> {
+    /// Forgets all but the first `len` positions of `slot` (0: empty it).
+    pub fn truncate(&mut self, slot: usize, len: usize) {
+        self.lens[slot] = self.lens[slot].min(len);
+    }
+
+    /// Feeds `tokens` to sequence `slot` at its next positions and returns
+    /// the logits after the last of them.
+    pub fn forward(&mut self, model: &Gpt<B>, slot: usize, tokens: &[u32]) -> Vec<f32> {
+        let rows = self.sequence_rows(slot, tokens.len());
+        self.run(model, tokens, &rows, &[tokens.len() - 1]).pop().expect("one row of logits")
+    }
+
+    /// Like [`Self::forward`], but returns the logits after every token
+    /// (speculative decoding checks a whole draft in one pass).
+    pub fn forward_all(&mut self, model: &Gpt<B>, slot: usize, tokens: &[u32]) -> Vec<Vec<f32>> {
+        let rows = self.sequence_rows(slot, tokens.len());
+        let all: Vec<usize> = (0..tokens.len()).collect();
+        self.run(model, tokens, &rows, &all)
+    }
+
+    /// One decoding step of a batch: one `(slot, token)` per sequence, all
+    /// through the model together. Returns each sequence's next logits.
+    pub fn step(&mut self, model: &Gpt<B>, batch: &[(usize, u32)]) -> Vec<Vec<f32>> {
+        let rows: Vec<CacheRow> = batch.iter().map(|&(slot, _)| CacheRow { slot, pos: self.lens[slot] }).collect();
+        let mut seen = vec![false; self.slots()];
+        for r in &rows {
+            assert!(!std::mem::replace(&mut seen[r.slot], true), "slot {} twice in one step", r.slot);
+        }
+        let tokens: Vec<u32> = batch.iter().map(|b| b.1).collect();
+        let all: Vec<usize> = (0..batch.len()).collect();
+        self.run(model, &tokens, &rows, &all)
+    }
+
+    fn sequence_rows(&self, slot: usize, n: usize) -> Vec<CacheRow> {
+        (0..n).map(|i| CacheRow { slot, pos: self.lens[slot] + i }).collect()
+    }
+
+    /// Runs `tokens` (row `i` at `rows[i]`) through the model, appending
+    /// their keys and values to the cache; returns the logits (real
+    /// vocabulary, soft-capped if the model caps them) of the rows in `want`.
+    fn run(&mut self, model: &Gpt<B>, tokens: &[u32], rows: &[CacheRow], want: &[usize]) -> Vec<Vec<f32>> {
         let (be, cfg, lay) = (&model.be, &model.cfg, &model.layout);
-        let (rows, c, w) = (tokens.len(), cfg.n_embd, cfg.qkv_width());
-        assert!(rows > 0 && self.len + rows <= self.capacity, "KV cache overflow");
-        let shape = cfg.attn_shape(1, rows);
+        let (n, c, w) = (tokens.len(), cfg.n_embd, cfg.qkv_width());
+        assert!(n > 0 && n <= self.capacity.max(self.slots()), "too many rows for the cache's scratch");
+        assert!(rows.iter().all(|r| r.pos < self.capacity), "KV cache overflow");
+        let positions: Vec<u32> = rows.iter().map(|r| r.pos as u32).collect();
+        let shape = cfg.attn_shape(1, n);
         let p = |i: usize| &model.params[i];
-        be.embedding_fwd(&mut self.x, p(lay.wte), model.position_table(), tokens, rows, c, self.len);
+        be.embedding_fwd(&mut self.x, p(lay.wte), model.position_table(), tokens, &positions, c);
         for (l, bi) in lay.blocks.iter().enumerate() {
-            model.norm(&mut self.ln, NormStats { mean: &mut self.mean, rstd: &mut self.rstd }, &self.x, bi.ln1, rows);
+            model.norm(&mut self.ln, NormStats { mean: &mut self.mean, rstd: &mut self.rstd }, &self.x, bi.ln1, n);
             if cfg.qk_norm {
-                model.linear(&mut self.qkv_raw, &self.ln, bi.qkv, rows, c, w);
-                be.qk_norm_fwd(&mut self.qkv, &mut self.qk_rstd, &self.qkv_raw, shape, rows);
+                model.linear(&mut self.qkv_raw, &self.ln, bi.qkv, n, c, w);
+                be.qk_norm_fwd(&mut self.qkv, &mut self.qk_rstd, &self.qkv_raw, shape, n);
             } else {
-                model.linear(&mut self.qkv, &self.ln, bi.qkv, rows, c, w);
+                model.linear(&mut self.qkv, &self.ln, bi.qkv, n, c, w);
             }
-            model.rope(&mut self.qkv, rows, rows, self.len, false);
-            be.attention_cached(&mut self.atty, &self.qkv, &mut self.k[l], &mut self.v[l], self.len, shape);
-            model.linear(&mut self.proj, &self.atty, bi.proj, rows, c, c);
-            be.add_assign(&mut self.x, &self.proj, rows * c);
-            model.norm(&mut self.ln, NormStats { mean: &mut self.mean, rstd: &mut self.rstd }, &self.x, bi.ln2, rows);
-            model.linear(&mut self.fc, &self.ln, bi.fc, rows, c, cfg.fc_width());
-            model.mlp_activation(&mut self.act, &self.fc, rows);
-            model.linear(&mut self.proj, &self.act, bi.fcproj, rows, cfg.hidden(), c);
-            be.add_assign(&mut self.x, &self.proj, rows * c);
+            model.rope(&mut self.qkv, &positions, false);
+            be.attention_cached(&mut self.atty, &self.qkv, &mut self.k[l], &mut self.v[l], rows, self.capacity, shape);
+            model.linear(&mut self.proj, &self.atty, bi.proj, n, c, c);
+            be.add_assign(&mut self.x, &self.proj, n * c);
+            model.norm(&mut self.ln, NormStats { mean: &mut self.mean, rstd: &mut self.rstd }, &self.x, bi.ln2, n);
+            model.linear(&mut self.fc, &self.ln, bi.fc, n, c, cfg.fc_width());
+            model.mlp_activation(&mut self.act, &self.fc, n);
+            model.linear(&mut self.proj, &self.act, bi.fcproj, n, cfg.hidden(), c);
+            be.add_assign(&mut self.x, &self.proj, n * c);
         }
-        self.len += rows;
-        // Only the last position's logits are needed.
-        let last = be.read_range(&self.x, (rows - 1) * c, c);
-        be.write(&mut self.last, &last);
-        model.norm(&mut self.last_ln, NormStats { mean: &mut self.mean, rstd: &mut self.rstd }, &self.last, lay.lnf, 1);
-        model.head(&mut self.logits, &self.last_ln, 1);
-        let mut logits = be.read_range(&self.logits, 0, cfg.vocab_size);
-        if let Some(cap) = cfg.logit_softcap {
-            logits.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
+        for r in rows {
+            self.lens[r.slot] = self.lens[r.slot].max(r.pos + 1);
         }
-        logits
+        // The final norm and the head only for the rows whose logits are wanted.
+        let gathered: Vec<f32> = if want.len() == n && want.iter().enumerate().all(|(i, &r)| i == r) {
+            be.read_range(&self.x, 0, n * c)
+        } else {
+            want.iter().flat_map(|&r| be.read_range(&self.x, r * c, c)).collect()
+        };
+        let m = want.len();
+        be.write(&mut self.last, &gathered);
+        model.norm(&mut self.last_ln, NormStats { mean: &mut self.mean, rstd: &mut self.rstd }, &self.last, lay.lnf, m);
+        model.head(&mut self.logits, &self.last_ln, m);
+        let (v, pv) = (cfg.vocab_size, cfg.padded_vocab);
+        let all = be.read_range(&self.logits, 0, m * pv);
+        all.chunks_exact(pv)
+            .map(|row| {
+                let mut logits = row[..v].to_vec();
+                if let Some(cap) = cfg.logit_softcap {
+                    logits.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
+                }
+                logits
+            })
+            .collect()
     }
 }

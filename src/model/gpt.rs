@@ -75,10 +75,11 @@ impl<B: Backend> Gpt<B> {
         }
     }
 
-    /// Rotates queries and keys (`inverse`: their gradients) when positions are rotary.
-    pub(crate) fn rope(&self, qkv: &mut B::Buf, rows: usize, seq: usize, pos_offset: usize, inverse: bool) {
+    /// Rotates queries and keys (`inverse`: their gradients) of rows at
+    /// `positions` when positions are rotary.
+    pub(crate) fn rope(&self, qkv: &mut B::Buf, positions: &[u32], inverse: bool) {
         if let Some((cos, sin)) = &self.rope {
-            self.be.rope(qkv, cos, sin, self.cfg.attn_shape(rows / seq, seq), rows, pos_offset, inverse);
+            self.be.rope(qkv, cos, sin, self.cfg.attn_shape(1, 1), positions, inverse);
         }
     }
 
@@ -128,7 +129,7 @@ impl<B: Backend> Gpt<B> {
         m: &mut MlpActs<B::Buf>,
         proj: &mut B::Buf,
         out: &mut B::Buf,
-        (batch, seq): (usize, usize),
+        (batch, seq, positions): (usize, usize, &[u32]),
         drop: impl Fn(usize, u64) -> Dropout,
     ) {
         let (be, cfg) = (&self.be, &self.cfg);
@@ -143,7 +144,7 @@ impl<B: Backend> Gpt<B> {
         } else {
             self.linear(&mut a.qkv, &a.ln1, bi.qkv, n, c, w);
         }
-        self.rope(&mut a.qkv, n, seq, 0, false);
+        self.rope(&mut a.qkv, positions, false);
         be.attention_fwd(&mut a.atty, &mut a.probs, &a.qkv, shape, drop(l, 1));
         self.linear(proj, &a.atty, bi.proj, n, c, c);
         be.dropout(proj, drop(l, 2));
@@ -176,14 +177,14 @@ impl<B: Backend> Gpt<B> {
         assert_eq!(tokens.len(), n, "tokens must be batch x seq");
         let dropout = |layer: usize, which: u64| Dropout { p: drop.p, seed: site(drop.seed, layer, which) };
 
-        be.embedding_fwd(&mut acts.encoded, self.p(self.layout.wte), self.position_table(), tokens, t, c, 0);
+        be.embedding_fwd(&mut acts.encoded, self.p(self.layout.wte), self.position_table(), tokens, &acts.positions, c);
         be.dropout(&mut acts.encoded, dropout(cfg.n_layer, 0));
         for l in 0..cfg.n_layer {
             let (bs, ms) = (acts.block_slot(l), acts.mlp_slot(l));
             let (prev, rest) = acts.outputs.split_at_mut(l);
             let input = if l == 0 { &acts.encoded } else { &prev[l - 1] };
             let (a, m) = (&mut acts.blocks[bs], &mut acts.mlps[ms]);
-            self.block_forward(l, input, a, m, &mut acts.proj, &mut rest[0], (bsz, t), dropout);
+            self.block_forward(l, input, a, m, &mut acts.proj, &mut rest[0], (bsz, t, &acts.positions), dropout);
         }
         let last = &acts.outputs[cfg.n_layer - 1];
         self.norm(
@@ -243,7 +244,9 @@ impl<B: Backend> Gpt<B> {
             let (a, m) = (&mut acts.blocks[bs], &mut acts.mlps[ms]);
             match acts.recompute {
                 // Rewrites the block's output with the same values.
-                Recompute::Block => self.block_forward(l, input, a, m, &mut acts.proj, &mut rest[0], (bsz, t), dropout),
+                Recompute::Block => {
+                    self.block_forward(l, input, a, m, &mut acts.proj, &mut rest[0], (bsz, t, &acts.positions), dropout)
+                }
                 Recompute::Mlp => {
                     self.linear(&mut m.fc, &a.ln2, lay.blocks[l].fc, n, c, cfg.fc_width());
                     self.mlp_activation(&mut m.act, &m.fc, n);
@@ -259,11 +262,11 @@ impl<B: Backend> Gpt<B> {
                 d_h: &mut acts.d_h,
                 d_h2: &mut acts.d_h2,
             };
-            self.block_backward(l, input, a, m, g, grads, (bsz, t), dropout);
+            self.block_backward(l, input, a, m, g, grads, (bsz, t, &acts.positions), dropout);
         }
         be.dropout(&mut acts.d_res, dropout(cfg.n_layer, 0));
         let (dwte, dwpe) = two_mut(grads, lay.wte, lay.wpe);
-        be.embedding_bwd(dwte, dwpe, &acts.d_res, tokens, t, c);
+        be.embedding_bwd(dwte, dwpe, &acts.d_res, tokens, &acts.positions, c);
     }
 
     /// One block's backward pass: `g.d_res` holds dL/d(output) and becomes
@@ -277,7 +280,7 @@ impl<B: Backend> Gpt<B> {
         m: &MlpActs<B::Buf>,
         g: BlockGrads<B::Buf>,
         grads: &mut [B::Buf],
-        (batch, seq): (usize, usize),
+        (batch, seq, positions): (usize, usize, &[u32]),
         drop: impl Fn(usize, u64) -> Dropout,
     ) {
         let (be, cfg) = (&self.be, &self.cfg);
@@ -299,7 +302,7 @@ impl<B: Backend> Gpt<B> {
         let d_branch = self.through_dropout(g.d_c2, g.d_res, drop(l, 2));
         self.linear_backward(g.d_c, grads, d_branch, &a.atty, bi.proj, n, c, c);
         be.attention_bwd(g.d_qkv, g.d_c, &a.qkv, &a.probs, shape, drop(l, 1));
-        self.rope(g.d_qkv, n, seq, 0, true);
+        self.rope(g.d_qkv, positions, true);
         let d_qkv = if cfg.qk_norm {
             be.qk_norm_bwd(g.d_qkv2, g.d_qkv, &a.qkv_raw, &a.qk_rstd, shape, n);
             &*g.d_qkv2

@@ -14,7 +14,7 @@
 use super::matmul::{gemm_serial, SharedMut, View};
 use super::scratch::with_scratch;
 use crate::engine::fastmath::{self, axpy, dot};
-use crate::engine::{AttnShape, Dropout};
+use crate::engine::{AttnShape, CacheRow, Dropout};
 use rayon::prelude::*;
 
 /// Multiplies the probabilities of one (batch, head) block `[T, T]` by the
@@ -164,53 +164,57 @@ pub fn attention_bwd(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], probs: &[f32],
     });
 }
 
-/// Inference for one sequence: `s.seq` new rows at `start`.
+/// Inference over a multi-sequence cache (see `Backend::attention_cached`).
+#[allow(clippy::too_many_arguments)]
 pub fn attention_cached(
     out: &mut [f32],
     qkv: &[f32],
     k_cache: &mut [f32],
     v_cache: &mut [f32],
-    start: usize,
+    rows: &[CacheRow],
+    capacity: usize,
     s: AttnShape,
 ) {
-    let (rows, hd, w, kvw, ow) = (s.seq, s.head_dim, s.qkv_width(), s.kv_width(), s.q_width());
+    let (hd, w, kvw, ow) = (s.head_dim, s.qkv_width(), s.kv_width(), s.q_width());
     let scale = 1.0 / (hd as f32).sqrt();
-    assert!(k_cache.len() >= (start + rows) * kvw, "KV cache overflow");
-    for i in 0..rows {
+    let at = |r: &CacheRow| (r.slot * capacity + r.pos) * kvw;
+    for (i, r) in rows.iter().enumerate() {
+        assert!(r.pos < capacity && k_cache.len() >= at(r) + kvw, "KV cache overflow");
         let src = &qkv[i * w..(i + 1) * w];
-        k_cache[(start + i) * kvw..][..kvw].copy_from_slice(&src[ow..ow + kvw]);
-        v_cache[(start + i) * kvw..][..kvw].copy_from_slice(&src[ow + kvw..]);
+        k_cache[at(r)..][..kvw].copy_from_slice(&src[ow..ow + kvw]);
+        v_cache[at(r)..][..kvw].copy_from_slice(&src[ow + kvw..]);
     }
     let (kc, vc) = (&*k_cache, &*v_cache);
     let one = |i: usize, h: usize, o: &mut [f32]| {
+        let r = rows[i];
         let q = &qkv[i * w + h * hd..][..hd];
-        let kv = (h / s.group()) * hd;
+        let base = r.slot * capacity * kvw + (h / s.group()) * hd;
         let (mut m, mut l) = (f32::NEG_INFINITY, 0.0f32);
         o.fill(0.0);
-        for t2 in 0..=start + i {
-            let sc = dot(q, &kc[t2 * kvw + kv..][..hd]) * scale;
+        for t2 in 0..=r.pos {
+            let sc = dot(q, &kc[base + t2 * kvw..][..hd]) * scale;
             if sc > m {
                 // New running maximum: rescale what was accumulated so far.
-                let r = fastmath::exp(m - sc);
-                l *= r;
-                o.iter_mut().for_each(|x| *x *= r);
+                let f = fastmath::exp(m - sc);
+                l *= f;
+                o.iter_mut().for_each(|x| *x *= f);
                 m = sc;
             }
             let e = fastmath::exp(sc - m);
             l += e;
-            axpy(o, e, &vc[t2 * kvw + kv..][..hd]);
+            axpy(o, e, &vc[base + t2 * kvw..][..hd]);
         }
         let inv = 1.0 / l;
         o.iter_mut().for_each(|x| *x *= inv);
     };
-    let work = rows * (start + rows) * ow;
+    let work: usize = rows.iter().map(|r| r.pos + 1).sum::<usize>() * ow;
     if work < 1 << 16 {
-        for i in 0..rows {
+        for i in 0..rows.len() {
             for h in 0..s.heads {
                 one(i, h, &mut out[i * ow + h * hd..][..hd]);
             }
         }
     } else {
-        out[..rows * ow].par_chunks_mut(hd).enumerate().for_each(|(j, o)| one(j / s.heads, j % s.heads, o));
+        out[..rows.len() * ow].par_chunks_mut(hd).enumerate().for_each(|(j, o)| one(j / s.heads, j % s.heads, o));
     }
 }

@@ -2,20 +2,13 @@
 
 use rayon::prelude::*;
 
-pub fn embedding_fwd(
-    out: &mut [f32],
-    wte: &[f32],
-    wpe: Option<&[f32]>,
-    tokens: &[u32],
-    seq: usize,
-    c: usize,
-    pos_offset: usize,
-) {
+pub fn embedding_fwd(out: &mut [f32], wte: &[f32], wpe: Option<&[f32]>, tokens: &[u32], positions: &[u32], c: usize) {
+    assert_eq!(tokens.len(), positions.len());
     out[..tokens.len() * c].par_chunks_mut(c).enumerate().for_each(|(i, o)| {
         let tok = tokens[i] as usize;
         o.copy_from_slice(&wte[tok * c..(tok + 1) * c]);
         if let Some(wpe) = wpe {
-            let pos = pos_offset + i % seq;
+            let pos = positions[i] as usize;
             for (o, p) in o.iter_mut().zip(&wpe[pos * c..(pos + 1) * c]) {
                 *o += p;
             }
@@ -26,7 +19,14 @@ pub fn embedding_fwd(
 /// Accumulates into `dwte` (and `dwpe`). Parallel over column blocks with
 /// the tokens visited in order: deterministic and free of write conflicts
 /// even when a token repeats.
-pub fn embedding_bwd(dwte: &mut [f32], dwpe: Option<&mut [f32]>, dout: &[f32], tokens: &[u32], seq: usize, c: usize) {
+pub fn embedding_bwd(
+    dwte: &mut [f32],
+    dwpe: Option<&mut [f32]>,
+    dout: &[f32],
+    tokens: &[u32],
+    positions: &[u32],
+    c: usize,
+) {
     let vocab_rows = dwte.len() / c;
     let cols = c.div_ceil(rayon::current_num_threads().max(1)).max(16);
     let blocks: Vec<usize> = (0..c).step_by(cols).collect();
@@ -40,12 +40,13 @@ pub fn embedding_bwd(dwte: &mut [f32], dwpe: Option<&mut [f32]>, dout: &[f32], t
     for &tok in tokens {
         assert!((tok as usize) < vocab_rows, "token {tok} outside the embedding table");
     }
-    assert!(pe.is_none() || seq <= pos_rows, "sequence longer than the position table");
+    assert_eq!(tokens.len(), positions.len());
+    assert!(pe.is_none() || positions.iter().all(|&p| (p as usize) < pos_rows), "position outside the table");
     blocks.par_iter().for_each(|&c0| {
         let width = cols.min(c - c0);
         let (te, pe) = (&te, &pe);
         for (i, &tok) in tokens.iter().enumerate() {
-            let (tok, pos) = (tok as usize, i % seq);
+            let (tok, pos) = (tok as usize, positions[i] as usize);
             let g = &dout[i * c + c0..i * c + c0 + width];
             for (j, &gj) in g.iter().enumerate() {
                 // SAFETY: in bounds by the asserts above; disjoint columns per task.

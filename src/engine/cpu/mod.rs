@@ -12,7 +12,7 @@ mod optim;
 mod rope;
 mod scratch;
 
-use super::{fastmath, Activation, AdamWStep, AttnShape, Backend, Dropout, Matmul};
+use super::{fastmath, Activation, AdamWStep, AttnShape, Backend, CacheRow, Dropout, Matmul};
 use rayon::prelude::*;
 use std::borrow::Cow;
 
@@ -105,11 +105,10 @@ impl Backend for Cpu {
         wte: &Vec<f32>,
         wpe: Option<&Vec<f32>>,
         tokens: &[u32],
-        seq: usize,
+        positions: &[u32],
         channels: usize,
-        pos_offset: usize,
     ) {
-        embedding::embedding_fwd(out, wte, wpe.map(|w| &w[..]), tokens, seq, channels, pos_offset);
+        embedding::embedding_fwd(out, wte, wpe.map(|w| &w[..]), tokens, positions, channels);
     }
     fn embedding_bwd(
         &self,
@@ -117,10 +116,10 @@ impl Backend for Cpu {
         dwpe: Option<&mut Vec<f32>>,
         dout: &Vec<f32>,
         tokens: &[u32],
-        seq: usize,
+        positions: &[u32],
         channels: usize,
     ) {
-        embedding::embedding_bwd(dwte, dwpe.map(|w| &mut w[..]), dout, tokens, seq, channels);
+        embedding::embedding_bwd(dwte, dwpe.map(|w| &mut w[..]), dout, tokens, positions, channels);
     }
 
     fn layernorm_fwd(
@@ -196,11 +195,10 @@ impl Backend for Cpu {
         cos: &Vec<f32>,
         sin: &Vec<f32>,
         shape: AttnShape,
-        rows: usize,
-        pos_offset: usize,
+        positions: &[u32],
         inverse: bool,
     ) {
-        rope::rope(qkv, cos, sin, shape, rows, pos_offset, inverse);
+        rope::rope(qkv, cos, sin, shape, positions, inverse);
     }
 
     fn activation_fwd(&self, out: &mut Vec<f32>, inp: &Vec<f32>, n: usize, act: Activation) {
@@ -236,10 +234,11 @@ impl Backend for Cpu {
         qkv: &Vec<f32>,
         k_cache: &mut Vec<f32>,
         v_cache: &mut Vec<f32>,
-        start_pos: usize,
+        rows: &[CacheRow],
+        capacity: usize,
         shape: AttnShape,
     ) {
-        attention::attention_cached(out, qkv, k_cache, v_cache, start_pos, shape);
+        attention::attention_cached(out, qkv, k_cache, v_cache, rows, capacity, shape);
     }
 
     fn cross_entropy(

@@ -7,16 +7,15 @@ use rayon::prelude::*;
 /// Rows per rayon task.
 const ROWS_PER_TASK: usize = 16;
 
-/// Rotates each pair `(x[i], x[i + hd/2])` of every query and key head by the
-/// angle of its position (`-angle` when `inverse`).
-#[allow(clippy::too_many_arguments)]
-pub fn rope(qkv: &mut [f32], cos: &[f32], sin: &[f32], s: AttnShape, rows: usize, pos_offset: usize, inverse: bool) {
+/// Rotates each pair `(x[i], x[i + hd/2])` of every query and key head of
+/// row `r` by the angles of `positions[r]` (negated when `inverse`).
+pub fn rope(qkv: &mut [f32], cos: &[f32], sin: &[f32], s: AttnShape, positions: &[u32], inverse: bool) {
     let (w, hd) = (s.qkv_width(), s.head_dim);
     let half = hd / 2;
     let sign = if inverse { -1.0 } else { 1.0 };
-    qkv[..rows * w].par_chunks_mut(w * ROWS_PER_TASK).enumerate().for_each(|(ti, block)| {
+    qkv[..positions.len() * w].par_chunks_mut(w * ROWS_PER_TASK).enumerate().for_each(|(ti, block)| {
         for (ri, row) in block.chunks_exact_mut(w).enumerate() {
-            let pos = pos_offset + (ti * ROWS_PER_TASK + ri) % s.seq;
+            let pos = positions[ti * ROWS_PER_TASK + ri] as usize;
             let (c, sn) = (&cos[pos * half..(pos + 1) * half], &sin[pos * half..(pos + 1) * half]);
             for head in row[..(s.heads + s.kv_heads) * hd].chunks_exact_mut(hd) {
                 let (x1, x2) = head.split_at_mut(half);
