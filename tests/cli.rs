@@ -399,3 +399,123 @@ fn info_describes_presets_and_checkpoints() {
     let sample = ok(&["sample", "--checkpoint", &run, "--max-new-tokens", "30", "--prompt", "KING"]);
     assert_eq!(sample.trim_end_matches('\n').chars().count(), 30);
 }
+
+/// A corpus in the Dolly instruction format.
+fn instruction_corpus(dir: &Path) -> String {
+    let pairs = [
+        ("Say hello.", "Hello there!"),
+        ("Name a color.", "Blue is a color."),
+        ("Count to three.", "One, two, three."),
+    ];
+    let mut text = String::new();
+    for i in 0..300 {
+        let (q, a) = pairs[(i * 7) % 3];
+        text += &format!("### Instruction:\n{q}\n\n### Response:\n{a}\n\n");
+    }
+    let path = dir.join("instructions.txt");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn run_with_stdin(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn chat_through_a_pipe() {
+    let dir = scratch("chat");
+    let data = instruction_corpus(&dir);
+    let run = p(&dir.join("run"));
+    ok(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        &data,
+        "--out",
+        &run,
+        "--max-iters",
+        "60",
+        "--block-size",
+        "64",
+        "--sample-tokens",
+        "0",
+    ]);
+    let script = "Say hello.\n/set temperature 0\n/set bogus 1\nName a color.\n/reset\n/system\nCount to three.\n";
+    let chat = || run_with_stdin(&["chat", "--checkpoint", &run, "--max-new-tokens", "20"], script);
+    let (a, b) = (chat(), chat());
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    let stderr = String::from_utf8_lossy(&a.stderr);
+    assert!(stderr.contains("unknown setting 'bogus'"), "{stderr}");
+    assert!(stderr.contains("conversation forgotten") && stderr.contains("no system prompt"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+    // Three answers, each ending with a newline; the same seed, the same chat.
+    assert!(a.stdout.iter().filter(|&&c| c == b'\n').count() >= 3);
+    assert_eq!(a.stdout, b.stdout);
+}
+
+#[test]
+fn batch_and_speculative_sampling() {
+    let dir = scratch("batch");
+    let data = corpus(&dir);
+    let (target, draft) = (p(&dir.join("target")), p(&dir.join("draft")));
+    let train = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            &data,
+            "--out",
+            out,
+            "--max-iters",
+            "40",
+            "--sample-tokens",
+            "0",
+        ];
+        args.extend(extra);
+        ok(&args);
+    };
+    train(&target, &["--n-embd", "48"]);
+    train(&draft, &["--n-layer", "1", "--n-embd", "16", "--n-head", "2"]);
+
+    // Many prompts together give what they give one after another.
+    let prompts = dir.join("prompts.txt");
+    std::fs::write(&prompts, "the king\n\nKING:\nwe will\n").unwrap();
+    let batch = |extra: &[&str]| {
+        let mut args =
+            vec!["sample", "--checkpoint", &target, "--prompts", prompts.to_str().unwrap(), "--max-new-tokens", "45"];
+        args.extend(extra);
+        ok(&args)
+    };
+    let together = batch(&[]);
+    assert_eq!(together, batch(&["--sequential"]));
+    let lines: Vec<serde_json::Value> = together.lines().map(json).collect();
+    assert_eq!(lines.len(), 3, "{together}");
+    assert_eq!(lines[1]["prompt"], "KING:");
+    assert_eq!(lines[2]["new_tokens"], 45);
+    // A stop sequence cuts every completion at its first "e".
+    for line in batch(&["--stop", "e"]).lines().map(json) {
+        assert!(!line["completion"].as_str().unwrap().contains('e'), "{line}");
+    }
+
+    // Speculative decoding: greedy output equals the target's own.
+    let greedy = |extra: &[&str]| {
+        let mut args =
+            vec!["sample", "--checkpoint", &target, "--prompt", "the", "--max-new-tokens", "60", "--temperature", "0"];
+        args.extend(extra);
+        ok(&args)
+    };
+    assert_eq!(greedy(&["--draft", &draft, "--draft-tokens", "3"]), greedy(&[]));
+    fails(&["sample", "--checkpoint", &target, "--draft", &draft, "--draft-tokens", "40"], "draft tokens");
+    fails(&["sample", "--checkpoint", &target, "--prompts", &p(&dir.join("none.txt"))], "cannot read prompts file");
+}

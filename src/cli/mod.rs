@@ -1,8 +1,10 @@
 //! The `ferrite` command line: argument parsing and one module per command.
 
 mod bench;
+mod chat;
 mod info;
 mod sample;
+mod sampling;
 mod train;
 
 use crate::train::config::{self, TrainConfig, PRESETS};
@@ -23,6 +25,8 @@ enum Command {
     Train(RunArgs),
     /// Generate text from a checkpoint, streaming it to stdout.
     Sample(sample::SampleArgs),
+    /// Talk with a checkpoint (instruction format; works through a pipe too).
+    Chat(chat::ChatArgs),
     /// Time training steps of a model configuration on random tokens.
     Bench(bench::BenchArgs),
     /// Parameters, FLOPs per token and memory of a configuration or checkpoint.
@@ -127,6 +131,7 @@ pub fn run() -> Result<()> {
             train::run(&args)
         }
         Command::Sample(args) => sample::run(&args),
+        Command::Chat(args) => chat::run(&args),
         Command::Bench(mut args) => {
             if let Some(("bench", m)) = matches.subcommand() {
                 args.run.collect_overrides(m);

@@ -327,7 +327,7 @@ pub trait Backend: Send + Sync {
     /// `v_cache` are `[slots, capacity, kv_width]`. Row `r` of `qkv` belongs
     /// to `rows[r]`: its keys and values are stored at that slot and
     /// position, then its query attends to the slot's positions up to its
-    /// own, with an online softmax (no `seq x seq` matrix is stored). A
+    /// own (one row of scores at a time: no `seq x seq` matrix). A
     /// prompt is consecutive rows of one slot; a decoding step of a batch is
     /// one row per slot.
     fn attention_cached(

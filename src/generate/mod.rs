@@ -1,6 +1,7 @@
 //! Text generation: samplers, stop sequences and the KV-cache decoding loop.
 
 pub mod batch;
+pub mod chat;
 pub mod generator;
 pub mod sampler;
 pub mod speculative;

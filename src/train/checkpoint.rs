@@ -5,6 +5,7 @@
 use super::config::TrainConfig;
 use crate::data::Tokenizer;
 use crate::engine::Backend;
+use crate::generate::chat::ChatTemplate;
 use crate::model::params::param_specs;
 use crate::model::params::{load_safetensors, save_safetensors, take_params, ParamSpec};
 use crate::model::{Gpt, ModelConfig};
@@ -22,6 +23,9 @@ pub struct CheckpointConfig {
     pub model: ModelConfig,
     pub tokenizer: Tokenizer,
     pub train: TrainConfig,
+    /// How `ferrite chat` writes conversations for this model (none: Dolly's format).
+    #[serde(default)]
+    pub chat_template: Option<ChatTemplate>,
 }
 
 /// Training progress needed to resume exactly.

@@ -175,6 +175,7 @@ impl<B: Backend> Trainer<B> {
             model: self.model.cfg.clone(),
             tokenizer: self.tokenizer.clone(),
             train: self.cfg.clone(),
+            chat_template: None,
         }
     }
 

@@ -8,8 +8,8 @@
 //! score, value and gradient products are small matrix multiplies
 //! done by `gemm` straight on the strided q/k/v columns of `qkv` (no copies),
 //! and the softmax probabilities (`[B, H, T, T]`) are kept for backward so it
-//! needs no recomputation. Inference with a KV cache uses a single-pass
-//! online softmax per query, so nothing quadratic is stored.
+//! needs no recomputation. Inference with a KV cache keeps one row of
+//! scores per query at a time, so nothing quadratic is stored.
 
 use super::matmul::{gemm_serial, SharedMut, View};
 use super::scratch::with_scratch;
@@ -185,27 +185,26 @@ pub fn attention_cached(
         v_cache[at(r)..][..kvw].copy_from_slice(&src[ow + kvw..]);
     }
     let (kc, vc) = (&*k_cache, &*v_cache);
+    // One (row, head): scores against every cached position, softmax, then
+    // the weighted sum of values. A row of scores is at most `capacity` long.
     let one = |i: usize, h: usize, o: &mut [f32]| {
         let r = rows[i];
         let q = &qkv[i * w + h * hd..][..hd];
         let base = r.slot * capacity * kvw + (h / s.group()) * hd;
-        let (mut m, mut l) = (f32::NEG_INFINITY, 0.0f32);
-        o.fill(0.0);
-        for t2 in 0..=r.pos {
-            let sc = dot(q, &kc[base + t2 * kvw..][..hd]) * scale;
-            if sc > m {
-                // New running maximum: rescale what was accumulated so far.
-                let f = fastmath::exp(m - sc);
-                l *= f;
-                o.iter_mut().for_each(|x| *x *= f);
-                m = sc;
+        with_scratch(r.pos + 1, |scores| {
+            for (t2, sc) in scores.iter_mut().enumerate() {
+                *sc = dot(q, &kc[base + t2 * kvw..][..hd]) * scale;
             }
-            let e = fastmath::exp(sc - m);
-            l += e;
-            axpy(o, e, &vc[base + t2 * kvw..][..hd]);
-        }
-        let inv = 1.0 / l;
-        o.iter_mut().for_each(|x| *x *= inv);
+            let m = fastmath::max(scores);
+            for sc in scores.iter_mut() {
+                *sc = fastmath::exp(*sc - m);
+            }
+            let inv = 1.0 / fastmath::sum(scores);
+            o.fill(0.0);
+            for (t2, &e) in scores.iter().enumerate() {
+                axpy(o, e * inv, &vc[base + t2 * kvw..][..hd]);
+            }
+        })
     };
     let work: usize = rows.iter().map(|r| r.pos + 1).sum::<usize>() * ow;
     if work < 1 << 16 {

@@ -1,0 +1,190 @@
+//! `ferrite chat`: a conversation with a checkpoint, in the terminal or
+//! through a pipe (one message per line).
+
+use super::sampling::SamplingArgs;
+use crate::engine::cpu::Cpu;
+use crate::generate::chat::{ChatTemplate, Conversation, Turn};
+use crate::generate::{Generator, Sampler, SamplerConfig, StopMatcher, Utf8Stream};
+use crate::train::checkpoint;
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(clap::Args, Debug)]
+pub struct ChatArgs {
+    /// Checkpoint directory, or a run directory (its best checkpoint).
+    #[arg(long, value_name = "DIR")]
+    checkpoint: PathBuf,
+    /// Longest answer, in tokens.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// System prompt (default: the template's; "" for none).
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+const HELP: &str = "commands: /reset (forget the conversation), /system TEXT, /set KEY VALUE \
+(temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty, presence_penalty, \
+max_new_tokens, seed), /show, /help, /quit";
+
+/// Set by Ctrl-C: stops the answer being generated, not the session.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+struct Settings {
+    sampling: SamplerConfig,
+    max_new_tokens: usize,
+    seed: u64,
+}
+
+pub fn run(a: &ChatArgs) -> Result<()> {
+    let (model, ck, dir) = checkpoint::load_model(Cpu, &a.checkpoint)?;
+    let tok = &ck.tokenizer;
+    let template = ck.chat_template.clone().unwrap_or_else(ChatTemplate::dolly);
+    let system = a.system.clone().unwrap_or_else(ChatTemplate::default_system);
+    let mut conv = Conversation::new(template, system);
+    let mut stops = conv.template.stop.clone();
+    stops.extend(a.sampling.stop_sequences());
+    let mut set = Settings { sampling: a.sampling.config()?, max_new_tokens: a.max_new_tokens, seed: a.sampling.seed };
+    let mut sampler = Sampler::new(set.sampling, set.seed);
+    let interactive = std::io::stdin().is_terminal();
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t);
+    }
+    if interactive {
+        eprintln!("chatting with {} ({} block). {HELP}; Ctrl-C stops an answer.", dir.display(), model.cfg.block_size);
+    }
+    let block = model.cfg.block_size;
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    loop {
+        if interactive {
+            eprint!("> ");
+        }
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line).context("cannot read stdin")? == 0 {
+            break;
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(cmd) = line.strip_prefix('/') {
+            match command(cmd, &mut conv, &mut set) {
+                Ok(Command::Quit) => break,
+                Ok(Command::Reseed) => sampler = Sampler::new(set.sampling, set.seed),
+                Ok(Command::Done(msg)) => {
+                    if !msg.is_empty() {
+                        eprintln!("{msg}");
+                    }
+                }
+                Err(e) => eprintln!("error: {e:#}"),
+            }
+            continue;
+        }
+        // Keep room for the answer: at least half the context, at most max_new_tokens.
+        let reserve = set.max_new_tokens.min(block / 2);
+        let fits = |p: &str| tok.encode(p).map(|t| t.len() + reserve <= block).unwrap_or(true);
+        let prompt = match tok.encode(&conv.prompt(line, fits)) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                continue;
+            }
+        };
+        sampler.cfg = set.sampling;
+        let mut g = Generator::new(&model, std::mem::replace(&mut sampler, Sampler::new(set.sampling, 0)));
+        g.prefill(&prompt)?;
+        INTERRUPTED.store(false, Ordering::SeqCst);
+        let (mut utf8, mut stop) = (Utf8Stream::default(), StopMatcher::new(&stops));
+        let mut answer = String::new();
+        let mut stopped = false;
+        for _ in 0..set.max_new_tokens {
+            if INTERRUPTED.swap(false, Ordering::SeqCst) {
+                break;
+            }
+            let (text, hit) = stop.push(&utf8.push(&tok.decode_bytes(&[g.next_token()])));
+            answer.push_str(&text);
+            stdout.write_all(text.as_bytes())?;
+            stdout.flush()?;
+            if hit {
+                stopped = true;
+                break;
+            }
+        }
+        if !stopped {
+            let (rest, _) = stop.push(&utf8.finish());
+            let rest = rest + &stop.finish();
+            answer.push_str(&rest);
+            stdout.write_all(rest.as_bytes())?;
+        }
+        writeln!(stdout)?;
+        sampler = g.sampler;
+        conv.turns.push(Turn { user: line.to_string(), assistant: answer.trim().to_string() });
+    }
+    Ok(())
+}
+
+enum Command {
+    Quit,
+    /// The seed changed: start a new random stream.
+    Reseed,
+    Done(String),
+}
+
+fn command(cmd: &str, conv: &mut Conversation, set: &mut Settings) -> Result<Command> {
+    let (name, rest) = cmd.split_once(' ').unwrap_or((cmd, ""));
+    let rest = rest.trim();
+    Ok(match name {
+        "quit" | "exit" => Command::Quit,
+        "reset" => {
+            conv.turns.clear();
+            Command::Done("(conversation forgotten)".into())
+        }
+        "system" => {
+            conv.system = rest.to_string();
+            Command::Done(if rest.is_empty() { "(no system prompt)".into() } else { "(system prompt set)".into() })
+        }
+        "help" => Command::Done(HELP.into()),
+        "show" => Command::Done(format!(
+            "max_new_tokens {}, seed {}, {:?}, system prompt {:?}",
+            set.max_new_tokens, set.seed, set.sampling, conv.system
+        )),
+        "set" => {
+            let (key, value) = rest.split_once(' ').context("usage: /set KEY VALUE")?;
+            let value = value.trim();
+            let f = || value.parse::<f32>().with_context(|| format!("{key} needs a number, got '{value}'"));
+            let u = || value.parse::<usize>().with_context(|| format!("{key} needs a whole number, got '{value}'"));
+            let mut s = set.sampling;
+            match key {
+                "temperature" => s.temperature = f()?,
+                "top_k" | "top-k" => s.top_k = u()?,
+                "top_p" | "top-p" => s.top_p = f()?,
+                "min_p" | "min-p" => s.min_p = f()?,
+                "repetition_penalty" => s.repetition_penalty = f()?,
+                "frequency_penalty" => s.frequency_penalty = f()?,
+                "presence_penalty" => s.presence_penalty = f()?,
+                "max_new_tokens" => {
+                    set.max_new_tokens = u()?;
+                    return Ok(Command::Done(String::new()));
+                }
+                "seed" => {
+                    set.seed = value.parse().with_context(|| format!("seed needs a whole number, got '{value}'"))?;
+                    return Ok(Command::Reseed);
+                }
+                _ => bail!("unknown setting '{key}' ({HELP})"),
+            }
+            s.validate()?;
+            set.sampling = s;
+            Command::Done(String::new())
+        }
+        _ => bail!("unknown command '/{name}' ({HELP})"),
+    })
+}
