@@ -8,6 +8,8 @@
 pub mod cli;
 pub mod data;
 pub mod engine;
+pub mod eval;
 pub mod generate;
 pub mod model;
+pub mod plot;
 pub mod train;

@@ -519,3 +519,81 @@ fn batch_and_speculative_sampling() {
     fails(&["sample", "--checkpoint", &target, "--draft", &draft, "--draft-tokens", "40"], "draft tokens");
     fails(&["sample", "--checkpoint", &target, "--prompts", &p(&dir.join("none.txt"))], "cannot read prompts file");
 }
+
+/// Width and height of a PNG file, after checking its signature.
+fn png_size(path: &Path) -> (u32, u32) {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n", "{} is not a PNG", path.display());
+    assert_eq!(&b[12..16], b"IHDR");
+    let be = |i: usize| u32::from_be_bytes(b[i..i + 4].try_into().unwrap());
+    (be(16), be(20))
+}
+
+#[test]
+fn eval_reproduces_the_training_log_and_plots_draw() {
+    let dir = scratch("eval");
+    let data = corpus(&dir);
+    let run = dir.join("run");
+    ok(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        &data,
+        "--out",
+        &p(&run),
+        "--max-iters",
+        "30",
+        "--eval-interval",
+        "10",
+        "--sample-tokens",
+        "0",
+    ]);
+
+    // The training run's own evaluation, repeated from the best checkpoint,
+    // gives exactly the logged numbers.
+    let state = json(&std::fs::read_to_string(run.join("best/state.json")).unwrap());
+    let step = state["step"].as_u64().unwrap();
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let logged = log.lines().map(json).find(|r| r["kind"] == "eval" && r["step"] == step).unwrap();
+    let again = json(&ok(&["eval", "--checkpoint", &p(&run), "--like-training", "--json"]));
+    assert_eq!(again["val_bpb"], logged["val_bpb"]);
+    assert_eq!(again["val_loss"], logged["val_loss"]);
+
+    // The whole validation split: every prediction once.
+    let full = json(&ok(&["eval", "--checkpoint", &p(&run), "--json", "--attention", "--plot", &p(&dir.join("attn"))]));
+    let m = &full["metrics"];
+    let val_tokens = std::fs::read_to_string(&data).unwrap().chars().count()
+        - (std::fs::read_to_string(&data).unwrap().chars().count() as f64 * 0.9) as usize;
+    assert_eq!(m["tokens"].as_u64().unwrap() as usize, val_tokens - 1);
+    let (loss, bpb) = (m["loss"].as_f64().unwrap(), m["bits_per_byte"].as_f64().unwrap());
+    assert!((bpb - loss / std::f64::consts::LN_2).abs() < 1e-9, "ASCII: one byte per token");
+    assert!(m["top1"].as_f64().unwrap() <= m["top5"].as_f64().unwrap());
+    assert_eq!(full["attention"].as_array().unwrap().len(), 2 * 2, "2 layers x 2 heads");
+    assert_eq!(png_size(&dir.join("attn.png")), (1200, 800));
+
+    // Training curves of two runs, overlaid.
+    let other = dir.join("other");
+    ok(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        &data,
+        "--out",
+        &p(&other),
+        "--max-iters",
+        "20",
+        "--seed",
+        "2",
+        "--sample-tokens",
+        "0",
+    ]);
+    let out =
+        ok(&["plot", &p(&run), &p(&other), "--out", &p(&dir.join("curves")), "--width", "640", "--height", "480"]);
+    assert!(out.contains("curves.svg") && out.contains("curves.png"), "{out}");
+    assert_eq!(png_size(&dir.join("curves.png")), (640, 480));
+    let svg = std::fs::read_to_string(dir.join("curves.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("run val") && svg.contains("other val"));
+    fails(&["plot", &p(&dir.join("nothing"))], "metrics.jsonl");
+}

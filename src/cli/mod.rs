@@ -2,7 +2,9 @@
 
 mod bench;
 mod chat;
+mod eval;
 mod info;
+mod plot;
 mod sample;
 mod sampling;
 mod train;
@@ -31,6 +33,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Parameters, FLOPs per token and memory of a configuration or checkpoint.
     Info(info::InfoArgs),
+    /// Loss, perplexity, bits per byte and accuracy of a checkpoint; attention analysis.
+    Eval(eval::EvalArgs),
+    /// Draw training curves (loss, learning rate, throughput) of runs to SVG and PNG.
+    Plot(plot::PlotArgs),
 }
 
 /// Options shared by `train` and `bench`: a preset, a TOML file, and
@@ -132,6 +138,8 @@ pub fn run() -> Result<()> {
         }
         Command::Sample(args) => sample::run(&args),
         Command::Chat(args) => chat::run(&args),
+        Command::Eval(args) => eval::run(&args),
+        Command::Plot(args) => plot::run(&args),
         Command::Bench(mut args) => {
             if let Some(("bench", m)) = matches.subcommand() {
                 args.run.collect_overrides(m);

@@ -66,6 +66,14 @@ impl Tokenizer {
         }
     }
 
+    /// UTF-8 bytes each token stands for (bits per byte divide by these).
+    pub fn token_bytes(&self) -> Vec<usize> {
+        match self {
+            Tokenizer::Byte => vec![1; 256],
+            Tokenizer::Char { chars } => chars.chars().map(char::len_utf8).collect(),
+        }
+    }
+
     pub fn decode(&self, tokens: &[u32]) -> String {
         String::from_utf8_lossy(&self.decode_bytes(tokens)).into_owned()
     }
