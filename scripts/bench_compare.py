@@ -422,6 +422,78 @@ def cmd_sample(args):
 
 
 # ---------------------------------------------------------------------------
+# generate
+# ---------------------------------------------------------------------------
+
+
+def cmd_generate(args):
+    """Batched against one-by-one generation, and speculative decoding
+    against plain decoding, all from one checkpoint; PyTorch (batched,
+    nanoGPT-style without a KV cache) as a reference point."""
+    torch.set_num_threads(args.threads)
+    model, tok = load_ferrite_checkpoint(args.checkpoint)
+    with open(args.data, encoding="utf-8") as f:
+        text = f.read()
+    # Equal-length prompts from the validation part of the corpus, so
+    # PyTorch can batch them too.
+    val = text[int(0.9 * len(text)) :]
+    step = max(1, (len(val) - args.prompt_len) // args.prompts)
+    prompts = [val[i * step : i * step + args.prompt_len] for i in range(args.prompts)]
+    prompts = [p.replace("\n", " ") for p in prompts]
+    tmp = tempfile.mkdtemp(prefix="ferrite_gen_")
+    prompt_file = os.path.join(tmp, "prompts.txt")
+    with open(prompt_file, "w", encoding="utf-8") as f:
+        f.write("\n".join(prompts) + "\n")
+
+    def ferrite_stats(extra):
+        cmd = [args.ferrite, "sample", "--checkpoint", args.checkpoint, "--stats", *extra]
+        proc = run_ferrite(cmd)
+        return last_json_line(proc.stderr, prefix="stats:"), proc.stdout
+
+    rows, notes = [], []
+    common = ["--prompts", prompt_file, "--max-new-tokens", str(args.max_new_tokens)]
+    batched, out_b = ferrite_stats(common)
+    sequential, out_s = ferrite_stats([*common, "--sequential"])
+    notes.append(f"batched output identical to sequential: {out_b == out_s}")
+    idx = torch.tensor([tok.encode(p) for p in prompts], dtype=torch.long)
+    gen = torch.Generator().manual_seed(1)
+    t0 = time.perf_counter()
+    model.generate(idx, args.max_new_tokens, 0.8, 200, generator=gen)
+    torch_secs = time.perf_counter() - t0
+    torch_tps = args.prompts * args.max_new_tokens / torch_secs
+    rows.append([f"ferrite, {args.prompts} prompts batched", f"{batched['seconds']:.2f}", f"{batched['tokens_per_s']:.0f}"])
+    rows.append([f"ferrite, {args.prompts} prompts one by one", f"{sequential['seconds']:.2f}", f"{sequential['tokens_per_s']:.0f}"])
+    rows.append([f"pytorch, {args.prompts} prompts batched (no KV cache)", f"{torch_secs:.2f}", f"{torch_tps:.0f}"])
+    ratios = [
+        f"batched / one by one: {batched['tokens_per_s'] / sequential['tokens_per_s']:.2f}x",
+        f"ferrite batched / pytorch batched: {batched['tokens_per_s'] / torch_tps:.2f}x",
+    ]
+    if args.draft:
+        greedy = ["--prompt", prompts[0], "--max-new-tokens", str(args.max_new_tokens), "--temperature", "0"]
+        for r in range(args.rounds):
+            plain, out_p = ferrite_stats(greedy)
+            spec, out_d = ferrite_stats([*greedy, "--draft", args.draft, "--draft-tokens", str(args.draft_tokens)])
+            rows.append([f"ferrite greedy (round {r + 1})", f"{plain['seconds']:.2f}", f"{plain['tokens_per_s']:.0f}"])
+            rows.append(
+                [
+                    f"ferrite greedy + draft, k={args.draft_tokens}, acceptance {spec['acceptance']:.2f} (round {r + 1})",
+                    f"{spec['seconds']:.2f}",
+                    f"{spec['tokens_per_s']:.0f}",
+                ]
+            )
+            ratios.append(f"speculative / plain (round {r + 1}): {spec['tokens_per_s'] / plain['tokens_per_s']:.2f}x")
+            notes.append(f"speculative output identical to plain greedy (round {r + 1}): {out_p == out_d}")
+    print_table(
+        f"generation: {model.config.n_layer}L/{model.config.n_embd}C, block {model.config.block_size}, "
+        f"{args.max_new_tokens} new tokens per prompt",
+        ["run", "seconds", "tokens/s"],
+        rows,
+    )
+    for line in ratios + notes:
+        print(line)
+
+
+# ---------------------------------------------------------------------------
 
 
 def main():
@@ -481,6 +553,18 @@ def main():
     p.add_argument("--top-k", type=int, default=200)
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("generate", help="batched, one-by-one and speculative generation")
+    common(p)
+    p.add_argument("--checkpoint", required=True, help="ferrite checkpoint directory")
+    p.add_argument("--data", required=True, help="corpus to take prompts from")
+    p.add_argument("--prompts", type=int, default=32)
+    p.add_argument("--prompt-len", type=int, default=8, help="characters per prompt")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--draft", default=None, help="draft checkpoint for speculative decoding")
+    p.add_argument("--draft-tokens", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=2)
+    p.set_defaults(func=cmd_generate)
 
     args = ap.parse_args()
     args.func(args)

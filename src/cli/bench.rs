@@ -33,15 +33,11 @@ pub struct BenchArgs {
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
-    if a.run.resume.is_some() {
-        bail!("--resume is only valid for `ferrite train`");
-    }
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let preset = a.run.preset.clone().unwrap_or_else(|| super::train::DEFAULT_PRESET.into());
-    let mut cfg = a.run.resolve(&preset)?;
-    let vocab = config::reference_vocab(&preset, &cfg);
+    let mut cfg = a.run.resolve()?;
+    let vocab = config::reference_vocab(a.run.preset_name(), &cfg);
     cfg.vocab_size = Some(vocab);
     // Random tokens: enough for distinct windows, no data file needed.
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);

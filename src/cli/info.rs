@@ -32,12 +32,8 @@ pub fn run(a: &InfoArgs) -> Result<()> {
             (ck.model, t.batch_size, t.block_size, t.recompute)
         }
         None => {
-            if a.run.resume.is_some() {
-                anyhow::bail!("--resume is only valid for `ferrite train`");
-            }
-            let preset = a.run.preset.clone().unwrap_or_else(|| super::train::DEFAULT_PRESET.into());
-            let cfg = a.run.resolve(&preset)?;
-            let m = model_config(&cfg, config::reference_vocab(&preset, &cfg));
+            let cfg = a.run.resolve()?;
+            let m = model_config(&cfg, config::reference_vocab(a.run.preset_name(), &cfg));
             m.validate()?;
             (m, cfg.batch_size, cfg.block_size, cfg.recompute)
         }

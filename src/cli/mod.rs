@@ -39,7 +39,7 @@ enum Command {
     Plot(plot::PlotArgs),
 }
 
-/// Options shared by `train` and `bench`: a preset, a TOML file, and
+/// Options shared by `train`, `bench` and `info`: a preset, a TOML file, and
 /// `--key value` overrides of any configuration key, applied in that order.
 /// Every configuration key is a real command-line option (added from
 /// [`TrainConfig`]'s fields), so a misspelt key is a usage error.
@@ -59,11 +59,21 @@ pub struct RunArgs {
     overrides: Vec<(String, String)>,
 }
 
+/// The preset a run starts from when none is named.
+pub const DEFAULT_PRESET: &str = "shakespeare-char-cpu";
+
 impl RunArgs {
-    /// The configuration these arguments describe, starting from `default_preset`.
-    pub fn resolve(&self, default_preset: &str) -> Result<TrainConfig> {
-        let base = config::preset(self.preset.as_deref().unwrap_or(default_preset))?;
-        config::resolve(&base, self.config.as_deref(), &self.overrides)
+    /// The named preset, or the default one.
+    pub fn preset_name(&self) -> &str {
+        self.preset.as_deref().unwrap_or(DEFAULT_PRESET)
+    }
+
+    /// The configuration these arguments describe (without `--resume`).
+    pub fn resolve(&self) -> Result<TrainConfig> {
+        if self.resume.is_some() {
+            anyhow::bail!("--resume is only valid for `ferrite train`");
+        }
+        config::resolve(&config::preset(self.preset_name())?, self.config.as_deref(), &self.overrides)
     }
 
     fn collect_overrides(&mut self, m: &ArgMatches) {
@@ -75,7 +85,7 @@ impl RunArgs {
     }
 }
 
-/// Every key of [`TrainConfig`], in declaration order.
+/// Every key of [`TrainConfig`], sorted.
 fn config_keys() -> Vec<String> {
     match serde_json::to_value(TrainConfig::default()).expect("serialisable") {
         serde_json::Value::Object(map) => map.keys().cloned().collect(),

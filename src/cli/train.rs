@@ -8,10 +8,7 @@ use crate::generate::{Generator, Sampler, SamplerConfig};
 use crate::train::{config, Trainer};
 use anyhow::Result;
 
-pub const DEFAULT_PRESET: &str = "shakespeare-char-cpu";
-
 pub fn run(args: &RunArgs) -> Result<()> {
-    let overrides = &args.overrides;
     let mut trainer = match &args.resume {
         Some(dir) => {
             if args.preset.is_some() {
@@ -19,13 +16,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
                     "--preset cannot be combined with --resume (the run's configuration comes from the checkpoint)"
                 );
             }
-            let file = args.config.clone();
-            Trainer::resume(Cpu, dir, |saved| config::resolve(&saved, file.as_deref(), overrides))?
+            // The checkpoint's configuration takes the place of a preset.
+            Trainer::resume(Cpu, dir, |saved| config::resolve(&saved, args.config.as_deref(), &args.overrides))?
         }
-        None => {
-            let base = config::preset(args.preset.as_deref().unwrap_or(DEFAULT_PRESET))?;
-            Trainer::new(Cpu, config::resolve(&base, args.config.as_deref(), overrides)?)?
-        }
+        None => Trainer::new(Cpu, args.resolve()?)?,
     };
     print_summary(&trainer);
     let last = trainer.run()?;

@@ -44,9 +44,11 @@ pub fn generate_batch<B: Backend>(
     let mut samplers: Vec<Sampler> = seeds.iter().map(|&s| Sampler::new(cfg, s)).collect();
     let mut seqs: Vec<Sequence> =
         prompts.iter().map(|p| Sequence { tokens: p.clone(), generated: 0, done: max_new == 0 }).collect();
-    // Prefill each prompt's last `block_size` tokens into its own slot.
-    let mut logits: Vec<Vec<f32>> =
-        prompts.iter().enumerate().map(|(i, p)| cache.forward(model, i, &p[p.len().saturating_sub(cap)..])).collect();
+    // Prefill each prompt's last `block_size` tokens into its own slot,
+    // several prompts per forward pass.
+    let windows: Vec<(usize, &[u32])> =
+        prompts.iter().enumerate().map(|(i, p)| (i, &p[p.len().saturating_sub(cap)..])).collect();
+    let mut logits = cache.prefill_many(model, &windows);
     loop {
         let mut batch = Vec::new();
         for (i, seq) in seqs.iter_mut().enumerate().filter(|(_, s)| !s.done) {

@@ -105,6 +105,29 @@ impl<B: Backend> KvCache<B> {
         self.run(model, &tokens, &rows, &all)
     }
 
+    /// Feeds several sequences their prompts (`(slot, tokens)`, each at most
+    /// `capacity` tokens) in as few forward passes as the scratch allows, and
+    /// returns each one's logits after its last token.
+    pub fn prefill_many(&mut self, model: &Gpt<B>, prompts: &[(usize, &[u32])]) -> Vec<Vec<f32>> {
+        let max_rows = self.capacity.max(self.slots());
+        let mut out = Vec::with_capacity(prompts.len());
+        let mut i = 0;
+        while i < prompts.len() {
+            // As many whole prompts as fit in one pass.
+            let (mut tokens, mut rows, mut want) = (Vec::new(), Vec::new(), Vec::new());
+            while i < prompts.len() && (tokens.is_empty() || tokens.len() + prompts[i].1.len() <= max_rows) {
+                let (slot, p) = prompts[i];
+                assert!(!p.is_empty() && p.len() <= self.capacity, "a prompt must hold 1 to capacity tokens");
+                rows.extend(self.sequence_rows(slot, p.len()));
+                tokens.extend_from_slice(p);
+                want.push(tokens.len() - 1);
+                i += 1;
+            }
+            out.extend(self.run(model, &tokens, &rows, &want));
+        }
+        out
+    }
+
     fn sequence_rows(&self, slot: usize, n: usize) -> Vec<CacheRow> {
         (0..n).map(|i| CacheRow { slot, pos: self.lens[slot] + i }).collect()
     }
