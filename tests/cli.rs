@@ -69,6 +69,14 @@ fn p(path: &Path) -> String {
     path.display().to_string()
 }
 
+/// `ferrite train --preset PRESET --data DATA --out OUT` without the
+/// end-of-run sample, plus `extra` options; returns stdout.
+fn train(preset: &str, data: &str, out: &str, extra: &[&str]) -> String {
+    let mut args = vec!["train", "--preset", preset, "--data", data, "--out", out, "--sample-tokens", "0"];
+    args.extend(extra);
+    ok(&args)
+}
+
 /// `(step, loss)` of the training records in a run's metrics.jsonl.
 fn train_losses(run: &Path) -> Vec<(u64, f64)> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
@@ -147,14 +155,7 @@ fn training_learns_tiny_shakespeare() {
         return;
     }
     let dir = scratch("shakespeare");
-    let out = ok(&[
-        "train",
-        "--preset",
-        "tiny",
-        "--data",
-        &p(&data),
-        "--out",
-        &p(&dir),
+    let extra = [
         "--max-iters",
         "300",
         "--eval-interval",
@@ -171,9 +172,8 @@ fn training_learns_tiny_shakespeare() {
         "3e-3",
         "--warmup-iters",
         "20",
-        "--sample-tokens",
-        "0",
-    ]);
+    ];
+    let out = train("tiny", &p(&data), &p(&dir), &extra);
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     let last: serde_json::Value = text
         .lines()
@@ -207,23 +207,8 @@ fn bad_data_files_are_clear_errors() {
     std::fs::write(dir.join("short.txt"), "To be, or not to be.").unwrap();
     tr(&dir.join("short.txt"), &[], "too short");
     // Byte-level training accepts any bytes.
-    ok(&[
-        "train",
-        "--preset",
-        "tiny",
-        "--data",
-        &p(&dir.join("latin1.txt")),
-        "--out",
-        &p(&dir.join("b")),
-        "--tokenizer",
-        "byte",
-        "--max-iters",
-        "2",
-        "--block-size",
-        "16",
-        "--sample-tokens",
-        "0",
-    ]);
+    let extra = ["--tokenizer", "byte", "--max-iters", "2", "--block-size", "16"];
+    train("tiny", &p(&dir.join("latin1.txt")), &p(&dir.join("b")), &extra);
 }
 
 #[test]
@@ -263,7 +248,7 @@ fn bad_checkpoints_and_sample_options_are_clear_errors() {
     let dir = scratch("badck");
     let data = corpus(&dir);
     let run = dir.join("run");
-    ok(&["train", "--preset", "tiny", "--data", &data, "--out", &p(&run), "--max-iters", "2", "--sample-tokens", "0"]);
+    train("tiny", &data, &p(&run), &["--max-iters", "2"]);
     let ck = p(&run);
     let s = |extra: &[&str], needle: &str| {
         let mut args = vec!["sample", "--checkpoint", &ck];
@@ -375,23 +360,7 @@ fn info_describes_presets_and_checkpoints() {
     let dir = scratch("info-ck");
     let data = corpus(&dir);
     let run = p(&dir.join("run"));
-    ok(&[
-        "train",
-        "--preset",
-        "llama-tiny",
-        "--data",
-        &data,
-        "--out",
-        &run,
-        "--max-iters",
-        "1",
-        "--batch-size",
-        "2",
-        "--eval-iters",
-        "1",
-        "--sample-tokens",
-        "0",
-    ]);
+    train("llama-tiny", &data, &run, &["--max-iters", "1", "--batch-size", "2", "--eval-iters", "1"]);
     let text = ok(&["info", "--checkpoint", &run]);
     assert!(text.contains("sharing 2 key/value heads") && text.contains("rope positions"), "{text}");
     assert!(text.contains("KV cache: 2048 bytes per token"), "{text}");
@@ -435,21 +404,7 @@ fn chat_through_a_pipe() {
     let dir = scratch("chat");
     let data = instruction_corpus(&dir);
     let run = p(&dir.join("run"));
-    ok(&[
-        "train",
-        "--preset",
-        "tiny",
-        "--data",
-        &data,
-        "--out",
-        &run,
-        "--max-iters",
-        "60",
-        "--block-size",
-        "64",
-        "--sample-tokens",
-        "0",
-    ]);
+    train("tiny", &data, &run, &["--max-iters", "60", "--block-size", "64"]);
     let script = "Say hello.\n/set temperature 0\n/set bogus 1\nName a color.\n/reset\n/system\nCount to three.\n";
     let chat = || run_with_stdin(&["chat", "--checkpoint", &run, "--max-new-tokens", "20"], script);
     let (a, b) = (chat(), chat());
@@ -468,25 +423,8 @@ fn batch_and_speculative_sampling() {
     let dir = scratch("batch");
     let data = corpus(&dir);
     let (target, draft) = (p(&dir.join("target")), p(&dir.join("draft")));
-    let train = |out: &str, extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--preset",
-            "tiny",
-            "--data",
-            &data,
-            "--out",
-            out,
-            "--max-iters",
-            "40",
-            "--sample-tokens",
-            "0",
-        ];
-        args.extend(extra);
-        ok(&args);
-    };
-    train(&target, &["--n-embd", "48"]);
-    train(&draft, &["--n-layer", "1", "--n-embd", "16", "--n-head", "2"]);
+    train("tiny", &data, &target, &["--max-iters", "40", "--n-embd", "48"]);
+    train("tiny", &data, &draft, &["--max-iters", "40", "--n-layer", "1", "--n-embd", "16", "--n-head", "2"]);
 
     // Many prompts together give what they give one after another.
     let prompts = dir.join("prompts.txt");
@@ -534,21 +472,7 @@ fn eval_reproduces_the_training_log_and_plots_draw() {
     let dir = scratch("eval");
     let data = corpus(&dir);
     let run = dir.join("run");
-    ok(&[
-        "train",
-        "--preset",
-        "tiny",
-        "--data",
-        &data,
-        "--out",
-        &p(&run),
-        "--max-iters",
-        "30",
-        "--eval-interval",
-        "10",
-        "--sample-tokens",
-        "0",
-    ]);
+    train("tiny", &data, &p(&run), &["--max-iters", "30", "--eval-interval", "10"]);
 
     // The training run's own evaluation, repeated from the best checkpoint,
     // gives exactly the logged numbers.
@@ -574,21 +498,7 @@ fn eval_reproduces_the_training_log_and_plots_draw() {
 
     // Training curves of two runs, overlaid.
     let other = dir.join("other");
-    ok(&[
-        "train",
-        "--preset",
-        "tiny",
-        "--data",
-        &data,
-        "--out",
-        &p(&other),
-        "--max-iters",
-        "20",
-        "--seed",
-        "2",
-        "--sample-tokens",
-        "0",
-    ]);
+    train("tiny", &data, &p(&other), &["--max-iters", "20", "--seed", "2"]);
     let out =
         ok(&["plot", &p(&run), &p(&other), "--out", &p(&dir.join("curves")), "--width", "640", "--height", "480"]);
     assert!(out.contains("curves.svg") && out.contains("curves.png"), "{out}");
