@@ -28,9 +28,10 @@ pub struct NormStats<'a, T> {
     pub rstd: &'a mut T,
 }
 
-/// Dropout site seeds: one stream per (step seed, layer, site).
-fn site(seed: u64, layer: usize, which: u64) -> u64 {
-    mix64(seed ^ mix64((layer as u64) << 8 | which))
+/// This step's dropout at each site: one mask stream per (layer, site),
+/// derived from the step's seed.
+fn dropout_sites(drop: Dropout) -> impl Fn(usize, u64) -> Dropout + Copy {
+    move |layer, which| Dropout { p: drop.p, seed: mix64(drop.seed ^ mix64((layer as u64) << 8 | which)) }
 }
 
 impl<B: Backend> Gpt<B> {
@@ -175,7 +176,7 @@ impl<B: Backend> Gpt<B> {
         let (bsz, t) = (acts.batch, acts.seq);
         let (n, c) = (bsz * t, cfg.n_embd);
         assert_eq!(tokens.len(), n, "tokens must be batch x seq");
-        let dropout = |layer: usize, which: u64| Dropout { p: drop.p, seed: site(drop.seed, layer, which) };
+        let dropout = dropout_sites(drop);
 
         be.embedding_fwd(&mut acts.encoded, self.p(self.layout.wte), self.position_table(), tokens, &acts.positions, c);
         be.dropout(&mut acts.encoded, dropout(cfg.n_layer, 0));
@@ -216,7 +217,7 @@ impl<B: Backend> Gpt<B> {
         let (be, cfg, lay) = (&self.be, &self.cfg, &self.layout);
         let (bsz, t) = (acts.batch, acts.seq);
         let (n, c) = (bsz * t, cfg.n_embd);
-        let dropout = |layer: usize, which: u64| Dropout { p: drop.p, seed: site(drop.seed, layer, which) };
+        let dropout = dropout_sites(drop);
 
         // LM head: d lnf = dlogits · W ; dW += dlogits^T · lnf, over the real
         // vocabulary (the padding columns' gradient is zero).
