@@ -30,7 +30,7 @@ impl SpecStats {
 }
 
 /// One model's side: its cache, the context tokens not fed to it yet, and
-/// its logits after the last token it was fed.
+/// (the draft's) logits after the last token it was fed.
 struct Side<'m, B: Backend> {
     model: &'m Gpt<B>,
     cache: KvCache<B>,
@@ -126,9 +126,8 @@ impl<'m, B: Backend> Speculative<'m, B> {
         if need(&self.target) > cap || need(&self.draft) > cap {
             self.restart_window(false);
         }
-        self.target.catch_up();
         self.draft.catch_up();
-        let (t0, d0) = (self.target.cache.len(0), self.draft.cache.len(0));
+        let d0 = self.draft.cache.len(0);
 
         // The draft proposes k tokens, keeping each one's distribution q.
         let mut history = self.tokens.clone();
@@ -144,12 +143,17 @@ impl<'m, B: Backend> Speculative<'m, B> {
                 self.draft.logits = self.draft.cache.forward(self.draft.model, 0, &[x]);
             }
         }
-        // The target scores the context and every proposal in one pass.
-        let after = self.target.cache.forward_all(self.target.model, 0, &proposal);
+        // One target pass over its pending tokens and every proposal: the
+        // logits after the last pending token score the first proposal, the
+        // logits after proposal j score proposal j + 1 (or the bonus token).
+        let pending = std::mem::take(&mut self.target.pending);
+        let t0 = self.target.cache.len(0) + pending.len();
+        let fed: Vec<u32> = pending.iter().chain(&proposal).copied().collect();
+        let mut after = self.target.cache.forward_from(self.target.model, 0, &fed, pending.len() - 1).into_iter();
         self.stats.target_passes += 1;
         self.stats.proposed += self.k;
         let mut out = Vec::with_capacity(self.k + 1);
-        let mut logits = std::mem::take(&mut self.target.logits);
+        let mut logits = after.next().expect("logits after the pending tokens");
         for j in 0..=self.k {
             let context: Vec<u32> = self.tokens.iter().chain(&out).copied().collect();
             let p = self.sampler.distribution(&logits, &context).to_vec();
@@ -163,7 +167,7 @@ impl<'m, B: Backend> Speculative<'m, B> {
             if self.sampler.uniform() < px / qx {
                 out.push(x);
                 self.stats.accepted += 1;
-                logits = after[j].clone();
+                logits = after.next().expect("logits after each proposal");
                 continue;
             }
             // Rejected: draw from what the target wants beyond the draft.

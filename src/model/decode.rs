@@ -84,12 +84,12 @@ impl<B: Backend> KvCache<B> {
         self.run(model, tokens, &rows, &[tokens.len() - 1]).pop().expect("one row of logits")
     }
 
-    /// Like [`Self::forward`], but returns the logits after every token
-    /// (speculative decoding checks a whole draft in one pass).
-    pub fn forward_all(&mut self, model: &Gpt<B>, slot: usize, tokens: &[u32]) -> Vec<Vec<f32>> {
+    /// Like [`Self::forward`], but returns the logits after each of
+    /// `tokens[first..]` (speculative decoding checks a whole draft in one pass).
+    pub fn forward_from(&mut self, model: &Gpt<B>, slot: usize, tokens: &[u32], first: usize) -> Vec<Vec<f32>> {
         let rows = self.sequence_rows(slot, tokens.len());
-        let all: Vec<usize> = (0..tokens.len()).collect();
-        self.run(model, tokens, &rows, &all)
+        let want: Vec<usize> = (first..tokens.len()).collect();
+        self.run(model, tokens, &rows, &want)
     }
 
     /// One decoding step of a batch: one `(slot, token)` per sequence, all
