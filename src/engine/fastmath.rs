@@ -63,7 +63,7 @@ pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 /// Dot product with independent accumulators, so it vectorises.
 #[inline]
@@ -82,6 +82,17 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
+}
+
+/// `a * b + c`: one fused instruction where the target has FMA (a plain
+/// multiply and add elsewhere: `mul_add` without hardware FMA is a slow
+/// libm call).
+#[inline(always)]
+pub fn fma(a: f32, b: f32, c: f32) -> f32 {
+    #[cfg(target_feature = "fma")]
+    return a.mul_add(b, c);
+    #[cfg(not(target_feature = "fma"))]
+    return a * b + c;
 }
 
 /// `y += a * x`

@@ -1,6 +1,7 @@
 //! Matrix multiply through the `gemm` crate, which reaches the fp32 peak of
 //! the host; bias helpers.
 
+use super::skinny;
 use crate::engine::{fastmath, Matmul};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -39,6 +40,10 @@ pub fn matmul(out: &mut [f32], a: &[f32], b: &[f32], mm: Matmul) {
     let (b_rows, b_cols) = if trans_b { (n, k) } else { (k, n) };
     assert!(lda >= a_cols && a.len() >= extent(a_rows, a_cols, lda), "matmul: a too small");
     assert!(ldb >= b_cols && b.len() >= extent(b_rows, b_cols, ldb), "matmul: b too small");
+    if !trans_a && trans_b && skinny::ROWS.contains(&m) {
+        skinny::matmul_nt(out, a, b, m, n, k, lda, ldb, ldo, accumulate);
+        return;
+    }
     let av = if trans_a { View::transposed(a.as_ptr(), lda) } else { View::rows(a.as_ptr(), lda) };
     let bv = if trans_b { View::transposed(b.as_ptr(), ldb) } else { View::rows(b.as_ptr(), ldb) };
     let threads = rayon::current_num_threads();

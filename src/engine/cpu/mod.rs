@@ -11,6 +11,7 @@ mod norm;
 mod optim;
 mod rope;
 mod scratch;
+mod skinny;
 
 use super::{fastmath, Activation, AdamWStep, AttnShape, Backend, CacheRow, Dropout, Matmul};
 use rayon::prelude::*;
