@@ -507,3 +507,49 @@ fn eval_reproduces_the_training_log_and_plots_draw() {
     assert!(svg.starts_with("<svg") && svg.contains("run val") && svg.contains("other val"));
     fails(&["plot", &p(&dir.join("nothing"))], "metrics.jsonl");
 }
+
+#[test]
+fn tokenizer_train_encode_decode_stats_and_training_with_it() {
+    let dir = scratch("tokenizer");
+    let data = corpus(&dir);
+    let tok = p(&dir.join("tok.json"));
+    let out = ok(&["tokenizer", "train", "--vocab-size", "300", "--input", &data, "--out", &tok]);
+    assert!(out.contains("byte-level BPE"), "{out}");
+    // A standard tokenizer.json with our special tokens.
+    let saved = json(&std::fs::read_to_string(&tok).unwrap());
+    assert_eq!(saved["model"]["type"], "BPE");
+    assert_eq!(saved["added_tokens"][0]["content"], "<|endoftext|>");
+    assert_eq!(saved["added_tokens"][3]["content"], "<|assistant|>");
+    let text = "the king shall speak, naïve 🦀";
+    for t in [tok.as_str(), "gpt2", "cl100k_base", "o200k_base", "byte"] {
+        let ids = ok(&["tokenizer", "encode", "-t", t, "--text", text]);
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        let mut args = vec!["tokenizer", "decode", "-t", t];
+        args.extend(&ids);
+        assert_eq!(ok(&args), text, "{t}");
+    }
+    assert_eq!(ok(&["tokenizer", "encode", "-t", "gpt2", "--text", "Hello world"]).trim(), "15496 995");
+    let stats = ok(&["tokenizer", "stats", "-t", &tok, &data]);
+    let s = json(stats.lines().last().unwrap().trim_start_matches("stats: "));
+    assert!(s["tokens_per_byte"].as_f64().unwrap() < 0.5, "merges compress the corpus: {stats}");
+
+    // Training with it: the checkpoint carries the tokenizer.
+    let run = dir.join("run");
+    train("tiny", &data, &p(&run), &["--tokenizer", &tok, "--max-iters", "4", "--eval-interval", "2"]);
+    let enc = |t: &str| ok(&["tokenizer", "encode", "-t", t, "--text", "the king"]);
+    assert_eq!(enc(&p(&run)), enc(&tok));
+    let sampled = ok(&["sample", "--checkpoint", &p(&run), "--prompt", "the king", "--max-new-tokens", "5"]);
+    assert!(!sampled.is_empty());
+
+    // Bad input.
+    fails(&["tokenizer", "train", "--vocab-size", "100", "--input", &data], "at least 260");
+    fails(&["tokenizer", "train", "--vocab-size", "300", "--input", "/nonexistent.txt"], "cannot read");
+    let latin1 = dir.join("latin1.txt");
+    std::fs::write(&latin1, b"caf\xe9 au lait").unwrap();
+    fails(&["tokenizer", "train", "--vocab-size", "300", "--input", &p(&latin1)], "not valid UTF-8");
+    fails(&["tokenizer", "stats", "-t", "gpt2", &p(&latin1)], "not valid UTF-8");
+    fails(&["tokenizer", "encode", "-t", "gpt5", "--text", "x"], "unknown tokenizer");
+    fails(&["tokenizer", "decode", "-t", "gpt2", "50257"], "not a token id");
+    fails(&["tokenizer", "encode", "-t", &data, "--text", "x"], "not a valid tokenizer.json");
+    fails(&["train", "--preset", "tiny", "--data", &data, "--tokenizer", "bpe"], "tokenizer must be one of");
+}

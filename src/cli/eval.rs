@@ -61,7 +61,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         None if ck.train.data.is_empty() => crate::data::download::tiny_shakespeare()?,
         None => PathBuf::from(&ck.train.data),
     };
-    let text = read_corpus(&path, tok.kind() == "char")?;
+    let text = read_corpus(&path, tok.needs_utf8())?;
     let stream: Vec<u32> = match a.split.as_str() {
         "all" => tok.encode(&text)?,
         split => {

@@ -7,6 +7,7 @@ mod info;
 mod plot;
 mod sample;
 mod sampling;
+mod tokenizer;
 mod train;
 
 use crate::train::config::{self, TrainConfig, PRESETS};
@@ -37,6 +38,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Draw training curves (loss, learning rate, throughput) of runs to SVG and PNG.
     Plot(plot::PlotArgs),
+    /// Train a BPE tokenizer; encode, decode, and measure tokenizers.
+    Tokenizer(tokenizer::TokenizerArgs),
 }
 
 /// Options shared by `train`, `bench` and `info`: a preset, a TOML file, and
@@ -150,6 +153,7 @@ pub fn run() -> Result<()> {
         Command::Chat(args) => chat::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Plot(args) => plot::run(&args),
+        Command::Tokenizer(args) => tokenizer::run(&args),
         Command::Bench(mut args) => {
             if let Some(("bench", m)) = matches.subcommand() {
                 args.run.collect_overrides(m);

@@ -39,7 +39,7 @@ pub fn read_corpus(path: &Path, need_utf8: bool) -> Result<String> {
     match String::from_utf8(bytes) {
         Ok(s) => Ok(s),
         Err(e) if need_utf8 => bail!(
-            "data file {} is not valid UTF-8 (first bad byte at offset {}); the char tokenizer needs UTF-8 text (use --tokenizer byte for arbitrary bytes)",
+            "data file {} is not valid UTF-8 (first bad byte at offset {}); this tokenizer needs UTF-8 text (use --tokenizer byte for arbitrary bytes)",
             path.display(),
             e.utf8_error().valid_up_to()
         ),

@@ -2,7 +2,8 @@
 
 pub mod dataset;
 pub mod download;
+pub mod files;
 pub mod tokenizer;
 
 pub use dataset::{Dataset, Split};
-pub use tokenizer::Tokenizer;
+pub use tokenizer::{HfTokenizer, OpenAiVocab, Tokenizer};

@@ -1,6 +1,7 @@
 //! The training configuration: presets, TOML files and `--key value`
 //! overrides all resolve into one flat [`TrainConfig`].
 
+use crate::data::{OpenAiVocab, Tokenizer};
 use crate::model::config::{MlpKind, NormKind, PosEncoding};
 use crate::model::Recompute;
 use anyhow::{anyhow, bail, Context, Result};
@@ -155,6 +156,9 @@ pub fn reference_vocab(preset: &str, cfg: &TrainConfig) -> usize {
         Some(v) => v,
         None if preset.starts_with("gpt2") => 50257,
         None if cfg.tokenizer == "byte" => 256,
+        None if OpenAiVocab::from_name(&cfg.tokenizer).is_some() => {
+            OpenAiVocab::from_name(&cfg.tokenizer).unwrap().vocab_size()
+        }
         None => 65,
     }
 }
@@ -376,8 +380,9 @@ impl TrainConfig {
         if !self.n_embd.is_multiple_of(self.n_head) {
             bail!("n_embd ({}) must be divisible by n_head ({})", self.n_embd, self.n_head);
         }
-        if !matches!(self.tokenizer.as_str(), "char" | "byte") {
-            bail!("tokenizer must be 'char' or 'byte', got '{}'", self.tokenizer);
+        let t = self.tokenizer.as_str();
+        if !matches!(t, "char" | "byte") && OpenAiVocab::from_name(t).is_none() && !Path::new(t).is_file() {
+            bail!("tokenizer must be one of {} or the path of a tokenizer.json, got '{t}'", Tokenizer::NAMES);
         }
         if !matches!(self.schedule.as_str(), "cosine" | "constant" | "wsd") {
             bail!("schedule must be 'cosine', 'constant' or 'wsd', got '{}'", self.schedule);

@@ -55,11 +55,8 @@ impl<B: Backend> Trainer<B> {
             bail!("vocab_size comes from the tokenizer when training on data; it can only be set for `ferrite bench`");
         }
         let data_path = data_path(&cfg)?;
-        let text = crate::data::dataset::read_corpus(&data_path, cfg.tokenizer == "char")?;
-        let tokenizer = match cfg.tokenizer.as_str() {
-            "byte" => Tokenizer::Byte,
-            _ => Tokenizer::char_from_corpus(&text),
-        };
+        let text = crate::data::dataset::read_corpus(&data_path, cfg.tokenizer != "byte")?;
+        let tokenizer = Tokenizer::from_spec(&cfg.tokenizer, Some(&text))?;
         let data = Dataset::new(&text, &tokenizer, cfg.train_frac, cfg.block_size)?;
         Self::from_parts(be, cfg, tokenizer, data)
     }
@@ -87,7 +84,7 @@ impl<B: Backend> Trainer<B> {
             bail!("model options cannot change when resuming (the architecture, block_size and dropout come from the checkpoint)");
         }
         let data_path = data_path(&cfg)?;
-        let text = crate::data::dataset::read_corpus(&data_path, ck.config.tokenizer.kind() == "char")?;
+        let text = crate::data::dataset::read_corpus(&data_path, ck.config.tokenizer.needs_utf8())?;
         let data = Dataset::new(&text, &ck.config.tokenizer, cfg.train_frac, cfg.block_size)?;
         let model = Gpt::from_host(be, ck.config.model.clone(), &ck.params);
         let mut opt = AdamW::new(&model);
