@@ -43,12 +43,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let len = (cfg.batch_size * cfg.block_size * 4).max(4096);
     let mut random = |n: usize| (0..n).map(|_| (rng.next_u64() % vocab as u64) as u32).collect::<Vec<_>>();
-    let data = Dataset::from_tokens(random(len), random(len), 1.0);
+    let (train, val) = (random(len), random(len));
+    let data = Dataset::from_tokens(train.clone(), val.clone(), 1.0);
     let (trainer, mut times) = if a.profile {
         let (t, _) = time_steps(Profiled::new(Cpu), &cfg, data, a, Profiled::reset)?;
         print_profile(&t.model.be, a.steps);
         // Report throughput from an unprofiled run: timing every op costs time.
-        let data = Dataset::from_tokens(t.data.train.clone(), t.data.val.clone(), 1.0);
+        let data = Dataset::from_tokens(train, val, 1.0);
         time_steps(Cpu, &cfg, data, a, |_| ())?
     } else {
         time_steps(Cpu, &cfg, data, a, |_| ())?

@@ -58,15 +58,29 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     let tok = &ck.tokenizer;
     let path = match &a.data {
         Some(p) => p.clone(),
+        None if !ck.train.dataset.is_empty() => PathBuf::from(&ck.train.dataset),
         None if ck.train.data.is_empty() => crate::data::download::tiny_shakespeare()?,
         None => PathBuf::from(&ck.train.data),
     };
-    let text = read_corpus(&path, tok.needs_utf8())?;
-    let stream: Vec<u32> = match a.split.as_str() {
-        "all" => tok.encode(&text)?,
-        split => {
-            let ds = Dataset::new(&text, tok, ck.train.train_frac, 1)?;
-            ds.split(if split == "train" { Split::Train } else { Split::Val }).to_vec()
+    let split_of = |ds: &Dataset| -> Vec<u32> {
+        match a.split.as_str() {
+            "all" => [ds.train.to_vec(), ds.val.to_vec()].concat(),
+            "train" => ds.split(Split::Train).to_vec(),
+            _ => ds.split(Split::Val).to_vec(),
+        }
+    };
+    let stream: Vec<u32> = if path.is_dir() {
+        // A prepared dataset: its own split, in its tokenizer.
+        let (manifest, ds) = Dataset::open_prepared(&path, 1)?;
+        if &manifest.tokenizer != tok {
+            bail!("dataset {} uses a different tokenizer than the checkpoint", path.display());
+        }
+        split_of(&ds)
+    } else {
+        let text = read_corpus(&path, tok.needs_utf8())?;
+        match a.split.as_str() {
+            "all" => tok.encode(&text)?,
+            _ => split_of(&Dataset::new(&text, tok, ck.train.train_frac, 1)?),
         }
     };
     if stream.len() < 2 {

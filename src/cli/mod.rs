@@ -2,6 +2,7 @@
 
 mod bench;
 mod chat;
+mod data;
 mod eval;
 mod info;
 mod plot;
@@ -40,6 +41,8 @@ enum Command {
     Plot(plot::PlotArgs),
     /// Train a BPE tokenizer; encode, decode, and measure tokenizers.
     Tokenizer(tokenizer::TokenizerArgs),
+    /// Prepare datasets: tokenise corpora into shards for `train --dataset`.
+    Data(data::DataArgs),
 }
 
 /// Options shared by `train`, `bench` and `info`: a preset, a TOML file, and
@@ -154,6 +157,7 @@ pub fn run() -> Result<()> {
         Command::Eval(args) => eval::run(&args),
         Command::Plot(args) => plot::run(&args),
         Command::Tokenizer(args) => tokenizer::run(&args),
+        Command::Data(args) => data::run(&args),
         Command::Bench(mut args) => {
             if let Some(("bench", m)) = matches.subcommand() {
                 args.run.collect_overrides(m);

@@ -71,7 +71,7 @@ fn print_summary<B: Backend>(t: &Trainer<B>) {
 fn print_sample<B: Backend>(t: &Trainer<B>) -> Result<()> {
     let prompt = match t.tokenizer.encode("\n") {
         Ok(ids) => ids,
-        Err(_) => vec![t.data.split(Split::Train)[0]],
+        Err(_) => t.data.split(Split::Train).head(1),
     };
     let sampler = Sampler::new(SamplerConfig::default(), t.cfg.seed);
     let mut g = Generator::new(&t.model, sampler);

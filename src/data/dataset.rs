@@ -1,6 +1,8 @@
-//! A tokenised text corpus split 90/10 into train and validation, with
-//! seeded random windows for batches.
+//! Training data: a tokenised text file split 90/10 into train and
+//! validation (held in memory), or a prepared dataset's memory-mapped
+//! shards; seeded random windows for batches.
 
+use super::shards::{Manifest, MappedShard};
 use super::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use rand_chacha::ChaCha8Rng;
@@ -22,9 +24,68 @@ impl Split {
     }
 }
 
+/// Target id that the loss skips (a prompt token of instruction data).
+pub const IGNORE: u32 = crate::engine::IGNORE_TARGET;
+
+/// The tokens of one split.
+pub enum Tokens {
+    Memory(Vec<u32>),
+    /// Windows never cross a shard boundary.
+    Mapped(Vec<MappedShard>),
+}
+
+impl Tokens {
+    pub fn len(&self) -> usize {
+        match self {
+            Tokens::Memory(v) => v.len(),
+            Tokens::Mapped(shards) => shards.iter().map(|s| s.len()).sum(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The first few tokens (a prompt for the end-of-training sample).
+    pub fn head(&self, n: usize) -> Vec<u32> {
+        match self {
+            Tokens::Memory(v) => v[..n.min(v.len())].to_vec(),
+            Tokens::Mapped(shards) => {
+                let mut out = Vec::new();
+                if let Some(s) = shards.first() {
+                    s.read(0, n.min(s.len()), &mut out);
+                }
+                out
+            }
+        }
+    }
+
+    /// Every token, in order (for evaluation over a whole split).
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            Tokens::Memory(v) => v.clone(),
+            Tokens::Mapped(shards) => {
+                let mut out = Vec::with_capacity(self.len());
+                for s in shards {
+                    s.read(0, s.len(), &mut out);
+                }
+                out
+            }
+        }
+    }
+
+    /// Windows of `seq + 1` tokens that fit: per shard, `len - seq`.
+    fn windows(&self, seq: usize) -> Vec<usize> {
+        match self {
+            Tokens::Memory(v) => vec![v.len().saturating_sub(seq)],
+            Tokens::Mapped(shards) => shards.iter().map(|s| s.len().saturating_sub(seq)).collect(),
+        }
+    }
+}
+
 pub struct Dataset {
-    pub train: Vec<u32>,
-    pub val: Vec<u32>,
+    pub train: Tokens,
+    pub val: Tokens,
     /// UTF-8 bytes per token in each split, for bits-per-byte.
     pub train_bytes_per_token: f64,
     pub val_bytes_per_token: f64,
@@ -54,24 +115,58 @@ impl Dataset {
         let ids = tok.encode(text)?;
         let n_train = (ids.len() as f64 * train_frac) as usize;
         let (train, val) = (ids[..n_train].to_vec(), ids[n_train..].to_vec());
-        for (name, split) in [("training", &train), ("validation", &val)] {
-            if split.len() <= block_size + 1 {
-                bail!(
-                    "the corpus is too short: its {name} split has {} tokens but block_size is {block_size}; use a longer file or a smaller --block-size",
-                    split.len()
-                );
-            }
-        }
-        let bytes_per = |toks: &[u32]| tok.decode_bytes(toks).len() as f64 / toks.len() as f64;
-        Ok(Dataset { train_bytes_per_token: bytes_per(&train), val_bytes_per_token: bytes_per(&val), train, val })
+        let bytes_per = |toks: &[u32]| tok.decode_bytes(toks).len() as f64 / toks.len().max(1) as f64;
+        let ds = Dataset {
+            train_bytes_per_token: bytes_per(&train),
+            val_bytes_per_token: bytes_per(&val),
+            train: Tokens::Memory(train),
+            val: Tokens::Memory(val),
+        };
+        ds.check_fits(block_size, "use a longer file or a smaller --block-size")?;
+        Ok(ds)
+    }
+
+    /// A prepared dataset (`ferrite data prepare`): its shards memory-mapped.
+    pub fn open_prepared(dir: &Path, block_size: usize) -> Result<(Manifest, Dataset)> {
+        let m = Manifest::read(dir)?;
+        let open = |info: &super::shards::SplitInfo| -> Result<Tokens> {
+            let shards = info.shards.iter().map(|s| MappedShard::open(dir, s, m.dtype)).collect::<Result<Vec<_>>>()?;
+            Ok(Tokens::Mapped(shards.into_iter().filter(|s| !s.is_empty()).collect()))
+        };
+        let bpt = |info: &super::shards::SplitInfo| info.bytes as f64 / info.tokens.max(1) as f64;
+        let ds = Dataset {
+            train: open(&m.train)?,
+            val: open(&m.val)?,
+            train_bytes_per_token: bpt(&m.train),
+            val_bytes_per_token: bpt(&m.val),
+        };
+        ds.check_fits(block_size, "prepare more data, raise --val-fraction, or use a smaller --block-size")?;
+        Ok((m, ds))
     }
 
     /// A dataset from already tokenised splits (benchmarks use random tokens).
     pub fn from_tokens(train: Vec<u32>, val: Vec<u32>, bytes_per_token: f64) -> Dataset {
-        Dataset { train, val, train_bytes_per_token: bytes_per_token, val_bytes_per_token: bytes_per_token }
+        Dataset {
+            train: Tokens::Memory(train),
+            val: Tokens::Memory(val),
+            train_bytes_per_token: bytes_per_token,
+            val_bytes_per_token: bytes_per_token,
+        }
     }
 
-    pub fn split(&self, s: Split) -> &[u32] {
+    fn check_fits(&self, block_size: usize, hint: &str) -> Result<()> {
+        for (name, split) in [("training", &self.train), ("validation", &self.val)] {
+            if split.windows(block_size).iter().all(|&w| w == 0) {
+                bail!(
+                    "the corpus is too short: its {name} split has no run of more than block_size ({block_size}) tokens ({} tokens in all); {hint}",
+                    split.len()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn split(&self, s: Split) -> &Tokens {
         match s {
             Split::Train => &self.train,
             Split::Val => &self.val,
@@ -86,18 +181,36 @@ impl Dataset {
     }
 
     /// Fills `x` and `y` (`[batch, seq]`) with random windows of a split:
-    /// `y` is `x` shifted by one token. The windows are a pure function of
-    /// `seed`, which makes resumed runs draw exactly the same batches.
+    /// `y` is `x` shifted by one token ([`IGNORE`] where a loss mask says
+    /// not to train). The windows are a pure function of `seed`, which makes
+    /// resumed runs draw exactly the same batches.
     pub fn batch(&self, s: Split, batch: usize, seq: usize, seed: u64, x: &mut Vec<u32>, y: &mut Vec<u32>) {
         let data = self.split(s);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         x.clear();
         y.clear();
-        let range = (data.len() - seq) as u64;
+        let windows = data.windows(seq);
+        let range: u64 = windows.iter().map(|&w| w as u64).sum();
+        let mut buf = Vec::with_capacity(seq + 1);
         for _ in 0..batch {
-            let i = (rng.next_u64() % range) as usize;
-            x.extend_from_slice(&data[i..i + seq]);
-            y.extend_from_slice(&data[i + 1..i + 1 + seq]);
+            let mut i = (rng.next_u64() % range) as usize;
+            match data {
+                Tokens::Memory(v) => {
+                    x.extend_from_slice(&v[i..i + seq]);
+                    y.extend_from_slice(&v[i + 1..i + 1 + seq]);
+                }
+                Tokens::Mapped(shards) => {
+                    let mut k = 0;
+                    while i >= windows[k] {
+                        i -= windows[k];
+                        k += 1;
+                    }
+                    buf.clear();
+                    shards[k].read(i, seq + 1, &mut buf);
+                    x.extend_from_slice(&buf[..seq]);
+                    y.extend((1..=seq).map(|j| if shards[k].trained(i + j) { buf[j] } else { IGNORE }));
+                }
+            }
         }
     }
 }

@@ -3,6 +3,8 @@
 pub mod dataset;
 pub mod download;
 pub mod files;
+pub mod prepare;
+pub mod shards;
 pub mod tokenizer;
 
 pub use dataset::{Dataset, Split};

@@ -112,6 +112,10 @@ impl Matmul {
     }
 }
 
+/// A target the loss skips: positions that are not trained on (the prompt
+/// of an instruction example), like PyTorch's `ignore_index`.
+pub const IGNORE_TARGET: u32 = u32::MAX;
+
 /// Hyper-parameters of one AdamW update of one tensor.
 #[derive(Clone, Copy, Debug)]
 pub struct AdamWStep {
@@ -344,6 +348,7 @@ pub trait Backend: Send + Sync {
     // ---- loss ----
     /// Softmax cross-entropy over the first `vocab` of `padded_vocab` logits
     /// per row, after optional soft-capping (`cap * tanh(logit / cap)`).
+    /// Rows whose target is [`IGNORE_TARGET`] get loss 0 and gradient 0.
     /// Writes per-row losses. With `grad_scale = Some(s)`, replaces `logits`
     /// by `s * dloss/dlogits` (padding columns get 0), fusing the backward
     /// into the forward so the logits are never read twice.

@@ -7,7 +7,7 @@ use super::config::{ModelConfig, NormKind, PosEncoding};
 use super::params::{init_params, BlockIdx, Layout, LinearIdx, NormIdx};
 use super::positions;
 use crate::engine::fastmath::mix64;
-use crate::engine::{Backend, Dropout, Matmul};
+use crate::engine::{Backend, Dropout, Matmul, IGNORE_TARGET};
 
 /// A model: configuration, parameter layout, parameter buffers and the
 /// fixed (untrained) tables some position encodings need.
@@ -208,7 +208,9 @@ impl<B: Backend> Gpt<B> {
             grad_scale,
         );
         let losses = be.to_host(&acts.losses);
-        Some((losses.iter().map(|&x| x as f64).sum::<f64>() / n as f64) as f32)
+        // The mean over the targets trained on (all, unless some are ignored).
+        let counted = targets[..n].iter().filter(|&&t| t != IGNORE_TARGET).count().max(1);
+        Some((losses[..n].iter().map(|&x| x as f64).sum::<f64>() / counted as f64) as f32)
     }
 
     /// Backward pass after a training forward with the same `drop`;

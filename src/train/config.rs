@@ -17,7 +17,10 @@ pub struct TrainConfig {
     // ---- data ----
     /// Text file to train on; empty means tiny Shakespeare from the cache.
     pub data: String,
-    /// `char` or `byte`.
+    /// A dataset directory from `ferrite data prepare` (instead of `data`;
+    /// the tokenizer and the split come from its manifest).
+    pub dataset: String,
+    /// `char`, `byte`, `gpt2`, `cl100k_base`, `o200k_base` or a tokenizer.json.
     pub tokenizer: String,
     /// Fraction of the corpus (from the start) used for training.
     pub train_frac: f64,
@@ -55,6 +58,9 @@ pub struct TrainConfig {
     pub batch_size: usize,
     pub grad_accum: usize,
     pub max_iters: usize,
+    /// Token budget instead of iterations (`200M`, `1.5B`, `50K`): sets
+    /// max_iters and lr_decay_iters to the steps it takes.
+    pub tokens: Option<TokenCount>,
     // ---- optimizer and schedule ----
     pub learning_rate: f64,
     /// Floor of the decay; defaults to learning_rate / 10 (never silently 0).
@@ -85,6 +91,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             data: String::new(),
+            dataset: String::new(),
             tokenizer: "char".into(),
             train_frac: 0.9,
             out_dir: "out".into(),
@@ -109,6 +116,7 @@ impl Default for TrainConfig {
             batch_size: 12,
             grad_accum: 1,
             max_iters: 2000,
+            tokens: None,
             learning_rate: 1e-3,
             min_lr: Some(1e-4),
             warmup_iters: 100,
@@ -279,6 +287,39 @@ fn parse_value(s: &str) -> Value {
     }
 }
 
+/// A number of tokens, written as an integer or with a K, M or B suffix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct TokenCount(pub u64);
+
+impl std::str::FromStr for TokenCount {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("{s:?} is not a token count (like 200M, 1.5B or 50000)");
+        let (num, mult) = match s.trim().char_indices().last() {
+            Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&s[..i], 1e3),
+            Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&s[..i], 1e6),
+            Some((i, c)) if c.eq_ignore_ascii_case(&'b') => (&s[..i], 1e9),
+            _ => (s, 1.0),
+        };
+        let x: f64 = num.trim().parse().map_err(|_| bad())?;
+        let n = x * mult;
+        if !(1.0..1e18).contains(&n) {
+            return Err(bad());
+        }
+        Ok(TokenCount(n.round() as u64))
+    }
+}
+
+impl<'de> Deserialize<'de> for TokenCount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Number(n) => n.to_string().parse().map_err(serde::de::Error::custom),
+            Value::String(s) => s.parse().map_err(serde::de::Error::custom),
+            other => Err(serde::de::Error::custom(format!("{other} is not a token count"))),
+        }
+    }
+}
+
 /// Short names accepted for some keys: `(alias, key)`.
 pub const ALIASES: &[(&str, &str)] = &[("out", "out_dir"), ("lr", "learning_rate"), ("iters", "max_iters")];
 
@@ -318,10 +359,20 @@ pub fn resolve(base: &TrainConfig, file: Option<&Path>, overrides: &[(String, St
         let key = field_name(k);
         let v = typed(raw, map.get(&key).unwrap_or(&Value::Null));
         set(&mut map, &key, v, "on the command line")?;
+        // An explicit iteration count replaces an earlier token budget
+        // (a resumed run's, or a preset's).
+        if key == "max_iters" && !overrides.iter().any(|(k, _)| field_name(k) == "tokens") {
+            map.insert("tokens".into(), Value::Null);
+        }
     }
     let de = Value::Object(map);
-    let cfg: TrainConfig =
+    let mut cfg: TrainConfig =
         serde_path_to_error::deserialize(de).map_err(|e| anyhow!("invalid value for '{}': {}", e.path(), e.inner()))?;
+    if let Some(TokenCount(tokens)) = cfg.tokens {
+        let per_step = (cfg.batch_size * cfg.block_size * cfg.grad_accum).max(1) as u64;
+        cfg.max_iters = tokens.div_ceil(per_step) as usize;
+        cfg.lr_decay_iters = Some(cfg.max_iters);
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -379,6 +430,9 @@ impl TrainConfig {
         }
         if !self.n_embd.is_multiple_of(self.n_head) {
             bail!("n_embd ({}) must be divisible by n_head ({})", self.n_embd, self.n_head);
+        }
+        if !self.data.is_empty() && !self.dataset.is_empty() {
+            bail!("give --data (a text file) or --dataset (a prepared dataset), not both");
         }
         let t = self.tokenizer.as_str();
         if !matches!(t, "char" | "byte") && OpenAiVocab::from_name(t).is_none() && !Path::new(t).is_file() {

@@ -6,6 +6,7 @@ use super::config::TrainConfig;
 use super::metrics::MetricsLog;
 use super::optimizer::{AdamW, Hyper};
 use super::schedule::learning_rate;
+use crate::data::dataset::IGNORE;
 use crate::data::{download, Dataset, Split, Tokenizer};
 use crate::engine::fastmath::mix64;
 use crate::engine::{Backend, Dropout};
@@ -54,10 +55,7 @@ impl<B: Backend> Trainer<B> {
         if cfg.vocab_size.is_some() {
             bail!("vocab_size comes from the tokenizer when training on data; it can only be set for `ferrite bench`");
         }
-        let data_path = data_path(&cfg)?;
-        let text = crate::data::dataset::read_corpus(&data_path, cfg.tokenizer != "byte")?;
-        let tokenizer = Tokenizer::from_spec(&cfg.tokenizer, Some(&text))?;
-        let data = Dataset::new(&text, &tokenizer, cfg.train_frac, cfg.block_size)?;
+        let (tokenizer, data) = load_data(&cfg, None)?;
         Self::from_parts(be, cfg, tokenizer, data)
     }
 
@@ -83,9 +81,7 @@ impl<B: Backend> Trainer<B> {
         if model_config(&cfg, ck.config.model.vocab_size) != ck.config.model {
             bail!("model options cannot change when resuming (the architecture, block_size and dropout come from the checkpoint)");
         }
-        let data_path = data_path(&cfg)?;
-        let text = crate::data::dataset::read_corpus(&data_path, ck.config.tokenizer.needs_utf8())?;
-        let data = Dataset::new(&text, &ck.config.tokenizer, cfg.train_frac, cfg.block_size)?;
+        let (_, data) = load_data(&cfg, Some(&ck.config.tokenizer))?;
         let model = Gpt::from_host(be, ck.config.model.clone(), &ck.params);
         let mut opt = AdamW::new(&model);
         let (m, v) = ck.moments.expect("loaded with optimizer");
@@ -119,11 +115,14 @@ impl<B: Backend> Trainer<B> {
         let it = self.state.step;
         let (b, t, accum) = (self.cfg.batch_size, self.cfg.block_size, self.cfg.grad_accum);
         self.opt.zero_grad(&self.model.be);
-        let scale = 1.0 / (b * t * accum) as f32;
         let mut loss = 0.0;
         for micro in 0..accum {
             let seed = derive_seed(self.cfg.seed, &[SEED_BATCH, it as u64, micro as u64]);
             self.data.batch(Split::Train, b, t, seed, &mut self.x, &mut self.y);
+            // Each micro-batch's mean over the targets it trains on (all of
+            // them unless a loss mask ignores some), averaged over micro-batches.
+            let counted = self.y.iter().filter(|&&y| y != IGNORE).count().max(1);
+            let scale = 1.0 / (counted * accum) as f32;
             let seed = derive_seed(self.cfg.seed, &[SEED_DROPOUT, it as u64, micro as u64]);
             let drop = Dropout { p: self.cfg.dropout_at(it), seed };
             let l = self.model.forward(&mut self.acts, &self.x, Some(&self.y), Some(scale), drop);
@@ -267,6 +266,28 @@ fn views<'a, B: Backend>(be: &B, bufs: &'a [B::Buf]) -> Vec<Cow<'a, [f32]>> {
 
 fn slices<'a>(views: &'a [Cow<'a, [f32]>]) -> Vec<&'a [f32]> {
     views.iter().map(|c| c.as_ref()).collect()
+}
+
+/// The tokenizer and data a configuration trains on: a prepared dataset's
+/// shards, or a text file tokenised here (with `saved`, a resumed run's
+/// tokenizer, which the data must match).
+fn load_data(cfg: &TrainConfig, saved: Option<&Tokenizer>) -> Result<(Tokenizer, Dataset)> {
+    if !cfg.dataset.is_empty() {
+        let dir = Path::new(&cfg.dataset);
+        let (manifest, data) = Dataset::open_prepared(dir, cfg.block_size)?;
+        if saved.is_some_and(|t| *t != manifest.tokenizer) {
+            bail!("dataset {} uses a different tokenizer than the checkpoint", dir.display());
+        }
+        return Ok((manifest.tokenizer, data));
+    }
+    let needs_utf8 = saved.map_or(cfg.tokenizer != "byte", Tokenizer::needs_utf8);
+    let text = crate::data::dataset::read_corpus(&data_path(cfg)?, needs_utf8)?;
+    let tokenizer = match saved {
+        Some(t) => t.clone(),
+        None => Tokenizer::from_spec(&cfg.tokenizer, Some(&text))?,
+    };
+    let data = Dataset::new(&text, &tokenizer, cfg.train_frac, cfg.block_size)?;
+    Ok((tokenizer, data))
 }
 
 fn data_path(cfg: &TrainConfig) -> Result<PathBuf> {

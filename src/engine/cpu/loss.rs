@@ -1,7 +1,7 @@
 //! Fused softmax cross-entropy (forward + backward in one pass over the
 //! logits), with optional logit soft-capping.
 
-use crate::engine::fastmath;
+use crate::engine::{fastmath, IGNORE_TARGET};
 use rayon::prelude::*;
 
 #[allow(clippy::too_many_arguments)]
@@ -20,6 +20,13 @@ pub fn cross_entropy(
         .zip(logits[..rows * padded].par_chunks_mut(padded))
         .zip(targets[..rows].par_iter())
         .for_each(|((loss, row), &target)| {
+            if target == IGNORE_TARGET {
+                *loss = 0.0;
+                if grad_scale.is_some() {
+                    row.fill(0.0);
+                }
+                return;
+            }
             let target = target as usize;
             assert!(target < vocab, "target {target} outside vocabulary {vocab}");
             let real = &mut row[..vocab];
@@ -76,4 +83,27 @@ fn sum_exp(x: &[f32], m: f32) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + rem
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ignored_targets_have_no_loss_and_no_gradient() {
+        let (rows, vocab, padded) = (3, 5, 8);
+        let logits: Vec<f32> = (0..rows * padded).map(|i| ((i * 37) % 11) as f32 / 4.0 - 1.0).collect();
+        let run = |targets: &[u32]| {
+            let (mut losses, mut grads) = (vec![9.0; rows], logits.clone());
+            cross_entropy(&mut losses, &mut grads, targets, rows, vocab, padded, None, Some(0.5));
+            (losses, grads)
+        };
+        let (all_l, all_g) = run(&[1, 2, 3]);
+        let (l, g) = run(&[1, IGNORE_TARGET, 3]);
+        assert_eq!(l[1], 0.0);
+        assert!(g[padded..2 * padded].iter().all(|&x| x == 0.0));
+        assert_eq!((l[0], l[2]), (all_l[0], all_l[2]));
+        assert_eq!(g[..padded], all_g[..padded]);
+        assert_eq!(g[2 * padded..], all_g[2 * padded..]);
+    }
 }

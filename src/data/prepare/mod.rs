@@ -1,0 +1,231 @@
+//! `ferrite data prepare`: documents from text, JSONL, parquet or
+//! instruction files → token shards and a manifest.
+//!
+//! - Streaming: documents are read and tokenised in batches of a few MB
+//!   (tokenised in parallel), so memory does not grow with the corpus.
+//! - Split by a hash of each document's text: no document is in both
+//!   splits, and the split does not depend on input order or sharding.
+//! - Every document starts with the end-of-text token, when the tokenizer
+//!   has one, so documents are separated the way GPT-2 separated them.
+//! - Output is written to a hidden sibling directory and renamed into place
+//!   with its manifest last: a directory with a manifest is always complete,
+//!   and an interrupted run is simply restarted (its leftovers are removed).
+
+mod parquet;
+mod sources;
+mod writer;
+
+pub use sources::{expand_inputs, Format, InstructionTemplate, SourceOptions};
+
+use super::files::write_atomic;
+use super::shards::{Dtype, Manifest, SourceInfo, SplitInfo, MANIFEST};
+use super::tokenizer::Tokenizer;
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use sources::{read_documents, resolve_format, Doc};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use writer::ShardWriter;
+
+pub struct PrepareOptions {
+    pub inputs: Vec<String>,
+    pub source: SourceOptions,
+    pub tokenizer: Tokenizer,
+    pub out: PathBuf,
+    pub val_fraction: f64,
+    pub shard_tokens: u64,
+    /// Force a token width; by default u16 when the vocabulary fits.
+    pub dtype: Option<Dtype>,
+    /// Replace an existing dataset at `out`.
+    pub force: bool,
+    pub progress: bool,
+}
+
+/// Text read per batch of documents tokenised together.
+const BATCH_BYTES: usize = 8 << 20;
+
+pub fn prepare(o: &PrepareOptions) -> Result<Manifest> {
+    if !(0.0..1.0).contains(&o.val_fraction) {
+        bail!("--val-fraction must be in [0, 1), got {}", o.val_fraction);
+    }
+    if o.shard_tokens == 0 {
+        bail!("--shard-tokens must be at least 1");
+    }
+    if matches!(o.tokenizer, Tokenizer::Char { .. }) {
+        bail!("data prepare needs a fixed vocabulary: use byte, gpt2, cl100k_base, o200k_base or a tokenizer.json");
+    }
+    let vocab = o.tokenizer.vocab_size();
+    let dtype = match o.dtype {
+        Some(Dtype::U16) if vocab > 1 << 16 => {
+            bail!("the tokenizer has {vocab} tokens, too many for u16 shards (at most 65536); drop --dtype u16")
+        }
+        Some(d) => d,
+        None if vocab <= 1 << 16 => Dtype::U16,
+        None => Dtype::U32,
+    };
+    let files = expand_inputs(&o.inputs)?;
+    let masks = files.iter().any(|f| resolve_format(f, o.source.format) == Format::Dolly);
+    let tmp = claim_output(&o.out, o.force)?;
+    let result = write_dataset(o, &files, dtype, masks, &tmp);
+    match result {
+        Ok(manifest) => {
+            if o.out.exists() {
+                std::fs::remove_dir_all(&o.out).with_context(|| format!("cannot replace {}", o.out.display()))?;
+            }
+            std::fs::rename(&tmp, &o.out).with_context(|| format!("cannot move the dataset to {}", o.out.display()))?;
+            Ok(manifest)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Checks that `out` may be written and returns the fresh temporary
+/// directory to build it in (leftovers of interrupted runs are removed).
+fn claim_output(out: &Path, force: bool) -> Result<PathBuf> {
+    if out.exists() {
+        let complete = out.join(MANIFEST).exists();
+        let empty = out.is_dir() && std::fs::read_dir(out)?.next().is_none();
+        if !(empty || force && complete) {
+            if complete {
+                bail!("{} already holds a dataset (use --force to replace it)", out.display());
+            }
+            bail!("{} exists and is not a dataset; choose another --out", out.display());
+        }
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("dataset").to_string();
+    for entry in std::fs::read_dir(parent)?.flatten() {
+        if entry.file_name().to_str().is_some_and(|n| n.starts_with(&format!(".{name}.partial-"))) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    Ok(tmp)
+}
+
+fn write_dataset(o: &PrepareOptions, files: &[PathBuf], dtype: Dtype, masks: bool, tmp: &Path) -> Result<Manifest> {
+    let sources = files.par_iter().map(|f| hash_file(f)).collect::<Result<Vec<_>>>()?;
+    let total: u64 = sources.iter().map(|s| s.bytes).sum();
+    let pb = if o.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{bar:30.cyan/blue} {bytes}/{total_bytes} {bytes_per_sec} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("valid template"),
+    );
+    let eot = o.tokenizer.end_of_text();
+    let mut writers = [
+        ShardWriter::new(tmp, "train", dtype, o.shard_tokens, masks),
+        ShardWriter::new(tmp, "val", dtype, o.shard_tokens, masks),
+    ];
+    let mut splits = [SplitInfo::default(), SplitInfo::default()];
+    let t0 = Instant::now();
+    let mut done = 0u64;
+    for (file, source) in files.iter().zip(&sources) {
+        let mut each = |docs: Vec<Doc>, read: u64| -> Result<()> {
+            let encoded = docs
+                .par_iter()
+                .map(|d| encode_doc(&o.tokenizer, d, eot, o.val_fraction))
+                .collect::<Result<Vec<_>>>()?;
+            for (doc, (val, tokens, mask)) in docs.iter().zip(encoded) {
+                let s = usize::from(val);
+                writers[s].push(&tokens, &mask)?;
+                splits[s].documents += 1;
+                splits[s].tokens += tokens.len() as u64;
+                splits[s].bytes += doc.text.len() as u64;
+            }
+            let tokens = splits[0].tokens + splits[1].tokens;
+            pb.set_position(done + if read > 0 { read } else { source.bytes });
+            pb.set_message(format!("{:.2}M tokens/s", tokens as f64 / t0.elapsed().as_secs_f64() / 1e6));
+            Ok(())
+        };
+        read_documents(file, &o.source, BATCH_BYTES, &mut each)?;
+        done += source.bytes;
+    }
+    pb.finish_and_clear();
+    for w in &mut writers {
+        w.close()?;
+    }
+    if splits[0].tokens == 0 {
+        bail!("the input holds no documents to train on");
+    }
+    let [train_w, val_w] = writers;
+    let [mut train, mut val] = splits;
+    train.shards = train_w.shards;
+    val.shards = val_w.shards;
+    let manifest = Manifest {
+        format: "ferrite-dataset".into(),
+        version: 1,
+        tokenizer: o.tokenizer.clone(),
+        dtype,
+        val_fraction: o.val_fraction,
+        end_of_text: eot,
+        train,
+        val,
+        sources,
+        options: serde_json::json!({
+            "format": o.source.format,
+            "field": o.source.field,
+            "column": o.source.column,
+            "masks": masks,
+        }),
+    };
+    write_atomic(&tmp.join(MANIFEST), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+    Ok(manifest)
+}
+
+/// `(in validation, tokens, mask)`: the end-of-text token first, then the
+/// text; for instruction documents the prompt and the response are encoded
+/// separately so the mask (0 on the prompt) falls on a token boundary.
+fn encode_doc(tok: &Tokenizer, d: &Doc, eot: Option<u32>, val_fraction: f64) -> Result<(bool, Vec<u32>, Vec<u8>)> {
+    let mut tokens: Vec<u32> = eot.into_iter().collect();
+    let mut mask = vec![1u8; tokens.len()];
+    if d.prompt_bytes > 0 {
+        let prompt = tok.encode(&d.text[..d.prompt_bytes])?;
+        mask.resize(mask.len() + prompt.len(), 0);
+        tokens.extend(prompt);
+        let response = tok.encode(&d.text[d.prompt_bytes..])?;
+        mask.resize(mask.len() + response.len(), 1);
+        tokens.extend(response);
+    } else {
+        tokens.extend(tok.encode(&d.text)?);
+        mask.resize(tokens.len(), 1);
+    }
+    Ok((in_validation(&d.text, val_fraction), tokens, mask))
+}
+
+/// Whether a document belongs to the validation split: the first 8 bytes of
+/// the SHA-256 of its text, as a fraction of 2^64, below `val_fraction`.
+pub fn in_validation(text: &str, val_fraction: f64) -> bool {
+    let h = Sha256::digest(text.as_bytes());
+    let x = u64::from_le_bytes(h[..8].try_into().expect("8 bytes"));
+    (x as f64) < val_fraction * 18_446_744_073_709_551_616.0
+}
+
+fn hash_file(path: &Path) -> Result<SourceInfo> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = f.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    if bytes == 0 {
+        bail!("input {} is empty", path.display());
+    }
+    let sha256 = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(SourceInfo { path: path.display().to_string(), bytes, sha256 })
+}

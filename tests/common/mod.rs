@@ -1,0 +1,53 @@
+//! Helpers shared by the end-to-end tests: run the `ferrite` binary, expect
+//! success or a one-line error, scratch directories.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn ferrite(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(args)
+        // Never touch the network or the user's cache from a test.
+        .env("FERRITE_TINY_SHAKESPEARE_URL", "http://127.0.0.1:9/tinyshakespeare.txt")
+        .env("XDG_CACHE_HOME", scratch("cache"))
+        .output()
+        .expect("ferrite runs")
+}
+
+pub fn ok(args: &[&str]) -> String {
+    let out = ferrite(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ferrite {args:?} failed: {stderr}");
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Runs a command that must fail with a one-line `error:` message (the last
+/// line of stderr, after any progress notes) containing `needle`, and no panic.
+pub fn fails(args: &[&str], needle: &str) {
+    let out = ferrite(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "ferrite {args:?} should fail; stdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(!stderr.contains("panicked"), "ferrite {args:?} panicked: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "ferrite {args:?}: expected one line of error, got: {stderr}");
+    assert_eq!(stderr.lines().last(), Some(errors[0]), "ferrite {args:?}: the error must be the last line: {stderr}");
+    assert!(errors[0].starts_with("error"), "{stderr}");
+    assert!(errors[0].contains(needle), "ferrite {args:?}: error lacks {needle:?}: {stderr}");
+}
+
+/// A fresh directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ferrite-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+pub fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}

@@ -1,0 +1,225 @@
+//! End to end: `ferrite data prepare` from text, folders, globs, JSONL,
+//! parquet and Dolly records → shards → `ferrite train --dataset`, and a
+//! clear error (with nothing left behind) for each kind of bad input.
+
+mod common;
+
+use common::{fails, json, ok, p, scratch};
+use parquet::data_type::{ByteArray, ByteArrayType, Int32Type};
+use parquet::file::properties::WriterProperties;
+use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::parser::parse_message_type;
+use std::path::Path;
+use std::sync::Arc;
+
+/// `n` short made-up documents.
+fn documents(n: usize, seed: u64) -> Vec<String> {
+    let words =
+        ["the", "king", "shall", "speak", "and", "we", "will", "hear", "thee", "now", "good", "lord", "café", "🦀"];
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            (0..12)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    words[(state >> 33) as usize % words.len()]
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+/// A parquet file with a `text` column (some nulls) and an integer `id` column.
+fn write_parquet(path: &Path, docs: &[String]) {
+    let schema =
+        Arc::new(parse_message_type("message doc { OPTIONAL BYTE_ARRAY text (UTF8); REQUIRED INT32 id; }").unwrap());
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = SerializedFileWriter::new(file, schema, Arc::new(WriterProperties::builder().build())).unwrap();
+    // Two row groups, so reading crosses a group boundary.
+    for chunk in docs.chunks(docs.len().div_ceil(2)) {
+        let mut rg = writer.next_row_group().unwrap();
+        let mut col = rg.next_column().unwrap().unwrap();
+        let values: Vec<ByteArray> = chunk.iter().map(|d| ByteArray::from(d.as_str())).collect();
+        let mut defs = vec![1i16; chunk.len()];
+        defs.push(0); // one null row
+        col.typed::<ByteArrayType>().write_batch(&values, Some(&defs), None).unwrap();
+        col.close().unwrap();
+        let mut col = rg.next_column().unwrap().unwrap();
+        let ids: Vec<i32> = (0..=chunk.len() as i32).collect();
+        col.typed::<Int32Type>().write_batch(&ids, None, None).unwrap();
+        col.close().unwrap();
+        rg.close().unwrap();
+    }
+    writer.close().unwrap();
+}
+
+fn prepare(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["data", "prepare"];
+    all.extend(args);
+    let out = ok(&all);
+    json(out.lines().last().unwrap().trim_start_matches("stats: "))
+}
+
+fn manifest(dir: &Path) -> serde_json::Value {
+    json(&std::fs::read_to_string(dir.join("manifest.json")).unwrap())
+}
+
+#[test]
+fn prepare_every_input_kind_and_train_on_it() {
+    let dir = scratch("prepare");
+    let docs = documents(400, 1);
+    // JSONL with a chosen field.
+    let jsonl = dir.join("docs.jsonl");
+    let lines: Vec<String> = docs.iter().map(|d| serde_json::json!({"body": d, "n": 1}).to_string()).collect();
+    std::fs::write(&jsonl, lines.join("\n")).unwrap();
+    let from_jsonl = dir.join("ds-jsonl");
+    let stats = prepare(&["--input", &p(&jsonl), "--field", "body", "--out", &p(&from_jsonl), "--val-fraction", "0.1"]);
+    assert!(stats["tokens"].as_u64().unwrap() > 400 * 12);
+    let m = manifest(&from_jsonl);
+    assert_eq!(m["dtype"], "u16");
+    assert_eq!(m["tokenizer"]["name"], "gpt2");
+    assert_eq!(m["train"]["documents"].as_u64().unwrap() + m["val"]["documents"].as_u64().unwrap(), 400);
+    assert!(m["val"]["documents"].as_u64().unwrap() > 10, "{m}");
+    assert_eq!(m["sources"][0]["sha256"].as_str().unwrap().len(), 64);
+
+    // The same documents as a folder of text files, reversed, in small shards:
+    // the split is by document, not by order or sharding.
+    let folder = dir.join("folder");
+    std::fs::create_dir_all(&folder).unwrap();
+    for (i, d) in docs.iter().rev().enumerate() {
+        std::fs::write(folder.join(format!("{i:04}.txt")), d).unwrap();
+    }
+    let from_folder = dir.join("ds-folder");
+    prepare(&["--input", &p(&folder), "--out", &p(&from_folder), "--val-fraction", "0.1", "--shard-tokens", "1000"]);
+    let f = manifest(&from_folder);
+    for split in ["train", "val"] {
+        assert_eq!(f[split]["documents"], m[split]["documents"]);
+        assert_eq!(f[split]["tokens"], m[split]["tokens"]);
+    }
+    assert!(f["train"]["shards"].as_array().unwrap().len() > 5);
+    let train_bytes: u64 = std::fs::read_dir(&from_folder)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_str().unwrap().starts_with("train_"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert_eq!(train_bytes, 2 * f["train"]["tokens"].as_u64().unwrap());
+
+    // Parquet shards through a glob; the same split again.
+    for (i, chunk) in docs.chunks(200).enumerate() {
+        write_parquet(&dir.join(format!("part-{i}.parquet")), chunk);
+    }
+    let from_parquet = dir.join("ds-parquet");
+    prepare(&["--input", &format!("{}/part-*.parquet", p(&dir)), "--out", &p(&from_parquet), "--val-fraction", "0.1"]);
+    let q = manifest(&from_parquet);
+    assert_eq!(q["train"]["tokens"], m["train"]["tokens"]);
+    assert_eq!(q["sources"].as_array().unwrap().len(), 2);
+
+    // Train on it by token budget, resume, evaluate.
+    let run = dir.join("run");
+    let budget = ["--dataset", &p(&from_parquet), "--out", &p(&run), "--tokens", "2K", "--eval-interval", "8"];
+    let mut args = vec!["train", "--preset", "tiny", "--sample-tokens", "0"];
+    args.extend(budget);
+    let out = ok(&args);
+    assert!(out.contains("16 iterations of 128 tokens"), "{out}");
+    let resumed =
+        ok(&["train", "--resume", &p(&run), "--max-iters", "20", "--lr-decay-iters", "20", "--sample-tokens", "0"]);
+    assert!(resumed.contains("done: step 20"), "{resumed}");
+    let eval = ok(&["eval", "--checkpoint", &p(&run), "--json"]);
+    assert!(json(&eval)["metrics"]["loss"].as_f64().unwrap() > 0.0);
+    // A replaced dataset needs --force.
+    fails(&["data", "prepare", "--input", &p(&jsonl), "--field", "body", "--out", &p(&from_jsonl)], "--force");
+    prepare(&["--input", &p(&jsonl), "--field", "body", "--out", &p(&from_jsonl), "--force", "-t", "o200k_base"]);
+    assert_eq!(manifest(&from_jsonl)["dtype"], "u32");
+}
+
+#[test]
+fn dolly_records_train_only_on_responses() {
+    let dir = scratch("dolly");
+    let records: Vec<String> = (0..300)
+        .map(|i| {
+            serde_json::json!({
+                "instruction": format!("Name thing number {i}."),
+                "context": if i % 3 == 0 { "Some context." } else { "" },
+                "response": format!("Thing {i} is a lord."),
+                "category": "open_qa",
+            })
+            .to_string()
+        })
+        .collect();
+    let file = dir.join("dolly.jsonl");
+    std::fs::write(&file, records.join("\n")).unwrap();
+    let out = dir.join("ds");
+    prepare(&["--input", &p(&file), "--format", "dolly", "--out", &p(&out), "--val-fraction", "0.2"]);
+    let m = manifest(&out);
+    let shard = &m["train"]["shards"][0];
+    let mask = std::fs::read(out.join(shard["mask"].as_str().unwrap())).unwrap();
+    let tokens = std::fs::read(out.join(shard["file"].as_str().unwrap())).unwrap();
+    assert_eq!(mask.len() * 2, tokens.len());
+    let trained = mask.iter().filter(|&&b| b == 1).count();
+    assert!(trained > 0 && trained < mask.len() / 2, "prompts are masked: {trained} of {}", mask.len());
+    let run = dir.join("run");
+    let out = ok(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--dataset",
+        &p(&out),
+        "--out",
+        &p(&run),
+        "--max-iters",
+        "4",
+        "--sample-tokens",
+        "0",
+    ]);
+    assert!(out.contains("done: step 4"), "{out}");
+}
+
+#[test]
+fn bad_inputs_are_clear_errors_and_leave_nothing_behind() {
+    let dir = scratch("prepare-bad");
+    let out = dir.join("ds");
+    let out_s = p(&out);
+    let run = |input: &Path, extra: &[&str], needle: &str| {
+        let input_s = p(input);
+        let mut args = vec!["data", "prepare", "--input", &input_s, "--out", &out_s];
+        args.extend(extra);
+        fails(&args, needle);
+        assert!(!out.exists(), "a failed run left {}", out.display());
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_str().unwrap().contains("partial"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary output left behind");
+    };
+    let jsonl = dir.join("a.jsonl");
+    std::fs::write(&jsonl, "{\"text\": \"fine\"}\n{\"body\": \"no text field\"}\n").unwrap();
+    run(&jsonl, &[], "no field \"text\"");
+    std::fs::write(&jsonl, "{\"text\": 42}\n").unwrap();
+    run(&jsonl, &[], "is a number, not a string");
+    let pq = dir.join("a.parquet");
+    write_parquet(&pq, &documents(50, 2));
+    run(&pq, &["--column", "id"], "not a text");
+    run(&pq, &["--column", "body"], "has no column \"body\"");
+    let bytes = std::fs::read(&pq).unwrap();
+    std::fs::write(&pq, &bytes[..bytes.len() / 2]).unwrap();
+    run(&pq, &[], "parquet");
+    let latin1 = dir.join("latin1.txt");
+    std::fs::write(&latin1, b"caf\xe9 au lait").unwrap();
+    run(&latin1, &[], "not valid UTF-8");
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    run(&empty, &[], "is empty");
+    let blank = dir.join("blank.txt");
+    std::fs::write(&blank, "\n\n\n").unwrap();
+    run(&blank, &["--format", "lines"], "no documents");
+    let text = dir.join("ok.txt");
+    std::fs::write(&text, "hello there").unwrap();
+    run(&text, &["-t", "o200k_base", "--dtype", "u16"], "too many for u16");
+    run(&text, &["-t", "char"], "fixed vocabulary");
+    run(&dir.join("missing.txt"), &[], "does not exist");
+    run(&text, &["--val-fraction", "1.5"], "--val-fraction");
+    fails(&["train", "--preset", "tiny", "--dataset", &p(&dir)], "not a prepared dataset");
+}
