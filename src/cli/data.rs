@@ -1,9 +1,10 @@
 //! `ferrite data prepare`: tokenise a corpus into shards for `train --dataset`.
 
+use crate::data::hub::{parse_bytes, HubCache, HubDataset};
 use crate::data::prepare::{self, Format, InstructionTemplate, PrepareOptions, SourceOptions};
 use crate::data::shards::Dtype;
 use crate::data::Tokenizer;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -22,8 +23,29 @@ enum DataCommand {
 #[derive(clap::Args, Debug)]
 struct PrepareArgs {
     /// Files, directories (every file in them) or glob patterns ("shards/*.parquet").
-    #[arg(long, required = true, num_args = 1..)]
+    #[arg(long, num_args = 1.., required_unless_present = "hf_dataset")]
     input: Vec<String>,
+    /// A Hugging Face Hub dataset (OWNER/NAME): its parquet files, downloaded on demand.
+    #[arg(long, value_name = "OWNER/NAME")]
+    hf_dataset: Option<String>,
+    /// Branch, tag or commit of the Hub dataset.
+    #[arg(long, default_value = "main")]
+    hf_revision: String,
+    /// Glob over the dataset's file paths.
+    #[arg(long, default_value = "*.parquet")]
+    hf_files: String,
+    /// Only files under this configuration (first path component, e.g. sample or 20231101.en).
+    #[arg(long)]
+    hf_config: Option<String>,
+    /// Only files of this split (a path component, or files named SPLIT-*).
+    #[arg(long)]
+    hf_split: Option<String>,
+    /// Where Hub files are cached (default: the user cache, ferrite/hub).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Most bytes the cache may hold; least recently used files are evicted first.
+    #[arg(long, default_value = "20GB")]
+    cache_limit: String,
     /// How to read the inputs.
     #[arg(long, value_enum, default_value = "auto")]
     format: Format,
@@ -59,8 +81,28 @@ pub fn run(a: &DataArgs) -> Result<()> {
         bail!("data prepare needs a fixed vocabulary: use byte, gpt2, cl100k_base, o200k_base or a tokenizer.json");
     }
     let tokenizer = Tokenizer::from_spec(&p.tokenizer, None)?;
+    let hub = match &p.hf_dataset {
+        None => None,
+        Some(repo) => {
+            let dir = match &p.cache_dir {
+                Some(d) => d.clone(),
+                None => {
+                    dirs::cache_dir().context("no user cache directory; pass --cache-dir")?.join("ferrite").join("hub")
+                }
+            };
+            let ds = HubDataset {
+                repo: repo.clone(),
+                revision: p.hf_revision.clone(),
+                files: p.hf_files.clone(),
+                config: p.hf_config.clone(),
+                split: p.hf_split.clone(),
+            };
+            Some((ds, HubCache { dir, limit: parse_bytes(&p.cache_limit)? }))
+        }
+    };
     let opts = PrepareOptions {
         inputs: p.input.clone(),
+        hub,
         source: SourceOptions {
             format: p.format,
             field: p.field.clone(),

@@ -3,6 +3,7 @@
 pub mod dataset;
 pub mod download;
 pub mod files;
+pub mod hub;
 pub mod prepare;
 pub mod shards;
 pub mod tokenizer;

@@ -51,3 +51,13 @@ pub fn p(path: &Path) -> String {
 pub fn json(out: &str) -> serde_json::Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
+
+/// Like [`ferrite`] with extra environment variables.
+pub fn ferrite_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrite"));
+    cmd.args(args).env("FERRITE_TINY_SHAKESPEARE_URL", "http://127.0.0.1:9/tinyshakespeare.txt");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("ferrite runs")
+}

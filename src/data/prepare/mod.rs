@@ -18,6 +18,7 @@ mod writer;
 pub use sources::{expand_inputs, Format, InstructionTemplate, SourceOptions};
 
 use super::files::write_atomic;
+use super::hub::{sha256_file, HubCache, HubDataset, RemoteFile};
 use super::shards::{Dtype, Manifest, SourceInfo, SplitInfo, MANIFEST};
 use super::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
@@ -32,6 +33,8 @@ use writer::ShardWriter;
 
 pub struct PrepareOptions {
     pub inputs: Vec<String>,
+    /// Files of a Hugging Face Hub dataset, fetched one at a time through a cache.
+    pub hub: Option<(HubDataset, HubCache)>,
     pub source: SourceOptions,
     pub tokenizer: Tokenizer,
     pub out: PathBuf,
@@ -66,10 +69,19 @@ pub fn prepare(o: &PrepareOptions) -> Result<Manifest> {
         None if vocab <= 1 << 16 => Dtype::U16,
         None => Dtype::U32,
     };
-    let files = expand_inputs(&o.inputs)?;
-    let masks = files.iter().any(|f| resolve_format(f, o.source.format) == Format::Dolly);
+    let mut inputs: Vec<Input> = Vec::new();
+    if !o.inputs.is_empty() {
+        inputs.extend(expand_inputs(&o.inputs)?.into_iter().map(Input::Local));
+    }
+    if let Some((ds, _)) = &o.hub {
+        inputs.extend(ds.list()?.into_iter().map(Input::Remote));
+    }
+    if inputs.is_empty() {
+        bail!("nothing to prepare: give --input or --hf-dataset");
+    }
+    let masks = inputs.iter().any(|i| resolve_format(&i.name(), o.source.format) == Format::Dolly);
     let tmp = claim_output(&o.out, o.force)?;
-    let result = write_dataset(o, &files, dtype, masks, &tmp);
+    let result = write_dataset(o, &inputs, dtype, masks, &tmp);
     match result {
         Ok(manifest) => {
             if o.out.exists() {
@@ -111,8 +123,33 @@ fn claim_output(out: &Path, force: bool) -> Result<PathBuf> {
     Ok(tmp)
 }
 
-fn write_dataset(o: &PrepareOptions, files: &[PathBuf], dtype: Dtype, masks: bool, tmp: &Path) -> Result<Manifest> {
-    let sources = files.par_iter().map(|f| hash_file(f)).collect::<Result<Vec<_>>>()?;
+/// A local file, or one on the Hub (downloaded when its turn comes).
+enum Input {
+    Local(PathBuf),
+    Remote(RemoteFile),
+}
+
+impl Input {
+    fn name(&self) -> PathBuf {
+        match self {
+            Input::Local(p) => p.clone(),
+            Input::Remote(f) => PathBuf::from(&f.path),
+        }
+    }
+}
+
+fn write_dataset(o: &PrepareOptions, inputs: &[Input], dtype: Dtype, masks: bool, tmp: &Path) -> Result<Manifest> {
+    let mut sources = inputs
+        .par_iter()
+        .map(|i| match i {
+            Input::Local(f) => hash_file(f),
+            Input::Remote(f) => {
+                let (ds, _) = o.hub.as_ref().expect("remote inputs come from --hf-dataset");
+                let path = format!("hf://datasets/{}@{}/{}", ds.repo, ds.revision, f.path);
+                Ok(SourceInfo { path, bytes: f.size, sha256: f.sha256.clone().unwrap_or_default() })
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
     let total: u64 = sources.iter().map(|s| s.bytes).sum();
     let pb = if o.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
     pb.set_style(
@@ -129,7 +166,19 @@ fn write_dataset(o: &PrepareOptions, files: &[PathBuf], dtype: Dtype, masks: boo
     let mut splits = [SplitInfo::default(), SplitInfo::default()];
     let t0 = Instant::now();
     let mut done = 0u64;
-    for (file, source) in files.iter().zip(&sources) {
+    for (input, source) in inputs.iter().zip(sources.iter_mut()) {
+        let file = match input {
+            Input::Local(f) => f.clone(),
+            Input::Remote(f) => {
+                let (ds, cache) = o.hub.as_ref().expect("remote inputs come from --hf-dataset");
+                pb.set_message(format!("downloading {}", f.path));
+                let local = cache.fetch(ds, f)?;
+                if source.sha256.is_empty() {
+                    source.sha256 = sha256_file(&local)?;
+                }
+                local
+            }
+        };
         let mut each = |docs: Vec<Doc>, read: u64| -> Result<()> {
             let encoded = docs
                 .par_iter()
@@ -147,7 +196,7 @@ fn write_dataset(o: &PrepareOptions, files: &[PathBuf], dtype: Dtype, masks: boo
             pb.set_message(format!("{:.2}M tokens/s", tokens as f64 / t0.elapsed().as_secs_f64() / 1e6));
             Ok(())
         };
-        read_documents(file, &o.source, BATCH_BYTES, &mut each)?;
+        read_documents(&file, &o.source, BATCH_BYTES, &mut each)?;
         done += source.bytes;
     }
     pb.finish_and_clear();
