@@ -72,7 +72,7 @@ def main():
         stats = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("stats: "))
         f_best = max(f_best or 0, stats["encode_mb_per_s"])
         f_tokens = stats["tokens"]
-    rows.append(("ferrite (tiktoken-rs ranks, parallel)", f_best, f_tokens))
+    rows.append(("ferrite (DFA pre-tokenizer, tiktoken-rs BPE, parallel)", f_best, f_tokens))
 
     enc = get_encoding("gpt2")
     dt, ids = best_of(args.rounds, lambda: enc.encode_ordinary(text))

@@ -8,6 +8,7 @@
 //! [`Tokenizer::needs_utf8`]). Decoding gives bytes; text output replaces
 //! incomplete sequences with U+FFFD.
 
+mod gpt2_fast;
 mod hf;
 mod openai;
 

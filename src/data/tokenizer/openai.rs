@@ -62,11 +62,15 @@ impl OpenAiVocab {
     /// text), in parallel over pieces split where no token can span.
     pub fn encode(self, text: &str) -> Vec<u32> {
         let bpe = self.bpe();
+        let one = |t: &str| match self {
+            OpenAiVocab::Gpt2 => super::gpt2_fast::encode(bpe, t),
+            _ => bpe.encode_ordinary(t),
+        };
         let pieces = split_for_parallel(text, 1 << 16);
         if pieces.len() == 1 {
-            return bpe.encode_ordinary(text);
+            return one(text);
         }
-        pieces.par_iter().map(|p| bpe.encode_ordinary(p)).collect::<Vec<_>>().concat()
+        pieces.par_iter().map(|p| one(p)).collect::<Vec<_>>().concat()
     }
 
     /// The bytes of each token; unused ids decode to nothing.
