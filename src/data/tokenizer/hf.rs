@@ -98,6 +98,11 @@ impl HfTokenizer {
         Ok(pieces.par_iter().map(|p| one(p)).collect::<Result<Vec<_>>>()?.concat())
     }
 
+    /// Whether `id` is a special (added) token such as `<|endoftext|>`.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.inner.id_to_token(id).is_some_and(|t| self.inner.get_added_vocabulary().is_special_token(&t))
+    }
+
     pub fn token_bytes(&self, id: u32) -> &[u8] {
         self.bytes.get(id as usize).map_or(&[], |b| b.as_slice())
     }

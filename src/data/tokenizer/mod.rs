@@ -133,15 +133,19 @@ impl Tokenizer {
         }
     }
 
-    /// UTF-8 bytes each token stands for (bits per byte divide by these).
+    /// UTF-8 bytes of text each token stands for (bits per byte divide by
+    /// these); special tokens such as end-of-text stand for none, as in the
+    /// byte counts of a prepared dataset's manifest.
     pub fn token_bytes(&self) -> Vec<usize> {
         match self {
             Tokenizer::Byte => vec![1; 256],
             Tokenizer::Char { chars } => chars.chars().map(char::len_utf8).collect(),
-            Tokenizer::Tiktoken { name } => (0..name.vocab_size() as u32).map(|t| name.token_bytes(t).len()).collect(),
-            Tokenizer::Hf { tokenizer } => {
-                (0..tokenizer.vocab_size() as u32).map(|t| tokenizer.token_bytes(t).len()).collect()
-            }
+            Tokenizer::Tiktoken { name } => (0..name.vocab_size() as u32)
+                .map(|t| if t >= name.end_of_text() { 0 } else { name.token_bytes(t).len() })
+                .collect(),
+            Tokenizer::Hf { tokenizer } => (0..tokenizer.vocab_size() as u32)
+                .map(|t| if tokenizer.is_special(t) { 0 } else { tokenizer.token_bytes(t).len() })
+                .collect(),
         }
     }
 
@@ -234,7 +238,10 @@ mod tests {
 
     #[test]
     fn specs_and_bad_specs() {
-        assert_eq!(Tokenizer::from_spec("gpt2", None).unwrap().vocab_size(), 50257);
+        let gpt2 = Tokenizer::from_spec("gpt2", None).unwrap();
+        assert_eq!(gpt2.vocab_size(), 50257);
+        // End-of-text stands for no text in bits per byte.
+        assert_eq!((gpt2.token_bytes()[50256], gpt2.token_bytes()[995]), (0, 6));
         assert_eq!(Tokenizer::from_spec("byte", None).unwrap(), Tokenizer::Byte);
         assert_eq!(Tokenizer::from_spec("char", Some("ba")).unwrap().vocab_size(), 2);
         assert!(Tokenizer::from_spec("char", None).is_err());

@@ -49,7 +49,7 @@ impl OpenAiVocab {
         }
     }
 
-    /// `<|endoftext|>`.
+    /// `<|endoftext|>`: the first special token (every id from it on is one).
     pub fn end_of_text(self) -> u32 {
         match self {
             OpenAiVocab::Gpt2 => 50256,
