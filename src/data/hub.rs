@@ -10,8 +10,8 @@
 //! with `Range` to resume). `HF_ENDPOINT` points it elsewhere (a mirror, or
 //! the test server), `HF_TOKEN` authorises private or gated datasets.
 
+use super::files::sha256_file;
 use anyhow::{anyhow, bail, Context, Result};
-use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -159,7 +159,7 @@ impl HubCache {
             bail!("downloaded {} has {size} bytes, the Hub lists {}: discarded", file.path, file.size);
         }
         if let Some(want) = &file.sha256 {
-            let got = sha256_file(&partial)?;
+            let (got, _) = sha256_file(&partial)?;
             if &got != want {
                 let _ = std::fs::remove_file(&partial);
                 bail!("downloaded {} has SHA-256 {got}, the Hub lists {want}: discarded", file.path);
@@ -230,20 +230,6 @@ fn collect(dir: &Path, out: &mut Vec<(PathBuf, u64, SystemTime)>) {
             Err(_) => {}
         }
     }
-}
-
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Parses a size like `20GB`, `500M`, `1.5T` or a number of bytes.

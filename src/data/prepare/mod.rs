@@ -17,8 +17,8 @@ mod writer;
 
 pub use sources::{expand_inputs, Format, InstructionTemplate, SourceOptions};
 
-use super::files::write_atomic;
-use super::hub::{sha256_file, HubCache, HubDataset, RemoteFile};
+use super::files::{sha256_file, write_atomic};
+use super::hub::{HubCache, HubDataset, RemoteFile};
 use super::shards::{Dtype, Manifest, SourceInfo, SplitInfo, MANIFEST};
 use super::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
@@ -26,7 +26,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use sources::{read_documents, resolve_format, Doc};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use writer::ShardWriter;
@@ -174,7 +173,7 @@ fn write_dataset(o: &PrepareOptions, inputs: &[Input], dtype: Dtype, masks: bool
                 pb.set_message(format!("downloading {}", f.path));
                 let local = cache.fetch(ds, f)?;
                 if source.sha256.is_empty() {
-                    source.sha256 = sha256_file(&local)?;
+                    source.sha256 = sha256_file(&local)?.0;
                 }
                 local
             }
@@ -260,21 +259,9 @@ pub fn in_validation(text: &str, val_fraction: f64) -> bool {
 }
 
 fn hash_file(path: &Path) -> Result<SourceInfo> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = f.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        bytes += n as u64;
-    }
+    let (sha256, bytes) = sha256_file(path)?;
     if bytes == 0 {
         bail!("input {} is empty", path.display());
     }
-    let sha256 = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Ok(SourceInfo { path: path.display().to_string(), bytes, sha256 })
 }
