@@ -2,7 +2,7 @@
 //! overrides all resolve into one flat [`TrainConfig`].
 
 use crate::data::{OpenAiVocab, Tokenizer};
-use crate::model::config::{MlpKind, NormKind, PosEncoding};
+use crate::model::config::{MlpKind, ModelConfig, NormKind, PosEncoding};
 use crate::model::Recompute;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -89,27 +89,29 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
+        // The architecture options default to the model's own defaults (GPT-2).
+        let m = ModelConfig::gpt2(65, 64, 4, 4, 128);
         TrainConfig {
             data: String::new(),
             dataset: String::new(),
             tokenizer: "char".into(),
             train_frac: 0.9,
             out_dir: "out".into(),
-            n_layer: 4,
-            n_head: 4,
-            n_embd: 128,
-            block_size: 64,
-            n_kv_head: None,
-            bias: false,
-            pos: PosEncoding::Learned,
-            rope_base: 10000.0,
-            norm: NormKind::LayerNorm,
-            qk_norm: false,
-            mlp: MlpKind::GeluTanh,
-            mlp_hidden: None,
-            tie_embeddings: true,
-            logit_softcap: None,
-            dropout: 0.0,
+            n_layer: m.n_layer,
+            n_head: m.n_head,
+            n_embd: m.n_embd,
+            block_size: m.block_size,
+            n_kv_head: m.n_kv_head,
+            bias: m.bias,
+            pos: m.pos,
+            rope_base: m.rope_base,
+            norm: m.norm,
+            qk_norm: m.qk_norm,
+            mlp: m.mlp,
+            mlp_hidden: m.mlp_hidden,
+            tie_embeddings: m.tie_embeddings,
+            logit_softcap: m.logit_softcap,
+            dropout: m.dropout,
             dropout_final: None,
             vocab_size: None,
             recompute: Recompute::None,

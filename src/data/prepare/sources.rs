@@ -140,7 +140,8 @@ pub fn read_documents(
 ) -> Result<()> {
     let mut batch = Batcher { docs: Vec::new(), bytes: 0, limit: batch_bytes, each };
     let open = || std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()));
-    match resolve_format(path, opts.format) {
+    let format = resolve_format(path, opts.format);
+    match format {
         Format::Text => {
             let mut bytes = Vec::new();
             open()?.read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
@@ -148,7 +149,7 @@ pub fn read_documents(
             batch.push(Doc::plain(utf8(path, bytes, None)?), n)?;
         }
         Format::Lines | Format::Paragraphs => {
-            let paragraphs = opts.format == Format::Paragraphs;
+            let paragraphs = format == Format::Paragraphs;
             let mut reader = BufReader::with_capacity(1 << 20, open()?);
             let (mut line, mut doc, mut read, mut number) = (Vec::new(), String::new(), 0u64, 0usize);
             loop {
@@ -180,7 +181,7 @@ pub fn read_documents(
             }
         }
         Format::Jsonl | Format::Dolly => {
-            let dolly = resolve_format(path, opts.format) == Format::Dolly;
+            let dolly = format == Format::Dolly;
             let reader = BufReader::with_capacity(1 << 20, open()?);
             let mut read = 0u64;
             for (i, line) in reader.split(b'\n').enumerate() {
