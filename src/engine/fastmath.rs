@@ -65,6 +65,20 @@ pub fn sigmoid(x: f32) -> f32 {
 
 pub(crate) const LANES: usize = 16;
 
+/// Sum of a vector accumulator's lanes, pairwise (halves, then quarters,
+/// ...): a few vector adds instead of a chain of `LANES - 1` dependent ones.
+#[inline(always)]
+pub fn hsum(mut v: [f32; LANES]) -> f32 {
+    let mut width = LANES / 2;
+    while width > 0 {
+        for i in 0..width {
+            v[i] += v[i + width];
+        }
+        width /= 2;
+    }
+    v[0]
+}
+
 /// Dot product with independent accumulators, so it vectorises.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -77,7 +91,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
             acc[i] += x[i] * y[i];
         }
     }
-    let mut s: f32 = acc.iter().sum();
+    let mut s = hsum(acc);
     for (x, y) in ar.iter().zip(br) {
         s += x * y;
     }

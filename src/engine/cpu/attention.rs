@@ -185,35 +185,98 @@ pub fn attention_cached(
         v_cache[at(r)..][..kvw].copy_from_slice(&src[ow + kvw..]);
     }
     let (kc, vc) = (&*k_cache, &*v_cache);
-    // One (row, head): scores against every cached position, softmax, then
-    // the weighted sum of values. A row of scores is at most `capacity` long.
-    let one = |i: usize, h: usize, o: &mut [f32]| {
+    // One task: a row's heads `h0..h1`. It walks the row's cached positions
+    // in order, reading each position's keys (then values) once for all its
+    // heads: a sequential stream through the cache, which is larger than the
+    // weights when many sequences decode together. A head's result does not
+    // depend on which task computes it (same order of operations).
+    let task = |i: usize, h0: usize, h1: usize, o: &mut [f32]| {
         let r = rows[i];
-        let q = &qkv[i * w + h * hd..][..hd];
-        let base = r.slot * capacity * kvw + (h / s.group()) * hd;
-        with_scratch(r.pos + 1, |scores| {
-            for (t2, sc) in scores.iter_mut().enumerate() {
-                *sc = dot(q, &kc[base + t2 * kvw..][..hd]) * scale;
+        let n = r.pos + 1;
+        let cache = r.slot * capacity * kvw;
+        let q = &qkv[i * w..][..ow];
+        with_scratch((h1 - h0) * n, |scores| {
+            for t2 in 0..n {
+                let keys = &kc[cache + t2 * kvw..][..kvw];
+                for h in h0..h1 {
+                    let g = h / s.group();
+                    scores[(h - h0) * n + t2] = dot(&q[h * hd..][..hd], &keys[g * hd..][..hd]) * scale;
+                }
             }
-            let m = fastmath::max(scores);
-            for sc in scores.iter_mut() {
-                *sc = fastmath::exp(*sc - m);
+            for p in scores.chunks_exact_mut(n) {
+                let m = fastmath::max(p);
+                for sc in p.iter_mut() {
+                    *sc = fastmath::exp(*sc - m);
+                }
+                let inv = 1.0 / fastmath::sum(p);
+                p.iter_mut().for_each(|x| *x *= inv);
             }
-            let inv = 1.0 / fastmath::sum(scores);
             o.fill(0.0);
-            for (t2, &e) in scores.iter().enumerate() {
-                axpy(o, e * inv, &vc[base + t2 * kvw..][..hd]);
+            for t2 in 0..n {
+                let values = &vc[cache + t2 * kvw..][..kvw];
+                for h in h0..h1 {
+                    let g = h / s.group();
+                    axpy(&mut o[(h - h0) * hd..][..hd], scores[(h - h0) * n + t2], &values[g * hd..][..hd]);
+                }
             }
         })
     };
+    let m = rows.len();
     let work: usize = rows.iter().map(|r| r.pos + 1).sum::<usize>() * ow;
     if work < 1 << 16 {
-        for i in 0..rows.len() {
+        for i in 0..m {
+            task(i, 0, s.heads, &mut out[i * ow..][..ow]);
+        }
+        return;
+    }
+    // Whole rows per task when there are enough rows to keep every thread
+    // busy; otherwise rows split into blocks of heads.
+    let splits = (2 * rayon::current_num_threads()).div_ceil(m).min(s.heads);
+    let per_task = s.heads.div_ceil(splits);
+    out[..m * ow].par_chunks_mut(ow).enumerate().for_each(|(i, row)| {
+        row.par_chunks_mut(per_task * hd).enumerate().for_each(|(b, o)| {
+            let h0 = b * per_task;
+            task(i, h0, h0 + o.len() / hd, o);
+        })
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::gradcheck::rand_vec;
+
+    /// Rows long enough for the parallel paths: one row alone (its heads
+    /// split across tasks) and the same row among others (whole rows per
+    /// task) give bit-identical outputs, equal to a plain softmax attention.
+    #[test]
+    fn cached_rows_agree_alone_and_together() {
+        let s = AttnShape { batch: 1, seq: 1, heads: 6, kv_heads: 2, head_dim: 16 };
+        let (w, ow, kvw, cap, slots) = (s.qkv_width(), s.q_width(), s.kv_width(), 300, 8);
+        let (mut kc, mut vc) = (rand_vec(slots * cap * kvw, 1), rand_vec(slots * cap * kvw, 2));
+        let qkv = rand_vec(slots * w, 3);
+        let rows: Vec<CacheRow> = (0..slots).map(|i| CacheRow { slot: i, pos: 250 + i }).collect();
+        let mut together = vec![0.0; slots * ow];
+        attention_cached(&mut together, &qkv, &mut kc, &mut vc, &rows, cap, s);
+        for (i, r) in rows.iter().enumerate() {
+            let mut alone = vec![0.0; ow];
+            attention_cached(&mut alone, &qkv[i * w..][..w], &mut kc, &mut vc, &[*r], cap, s);
+            assert_eq!(alone, together[i * ow..][..ow]);
             for h in 0..s.heads {
-                one(i, h, &mut out[i * ow + h * hd..][..hd]);
+                let (g, hd) = (h / s.group(), s.head_dim);
+                let q = &qkv[i * w + h * hd..][..hd];
+                let at = |t: usize| (r.slot * cap + t) * kvw + g * hd;
+                let scores: Vec<f64> = (0..=r.pos)
+                    .map(|t| (0..hd).map(|d| (q[d] * kc[at(t) + d]) as f64).sum::<f64>() / (hd as f64).sqrt())
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = scores.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for d in 0..hd {
+                    let want: f64 = (0..=r.pos).map(|t| e[t] / z * vc[at(t) + d] as f64).sum();
+                    assert!((together[i * ow + h * hd + d] as f64 - want).abs() < 1e-4, "row {i} head {h}");
+                }
             }
         }
-    } else {
-        out[..rows.len() * ow].par_chunks_mut(hd).enumerate().for_each(|(j, o)| one(j / s.heads, j % s.heads, o));
     }
 }
