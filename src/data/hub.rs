@@ -11,6 +11,7 @@
 //! the test server), `HF_TOKEN` authorises private or gated datasets.
 
 use super::files::sha256_file;
+use super::units::{parse_scaled, SIZE_SUFFIXES};
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -235,16 +236,9 @@ fn collect(dir: &Path, out: &mut Vec<(PathBuf, u64, SystemTime)>) {
 /// Parses a size like `20GB`, `500M`, `1.5T` or a number of bytes.
 pub fn parse_bytes(s: &str) -> Result<u64> {
     let t = s.trim().trim_end_matches(['B', 'b']);
-    let (num, mult) = match t.chars().last() {
-        Some('K' | 'k') => (&t[..t.len() - 1], 1e3),
-        Some('M' | 'm') => (&t[..t.len() - 1], 1e6),
-        Some('G' | 'g') => (&t[..t.len() - 1], 1e9),
-        Some('T' | 't') => (&t[..t.len() - 1], 1e12),
-        _ => (t, 1.0),
-    };
-    match num.trim().parse::<f64>() {
-        Ok(x) if x > 0.0 && (x * mult) < 1e18 => Ok((x * mult) as u64),
-        _ => bail!("{s:?} is not a size (like 20GB, 500MB or 1000000)"),
+    match parse_scaled(t, SIZE_SUFFIXES) {
+        Some(n) => Ok(n as u64),
+        None => bail!("{s:?} is not a size (like 20GB, 500MB or 1000000)"),
     }
 }
 

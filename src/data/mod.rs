@@ -7,6 +7,7 @@ pub mod hub;
 pub mod prepare;
 pub mod shards;
 pub mod tokenizer;
+pub mod units;
 
 pub use dataset::{Dataset, Split};
 pub use tokenizer::{HfTokenizer, OpenAiVocab, Tokenizer};

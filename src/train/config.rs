@@ -1,6 +1,7 @@
 //! The training configuration: presets, TOML files and `--key value`
 //! overrides all resolve into one flat [`TrainConfig`].
 
+use crate::data::units::{parse_scaled, COUNT_SUFFIXES};
 use crate::data::{OpenAiVocab, Tokenizer};
 use crate::model::config::{MlpKind, ModelConfig, NormKind, PosEncoding};
 use crate::model::Recompute;
@@ -296,19 +297,10 @@ pub struct TokenCount(pub u64);
 impl std::str::FromStr for TokenCount {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let bad = || format!("{s:?} is not a token count (like 200M, 1.5B or 50000)");
-        let (num, mult) = match s.trim().char_indices().last() {
-            Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&s[..i], 1e3),
-            Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&s[..i], 1e6),
-            Some((i, c)) if c.eq_ignore_ascii_case(&'b') => (&s[..i], 1e9),
-            _ => (s, 1.0),
-        };
-        let x: f64 = num.trim().parse().map_err(|_| bad())?;
-        let n = x * mult;
-        if !(1.0..1e18).contains(&n) {
-            return Err(bad());
+        match parse_scaled(s, COUNT_SUFFIXES) {
+            Some(n) if n >= 1.0 => Ok(TokenCount(n.round() as u64)),
+            _ => Err(format!("{s:?} is not a token count (like 200M, 1.5B or 50000)")),
         }
-        Ok(TokenCount(n.round() as u64))
     }
 }
 
@@ -526,6 +518,11 @@ mod tests {
         let err = resolve(&base, None, &pairs(&[("pos", "rotary")])).unwrap_err().to_string();
         assert!(err.contains("pos") && err.contains("rope"), "{err}");
         assert!(preset("nope").unwrap_err().to_string().contains("unknown preset"));
+        // Token budgets: suffixes, spaces, and what is not a count.
+        for (text, n) in [("200M", 200_000_000), (" 1.5B", 1_500_000_000), ("50000", 50_000)] {
+            assert_eq!(text.parse::<TokenCount>(), Ok(TokenCount(n)));
+        }
+        assert!("0.4".parse::<TokenCount>().is_err() && "many".parse::<TokenCount>().is_err());
     }
 
     #[test]
