@@ -78,7 +78,8 @@ struct PrepareArgs {
 pub fn run(a: &DataArgs) -> Result<()> {
     let DataCommand::Prepare(p) = &a.command;
     if p.tokenizer == "char" {
-        bail!("data prepare needs a fixed vocabulary: use byte, gpt2, cl100k_base, o200k_base or a tokenizer.json");
+        // Before `from_spec`, whose complaint (no corpus given) would mislead here.
+        bail!(prepare::NEEDS_FIXED_VOCABULARY);
     }
     let tokenizer = Tokenizer::from_spec(&p.tokenizer, None)?;
     let hub = match &p.hf_dataset {

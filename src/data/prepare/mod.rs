@@ -49,6 +49,11 @@ pub struct PrepareOptions {
 /// Text read per batch of documents tokenised together.
 const BATCH_BYTES: usize = 8 << 20;
 
+/// Why the char tokenizer cannot prepare a dataset: its vocabulary is the
+/// corpus's own characters, unknown until the whole corpus is read.
+pub const NEEDS_FIXED_VOCABULARY: &str =
+    "data prepare needs a fixed vocabulary: use byte, gpt2, cl100k_base, o200k_base or a tokenizer.json";
+
 pub fn prepare(o: &PrepareOptions) -> Result<Manifest> {
     if !(0.0..1.0).contains(&o.val_fraction) {
         bail!("--val-fraction must be in [0, 1), got {}", o.val_fraction);
@@ -57,7 +62,7 @@ pub fn prepare(o: &PrepareOptions) -> Result<Manifest> {
         bail!("--shard-tokens must be at least 1");
     }
     if matches!(o.tokenizer, Tokenizer::Char { .. }) {
-        bail!("data prepare needs a fixed vocabulary: use byte, gpt2, cl100k_base, o200k_base or a tokenizer.json");
+        bail!(NEEDS_FIXED_VOCABULARY);
     }
     let vocab = o.tokenizer.vocab_size();
     let dtype = match o.dtype {
