@@ -141,6 +141,14 @@ pub trait Backend: Send + Sync {
     type Buf: Send + Sync;
 
     fn name(&self) -> String;
+    /// Up to how many rows a matmul's result for one row is bit-identical
+    /// whatever the other rows (`None`: no such guarantee). Incremental
+    /// inference caps its passes at this, so a sequence gets the same logits
+    /// decoded alone or in a batch, and speculative decoding's check of a
+    /// draft gives exactly the target's own logits.
+    fn batch_invariant_rows(&self) -> Option<usize> {
+        None
+    }
 
     // ---- memory ----
     fn zeros(&self, len: usize) -> Self::Buf;

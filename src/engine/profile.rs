@@ -48,6 +48,9 @@ impl<B: Backend> Backend for Profiled<B> {
     fn name(&self) -> String {
         self.inner.name()
     }
+    fn batch_invariant_rows(&self) -> Option<usize> {
+        self.inner.batch_invariant_rows()
+    }
     fn zeros(&self, len: usize) -> B::Buf {
         self.inner.zeros(len)
     }

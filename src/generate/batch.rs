@@ -104,6 +104,33 @@ mod tests {
         }
     }
 
+    /// Logits, not just tokens: a batch step gives each sequence what it
+    /// gets alone, to the bit where the backend is batch-invariant. 70
+    /// sequences: more rows than one invariant pass holds, so the prefill
+    /// and the step are both split into passes.
+    #[test]
+    fn a_batch_step_gives_each_sequence_its_own_logits() {
+        for cfg in test_variants() {
+            let model = Gpt::new(Cpu, cfg, 5);
+            let prompts: Vec<Vec<u32>> = (0..70u32).map(|i| (0..1 + i % 3).map(|t| (i + t) % 11).collect()).collect();
+            let mut batch = KvCache::new(&model, prompts.len());
+            let slots: Vec<(usize, &[u32])> = prompts.iter().enumerate().map(|(i, p)| (i, &p[..])).collect();
+            batch.prefill_many(&model, &slots);
+            let next: Vec<(usize, u32)> = (0..prompts.len()).map(|i| (i, (i % 11) as u32)).collect();
+            let together = batch.step(&model, &next);
+            for (i, p) in prompts.iter().enumerate() {
+                let mut one = KvCache::new(&model, 1);
+                one.forward(&model, 0, p);
+                let alone = one.forward(&model, 0, &[next[i].1]);
+                if Cpu.batch_invariant_rows().is_some() {
+                    assert_eq!(alone, together[i], "sequence {i}");
+                } else {
+                    assert!(alone.iter().zip(&together[i]).all(|(a, b)| (a - b).abs() < 1e-4), "sequence {i}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn stop_ends_only_its_sequence() {
         let model = Gpt::new(Cpu, test_variants().remove(0), 3);

@@ -134,8 +134,26 @@ impl<B: Backend> KvCache<B> {
 
     /// Runs `tokens` (row `i` at `rows[i]`) through the model, appending
     /// their keys and values to the cache; returns the logits (real
-    /// vocabulary, soft-capped if the model caps them) of the rows in `want`.
+    /// vocabulary, soft-capped if the model caps them) of the rows in `want`
+    /// (ascending). Passes hold at most the backend's batch-invariant row
+    /// count, so no row's logits depend on which rows went with it.
     fn run(&mut self, model: &Gpt<B>, tokens: &[u32], rows: &[CacheRow], want: &[usize]) -> Vec<Vec<f32>> {
+        assert!(want.windows(2).all(|p| p[0] < p[1]), "wanted rows ascend");
+        let per_pass = model.be.batch_invariant_rows().unwrap_or(usize::MAX).max(1);
+        if tokens.len() <= per_pass {
+            return self.pass(model, tokens, rows, want);
+        }
+        let mut out = Vec::with_capacity(want.len());
+        for start in (0..tokens.len()).step_by(per_pass) {
+            let end = (start + per_pass).min(tokens.len());
+            let here: Vec<usize> = want.iter().filter(|&&r| (start..end).contains(&r)).map(|&r| r - start).collect();
+            out.extend(self.pass(model, &tokens[start..end], &rows[start..end], &here));
+        }
+        out
+    }
+
+    /// One forward pass of [`Self::run`].
+    fn pass(&mut self, model: &Gpt<B>, tokens: &[u32], rows: &[CacheRow], want: &[usize]) -> Vec<Vec<f32>> {
         let (be, cfg, lay) = (&model.be, &model.cfg, &model.layout);
         let (n, c, w) = (tokens.len(), cfg.n_embd, cfg.qkv_width());
         assert!(n > 0 && n <= self.capacity.max(self.slots()), "too many rows for the cache's scratch");
@@ -164,6 +182,9 @@ impl<B: Backend> KvCache<B> {
         }
         for r in rows {
             self.lens[r.slot] = self.lens[r.slot].max(r.pos + 1);
+        }
+        if want.is_empty() {
+            return Vec::new();
         }
         // The final norm and the head only for the rows whose logits are wanted.
         let gathered: Vec<f32> = if want.len() == n && want.iter().enumerate().all(|(i, &r)| i == r) {

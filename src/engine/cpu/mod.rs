@@ -29,6 +29,9 @@ impl Backend for Cpu {
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
+    fn batch_invariant_rows(&self) -> Option<usize> {
+        skinny::BATCH_INVARIANT.then_some(*skinny::ROWS.end())
+    }
 
     fn zeros(&self, len: usize) -> Vec<f32> {
         vec![0.0; len]

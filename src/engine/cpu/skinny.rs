@@ -11,20 +11,33 @@
 //!
 //! In a microbenchmark against `gemm` on the 384-wide model's shapes (weights
 //! read from memory, 2-core Zen 4): 1.3–2.2x faster at 2–5 rows, 1.1–1.4x at
-//! 32. One row stays with `gemm`, whose matrix-vector product streamed
-//! 10–20% faster on 384-long rows.
+//! 32; one row as fast on 384-long rows, 1.3x on 1536-long ones.
 //!
 //! Every output is one accumulator of a fixed order over `k`, reduced the
 //! same way, so a row's result does not depend on how many rows are
-//! multiplied with it.
+//! multiplied with it. With AVX-512 one row takes this path too, so a
+//! sequence decoded alone or in a batch gets bit-identical logits
+//! ([`BATCH_INVARIANT`]); without it one row stays with `gemm`, which adds in
+//! another order (reading four weight rows side by side, as the portable tile
+//! does, streamed one row ~1.5x slower).
 
 use super::matmul::SharedMut;
+
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
 use crate::engine::fastmath::{self, LANES};
 use rayon::prelude::*;
 
 /// Products of this many rows take this path (see the module comment).
+/// One row too with AVX-512, whose one-row sweep streams the weights as fast
+/// as `gemm`'s matrix-vector product (faster on long rows): then a row's
+/// result is the same alone or in a batch.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+pub const ROWS: std::ops::RangeInclusive<usize> = 1..=64;
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
 pub const ROWS: std::ops::RangeInclusive<usize> = 2..=64;
+/// Whether every product of 1 to 64 rows goes through this kernel: then a
+/// row's result never depends on the rows beside it.
+pub const BATCH_INVARIANT: bool = *ROWS.start() == 1;
 /// Weight rows per task: enough work to be worth a fork.
 const COLS_PER_TASK: usize = 64;
 /// Input rows per register tile: with AVX-512's 32 vector registers a 4 × 4
