@@ -41,7 +41,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     cfg.vocab_size = Some(vocab);
     // Random tokens: enough for distinct windows, no data file needed.
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let len = (cfg.batch_size * cfg.block_size * 4).max(4096);
+    let len = (cfg.batch_size * cfg.model.block_size * 4).max(4096);
     let mut random = |n: usize| (0..n).map(|_| (rng.next_u64() % vocab as u64) as u32).collect::<Vec<_>>();
     let (train, val) = (random(len), random(len));
     let data = Dataset::from_tokens(train.clone(), val.clone(), 1.0);
@@ -58,7 +58,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let median = times[times.len() / 2];
     let tokens = trainer.tokens_per_step() as f64;
     let m = &trainer.model.cfg;
-    let gflops = m.train_flops_per_token(cfg.block_size) * tokens / median / 1e9;
+    let gflops = m.train_flops_per_token(m.block_size) * tokens / median / 1e9;
     let tps = tokens / median;
     if a.json {
         let out = serde_json::json!({

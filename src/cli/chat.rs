@@ -2,10 +2,10 @@
 //! through a pipe (one message per line).
 
 use super::sampling::SamplingArgs;
+use crate::checkpoint;
 use crate::engine::cpu::Cpu;
 use crate::generate::chat::{ChatTemplate, Conversation, Turn};
 use crate::generate::{Generator, Sampler, SamplerConfig, StopMatcher, Utf8Stream};
-use crate::train::checkpoint;
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -44,7 +44,7 @@ struct Settings {
 }
 
 pub fn run(a: &ChatArgs) -> Result<()> {
-    let (model, ck, dir) = checkpoint::load_model(Cpu, &a.checkpoint)?;
+    let checkpoint::Loaded { model, config: ck, dir, .. } = checkpoint::load_model(Cpu, &a.checkpoint)?;
     let tok = &ck.tokenizer;
     let template = ck.chat_template.clone().unwrap_or_else(ChatTemplate::dolly);
     let system = a.system.clone().unwrap_or_else(ChatTemplate::default_system);

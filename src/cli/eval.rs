@@ -1,15 +1,16 @@
 //! `ferrite eval`: loss, perplexity, bits per token and byte, next-token
 //! accuracy, and attention analysis of a checkpoint on a text file.
 
+use crate::checkpoint::{self, CheckpointConfig, Loaded};
 use crate::data::dataset::read_corpus;
 use crate::data::{Dataset, Split};
 use crate::engine::cpu::Cpu;
-use crate::eval::{attention_stats, evaluate, EvalReport, HeadStats};
-use crate::train::checkpoint::{self, Prefer};
-use crate::train::Trainer;
+use crate::eval::{attention_stats, evaluate, sampled_loss, EvalReport, HeadStats};
+use crate::model::{Activations, Recompute};
 use anyhow::{bail, Result};
+use serde::Deserialize;
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
@@ -46,41 +47,68 @@ pub struct EvalArgs {
     json: bool,
 }
 
+/// What evaluation needs to know of the training run (keys of its saved
+/// configuration).
+#[derive(Deserialize)]
+struct TrainedOn {
+    data: String,
+    dataset: String,
+    train_frac: f64,
+    seed: u64,
+    eval_iters: usize,
+    batch_size: usize,
+}
+
+impl TrainedOn {
+    fn of(ck: &CheckpointConfig) -> Result<TrainedOn> {
+        ck.training().map_err(|e| anyhow::anyhow!("{e:#} (was it trained by ferrite?)"))
+    }
+
+    /// The text file or prepared dataset: `--data`, else the run's own.
+    fn path(&self, data: Option<&PathBuf>) -> Result<PathBuf> {
+        Ok(match data {
+            Some(p) => p.clone(),
+            None if !self.dataset.is_empty() => PathBuf::from(&self.dataset),
+            None if self.data.is_empty() => crate::data::download::tiny_shakespeare()?,
+            None => PathBuf::from(&self.data),
+        })
+    }
+}
+
+/// The run's train/validation split of `path` (windows of `seq` tokens).
+fn dataset(path: &Path, ck: &CheckpointConfig, train_frac: f64, seq: usize) -> Result<Dataset> {
+    if path.is_dir() {
+        // A prepared dataset: its own split, in its tokenizer.
+        let (manifest, ds) = Dataset::open_prepared(path, seq)?;
+        if manifest.tokenizer != ck.tokenizer {
+            bail!("dataset {} uses a different tokenizer than the checkpoint", path.display());
+        }
+        return Ok(ds);
+    }
+    let text = read_corpus(path, ck.tokenizer.needs_utf8())?;
+    Dataset::new(&text, &ck.tokenizer, train_frac, seq)
+}
+
 pub fn run(a: &EvalArgs) -> Result<()> {
     if a.batch_size == 0 || a.attention_windows == 0 || a.tokens == Some(0) {
         bail!("--batch-size, --attention-windows and --tokens must be at least 1");
     }
-    let dir = checkpoint::resolve_dir(&a.checkpoint, Prefer::Best)?;
+    let loaded = checkpoint::load_model(Cpu, &a.checkpoint)?;
     if a.like_training {
-        return like_training(a, &dir);
+        return like_training(a, loaded);
     }
-    let (model, ck, _) = checkpoint::load_model(Cpu, &dir)?;
+    let Loaded { model, config: ck, dir, .. } = loaded;
     let tok = &ck.tokenizer;
-    let path = match &a.data {
-        Some(p) => p.clone(),
-        None if !ck.train.dataset.is_empty() => PathBuf::from(&ck.train.dataset),
-        None if ck.train.data.is_empty() => crate::data::download::tiny_shakespeare()?,
-        None => PathBuf::from(&ck.train.data),
-    };
-    let split_of = |ds: &Dataset| -> Vec<u32> {
+    let run = TrainedOn::of(&ck)?;
+    let path = run.path(a.data.as_ref())?;
+    let stream: Vec<u32> = if a.split == "all" && !path.is_dir() {
+        tok.encode(&read_corpus(&path, tok.needs_utf8())?)?
+    } else {
+        let ds = dataset(&path, &ck, run.train_frac, 1)?;
         match a.split.as_str() {
             "all" => [ds.train.to_vec(), ds.val.to_vec()].concat(),
             "train" => ds.split(Split::Train).to_vec(),
             _ => ds.split(Split::Val).to_vec(),
-        }
-    };
-    let stream: Vec<u32> = if path.is_dir() {
-        // A prepared dataset: its own split, in its tokenizer.
-        let (manifest, ds) = Dataset::open_prepared(&path, 1)?;
-        if &manifest.tokenizer != tok {
-            bail!("dataset {} uses a different tokenizer than the checkpoint", path.display());
-        }
-        split_of(&ds)
-    } else {
-        let text = read_corpus(&path, tok.needs_utf8())?;
-        match a.split.as_str() {
-            "all" => tok.encode(&text)?,
-            _ => split_of(&Dataset::new(&text, tok, ck.train.train_frac, 1)?),
         }
     };
     if stream.len() < 2 {
@@ -114,20 +142,24 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
-fn like_training(a: &EvalArgs, dir: &std::path::Path) -> Result<()> {
-    let mut t = Trainer::resume(Cpu, dir, |mut cfg| {
-        if let Some(p) = &a.data {
-            cfg.data = p.display().to_string();
-        }
-        Ok(cfg)
-    })?;
-    let e = t.evaluate();
-    let step = t.state.step;
+/// The training run's own evaluation at the checkpoint's step: the same
+/// random batches, so the same numbers as its log.
+fn like_training(a: &EvalArgs, loaded: Loaded<Cpu>) -> Result<()> {
+    let Loaded { model, config: ck, state, .. } = loaded;
+    let run = TrainedOn::of(&ck)?;
+    let seq = model.cfg.block_size;
+    let data = dataset(&run.path(a.data.as_ref())?, &ck, run.train_frac, seq)?;
+    let mut acts = Activations::<Cpu>::new(&model.be, &model.cfg, run.batch_size, seq, Recompute::None);
+    let step = state.step;
+    let mut loss =
+        |split| sampled_loss(&model, &mut acts, &data, split, (run.eval_iters, run.batch_size, seq), (run.seed, step));
+    let (train_loss, val_loss) = (loss(Split::Train), loss(Split::Val));
+    let val_bpb = val_loss / std::f64::consts::LN_2 / data.bytes_per_token(Split::Val);
     if a.json {
-        println!("{}", json!({"step": step, "train_loss": e.train_loss, "val_loss": e.val_loss, "val_bpb": e.val_bpb}));
+        println!("{}", json!({"step": step, "train_loss": train_loss, "val_loss": val_loss, "val_bpb": val_bpb}));
     } else {
-        println!("the training run's evaluation at step {step} ({} batches per split):", t.cfg.eval_iters);
-        println!("  train loss {:.4}, val loss {:.4}, val bpb {:.4}", e.train_loss, e.val_loss, e.val_bpb);
+        println!("the training run's evaluation at step {step} ({} batches per split):", run.eval_iters);
+        println!("  train loss {train_loss:.4}, val loss {val_loss:.4}, val bpb {val_bpb:.4}");
     }
     Ok(())
 }

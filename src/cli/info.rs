@@ -2,10 +2,10 @@
 //! configuration or a checkpoint.
 
 use super::RunArgs;
+use crate::checkpoint::{self, Prefer};
 use crate::model::info::{kv_cache_bytes_per_token, params_by_component, TrainMemory};
 use crate::model::{ModelConfig, Recompute};
-use crate::train::checkpoint::{self, Prefer};
-use crate::train::{config, trainer::model_config};
+use crate::train::config;
 use anyhow::Result;
 use serde_json::json;
 use std::path::PathBuf;
@@ -28,14 +28,22 @@ pub fn run(a: &InfoArgs) -> Result<()> {
     let (model, batch, seq, recompute) = match &a.checkpoint {
         Some(dir) => {
             let ck = checkpoint::load_config(&checkpoint::resolve_dir(dir, Prefer::Best)?)?;
-            let t = &ck.train;
-            (ck.model, t.batch_size, t.block_size, t.recompute)
+            // How it was trained, where it says so.
+            #[derive(serde::Deserialize, Default)]
+            #[serde(default)]
+            struct Run {
+                batch_size: Option<usize>,
+                recompute: Recompute,
+            }
+            let run: Run = ck.training()?;
+            let block = ck.model.block_size;
+            (ck.model, run.batch_size.unwrap_or(1), block, run.recompute)
         }
         None => {
             let cfg = a.run.resolve()?;
-            let m = model_config(&cfg, config::reference_vocab(a.run.preset_name(), &cfg));
+            let m = cfg.model_for_vocab(config::reference_vocab(a.run.preset_name(), &cfg));
             m.validate()?;
-            (m, cfg.batch_size, cfg.block_size, cfg.recompute)
+            (m, cfg.batch_size, cfg.model.block_size, cfg.recompute)
         }
     };
     let memory: Vec<(Recompute, TrainMemory)> = [Recompute::None, Recompute::Mlp, Recompute::Block]

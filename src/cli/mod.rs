@@ -93,15 +93,14 @@ impl RunArgs {
 
 /// Every key of [`TrainConfig`], sorted.
 fn config_keys() -> Vec<String> {
-    match serde_json::to_value(TrainConfig::default()).expect("serialisable") {
-        serde_json::Value::Object(map) => map.keys().cloned().collect(),
-        _ => unreachable!("TrainConfig serialises to an object"),
-    }
+    let mut keys: Vec<String> = TrainConfig::default().to_keys().into_iter().map(|(k, _)| k).collect();
+    keys.sort();
+    keys
 }
 
 /// One `--key VALUE` option per configuration key, with its default as help.
 fn config_args() -> Vec<Arg> {
-    let defaults = serde_json::to_value(TrainConfig::default()).expect("serialisable");
+    let defaults = TrainConfig::default().to_keys();
     config_keys()
         .into_iter()
         .map(|key| {
@@ -186,4 +185,85 @@ fn exit_with_clap_error(e: clap::Error) -> ! {
     let first = text.lines().next().unwrap_or("invalid arguments").trim();
     eprintln!("{first} (see --help)");
     std::process::exit(2);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// A valid value other than the default for every key: `(key, value
+    /// given, value resolved)`. A new key must be added here to pass.
+    fn every_key() -> Vec<(&'static str, &'static str, Value)> {
+        vec![
+            ("batch_size", "7", json!(7)),
+            ("beta1", "0.8", json!(0.8)),
+            ("beta2", "0.95", json!(0.95)),
+            ("bias", "true", json!(true)),
+            ("block_size", "96", json!(96)),
+            ("data", "corpus.txt", json!("corpus.txt")),
+            ("dataset", "data/mine", json!("data/mine")),
+            ("decay_frac", "0.3", json!(0.3)),
+            ("dropout", "0.1", json!(0.1f32)),
+            ("dropout_final", "0.05", json!(0.05f32)),
+            ("eps", "1e-6", json!(1e-6)),
+            ("eval_interval", "100", json!(100)),
+            ("eval_iters", "50", json!(50)),
+            ("grad_accum", "2", json!(2)),
+            ("grad_clip", "0.5", json!(0.5)),
+            ("learning_rate", "3e-4", json!(3e-4)),
+            ("log_interval", "5", json!(5)),
+            ("logit_softcap", "30", json!(30.0f32)),
+            ("lr_decay_iters", "1500", json!(1500)),
+            ("max_iters", "300", json!(300)),
+            ("min_lr", "none", Value::Null),
+            ("mlp", "swiglu", json!("swiglu")),
+            ("mlp_hidden", "320", json!(320)),
+            ("n_embd", "256", json!(256)),
+            ("n_head", "8", json!(8)),
+            ("n_kv_head", "2", json!(2)),
+            ("n_layer", "3", json!(3)),
+            ("norm", "rmsnorm", json!("rmsnorm")),
+            ("out_dir", "runs/x", json!("runs/x")),
+            ("pos", "rope", json!("rope")),
+            ("qk_norm", "true", json!(true)),
+            ("recompute", "block", json!("block")),
+            ("rope_base", "500000", json!(500000.0f32)),
+            ("sample_tokens", "0", json!(0)),
+            ("schedule", "wsd", json!("wsd")),
+            ("seed", "7", json!(7)),
+            ("tie_embeddings", "false", json!(false)),
+            ("tokenizer", "byte", json!("byte")),
+            ("tokens", "1M", json!(1_000_000)),
+            ("train_frac", "0.8", json!(0.8)),
+            ("vocab_size", "100", json!(100)),
+            ("warmup_iters", "10", json!(10)),
+            ("weight_decay", "0.01", json!(0.01)),
+        ]
+    }
+
+    #[test]
+    fn every_key_of_train_help_can_be_set() {
+        let train = Cli::command().mut_subcommand("train", |c| c.args(config_args()));
+        let train = train.find_subcommand("train").expect("a train command").clone();
+        let mut listed: Vec<String> = train
+            .get_arguments()
+            .filter(|a| a.get_help_heading() == Some("Configuration keys"))
+            .map(|a| a.get_id().to_string())
+            .collect();
+        listed.sort();
+        let table = every_key();
+        let known: Vec<&str> = table.iter().map(|k| k.0).collect();
+        assert_eq!(listed, known, "train --help lists these keys; give each a test value");
+        let default = TrainConfig::default().to_keys();
+        for (key, raw, want) in table {
+            assert_ne!(default[key], want, "{key}: pick a value that differs from the default");
+            let long = format!("--{}", key.replace('_', "-"));
+            let m = train.clone().try_get_matches_from(["train", &long, raw]).unwrap_or_else(|e| panic!("{key}: {e}"));
+            let mut args = RunArgs::from_arg_matches(&m).expect("run arguments");
+            args.collect_overrides(&m);
+            let cfg = args.resolve().unwrap_or_else(|e| panic!("--{key} {raw}: {e:#}"));
+            assert_eq!(cfg.to_keys()[key], want, "--{key} {raw}");
+        }
+    }
 }

@@ -3,12 +3,12 @@
 //! (speculative decoding).
 
 use super::sampling::SamplingArgs;
+use crate::checkpoint;
 use crate::data::Tokenizer;
 use crate::engine::cpu::Cpu;
 use crate::generate::batch::generate_batch;
 use crate::generate::speculative::Speculative;
 use crate::generate::{Generator, Sampler, StopMatcher, Utf8Stream};
-use crate::train::checkpoint;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::io::Write;
@@ -50,7 +50,7 @@ pub struct SampleArgs {
 
 pub fn run(a: &SampleArgs) -> Result<()> {
     let cfg = a.sampling.config()?;
-    let (model, ck, _) = checkpoint::load_model(Cpu, &a.checkpoint)?;
+    let checkpoint::Loaded { model, config: ck, .. } = checkpoint::load_model(Cpu, &a.checkpoint)?;
     let tok = &ck.tokenizer;
     if let Some(file) = &a.prompts {
         return run_batch(a, &model, tok, file);
@@ -75,7 +75,7 @@ pub fn run(a: &SampleArgs) -> Result<()> {
             }
         }
         Some(dir) => {
-            let (draft, draft_ck, _) = checkpoint::load_model(Cpu, dir)?;
+            let checkpoint::Loaded { model: draft, config: draft_ck, .. } = checkpoint::load_model(Cpu, dir)?;
             if draft_ck.tokenizer != ck.tokenizer {
                 bail!("the draft checkpoint {} uses a different tokenizer than the model", dir.display());
             }

@@ -1,10 +1,10 @@
 //! `ferrite tokenizer`: train a byte-level BPE, encode, decode, and measure
 //! compression and speed.
 
+use crate::checkpoint::{self, Prefer};
 use crate::data::dataset::read_corpus;
 use crate::data::files::write_atomic;
 use crate::data::{HfTokenizer, Tokenizer};
-use crate::train::checkpoint::{self, Prefer};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};

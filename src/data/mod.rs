@@ -1,5 +1,6 @@
 //! Tokenizers and datasets.
 
+pub mod chat_template;
 pub mod dataset;
 pub mod download;
 pub mod files;
@@ -9,5 +10,6 @@ pub mod shards;
 pub mod tokenizer;
 pub mod units;
 
+pub use chat_template::ChatTemplate;
 pub use dataset::{Dataset, Split};
 pub use tokenizer::{HfTokenizer, OpenAiVocab, Tokenizer};

@@ -214,6 +214,12 @@ pub fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Distinct, reproducible seeds for each use of randomness (batches,
+/// dropout, evaluation), from a run's seed and what the use is.
+pub fn derive_seed(seed: u64, parts: &[u64]) -> u64 {
+    parts.iter().fold(mix64(seed), |h, &p| mix64(h ^ p))
+}
+
 /// Whether element `index` survives dropout with probability `1 - p`.
 #[inline(always)]
 pub fn keep(seed: u64, index: u64, p: f32) -> bool {

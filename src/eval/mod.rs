@@ -1,8 +1,10 @@
-//! Evaluation: how well a model predicts a token stream, and what its
-//! attention heads look at.
+//! Evaluation: how well a model predicts a token stream (all of it, or
+//! training's random batches), and what its attention heads look at.
 
 pub mod attention;
 pub mod metrics;
+pub mod sampled;
 
 pub use attention::{attention_stats, HeadStats};
 pub use metrics::{evaluate, EvalReport};
+pub use sampled::sampled_loss;

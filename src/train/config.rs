@@ -1,19 +1,34 @@
 //! The training configuration: presets, TOML files and `--key value`
-//! overrides all resolve into one flat [`TrainConfig`].
+//! overrides all resolve into one [`TrainConfig`], which holds the model's
+//! [`ModelConfig`] and is written as one flat set of keys.
 
+use crate::checkpoint::CheckpointConfig;
 use crate::data::units::{parse_scaled, COUNT_SUFFIXES};
 use crate::data::{OpenAiVocab, Tokenizer};
-use crate::model::config::{MlpKind, ModelConfig, NormKind, PosEncoding};
+use crate::model::config::{pad_vocab, MlpKind, ModelConfig, NormKind, PosEncoding};
 use crate::model::Recompute;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::path::Path;
 
-/// Missing keys take their defaults, so checkpoints saved before a key
-/// existed still load.
+/// How the learning rate decays after warmup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Cosine decay to `min_lr` at `lr_decay_iters` (nanoGPT's).
+    #[default]
+    Cosine,
+    /// The peak rate throughout.
+    Constant,
+    /// Warmup-stable-decay: constant, then a final linear decay.
+    Wsd,
+}
+
+/// A training run. On the command line, in TOML files and in checkpoints it
+/// is a flat set of keys (`n_layer`, `batch_size`, ...): the model's options
+/// sit beside the training ones ([`TrainConfig::to_keys`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
     // ---- data ----
     /// Text file to train on; empty means tiny Shakespeare from the cache.
@@ -28,26 +43,9 @@ pub struct TrainConfig {
     /// Run directory: checkpoints and metrics.jsonl.
     pub out_dir: String,
     // ---- model ----
-    pub n_layer: usize,
-    pub n_head: usize,
-    pub n_embd: usize,
-    pub block_size: usize,
-    /// Key/value heads (grouped-query attention; 1 = multi-query); none = n_head.
-    pub n_kv_head: Option<usize>,
-    pub bias: bool,
-    /// `learned`, `sinusoidal`, `rope` or `none`.
-    pub pos: PosEncoding,
-    pub rope_base: f32,
-    /// `layernorm` or `rmsnorm`.
-    pub norm: NormKind,
-    pub qk_norm: bool,
-    /// `gelu_tanh`, `gelu`, `swiglu` or `relu2`.
-    pub mlp: MlpKind,
-    /// MLP hidden width; none = 4 x n_embd (SwiGLU: 8/3 x n_embd, rounded up to 64).
-    pub mlp_hidden: Option<usize>,
-    pub tie_embeddings: bool,
-    pub logit_softcap: Option<f32>,
-    pub dropout: f32,
+    /// The architecture. Its vocabulary is the tokenizer's, filled in when
+    /// the run starts ([`TrainConfig::model_for_vocab`]).
+    pub model: ModelConfig,
     /// Dropout anneals linearly from `dropout` to this over the learning-rate
     /// schedule's horizon (lr_decay_iters); none = constant.
     pub dropout_final: Option<f32>,
@@ -69,8 +67,7 @@ pub struct TrainConfig {
     pub warmup_iters: usize,
     /// Iterations over which the decay runs; defaults to max_iters.
     pub lr_decay_iters: Option<usize>,
-    /// `cosine`, `constant` or `wsd` (warmup-stable-decay).
-    pub schedule: String,
+    pub schedule: Schedule,
     /// For `wsd`: fraction of lr_decay_iters spent in the final linear decay.
     pub decay_frac: f64,
     pub beta1: f64,
@@ -90,29 +87,14 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        // The architecture options default to the model's own defaults (GPT-2).
-        let m = ModelConfig::gpt2(65, 64, 4, 4, 128);
         TrainConfig {
             data: String::new(),
             dataset: String::new(),
             tokenizer: "char".into(),
             train_frac: 0.9,
             out_dir: "out".into(),
-            n_layer: m.n_layer,
-            n_head: m.n_head,
-            n_embd: m.n_embd,
-            block_size: m.block_size,
-            n_kv_head: m.n_kv_head,
-            bias: m.bias,
-            pos: m.pos,
-            rope_base: m.rope_base,
-            norm: m.norm,
-            qk_norm: m.qk_norm,
-            mlp: m.mlp,
-            mlp_hidden: m.mlp_hidden,
-            tie_embeddings: m.tie_embeddings,
-            logit_softcap: m.logit_softcap,
-            dropout: m.dropout,
+            // The architecture options default to the model's own defaults (GPT-2).
+            model: ModelConfig::gpt2(65, 64, 4, 4, 128),
             dropout_final: None,
             vocab_size: None,
             recompute: Recompute::None,
@@ -124,7 +106,7 @@ impl Default for TrainConfig {
             min_lr: Some(1e-4),
             warmup_iters: 100,
             lr_decay_iters: None,
-            schedule: "cosine".into(),
+            schedule: Schedule::Cosine,
             decay_frac: 0.2,
             beta1: 0.9,
             beta2: 0.99,
@@ -137,6 +119,81 @@ impl Default for TrainConfig {
             seed: 1337,
             sample_tokens: 300,
         }
+    }
+}
+
+/// Model keys that are not configuration: the vocabulary comes from the
+/// tokenizer (`vocab_size` as a key is the benchmark override).
+const DERIVED_MODEL_KEYS: [&str; 2] = ["vocab_size", "padded_vocab"];
+
+fn object(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!("configurations serialise to objects"),
+    }
+}
+
+/// The names of the model's configuration keys.
+fn model_keys() -> Vec<String> {
+    object(serde_json::to_value(ModelConfig::gpt2(1, 1, 1, 1, 1)).expect("serialisable"))
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| !DERIVED_MODEL_KEYS.contains(&k.as_str()))
+        .collect()
+}
+
+impl TrainConfig {
+    /// The flat keys: the training fields and the model's options side by side.
+    pub fn to_keys(&self) -> Map<String, Value> {
+        let mut map = object(serde_json::to_value(self).expect("serialisable"));
+        let model = object(map.remove("model").expect("a model field"));
+        for (k, v) in model {
+            if !DERIVED_MODEL_KEYS.contains(&k.as_str()) {
+                map.insert(k, v);
+            }
+        }
+        map
+    }
+
+    /// The inverse of [`Self::to_keys`]; the vocabulary is `vocab_from`'s.
+    /// Errors name the key (and, for a choice, its valid values).
+    fn from_keys(mut map: Map<String, Value>, vocab_from: &ModelConfig) -> Result<TrainConfig> {
+        let mut model = Map::new();
+        for k in model_keys() {
+            if let Some(v) = map.remove(&k) {
+                model.insert(k, v);
+            }
+        }
+        model.insert("vocab_size".into(), vocab_from.vocab_size.into());
+        model.insert("padded_vocab".into(), vocab_from.padded_vocab.into());
+        map.insert("model".into(), Value::Object(model));
+        serde_path_to_error::deserialize(Value::Object(map)).map_err(|e| {
+            let path = e.path().to_string();
+            let key = path.strip_prefix("model.").unwrap_or(&path).to_string();
+            anyhow!("invalid value for '{key}': {}", e.inner())
+        })
+    }
+
+    /// The configuration a checkpoint was trained with: its saved keys over
+    /// today's defaults (a checkpoint older than a key gets its default).
+    pub fn from_checkpoint(ck: &CheckpointConfig) -> Result<TrainConfig> {
+        let mut map = TrainConfig::default().to_keys();
+        for (k, v) in &ck.train {
+            set(&mut map, k, v.clone(), "in the checkpoint")?;
+        }
+        TrainConfig::from_keys(map, &ck.model)
+    }
+
+    /// The model this run trains, with a tokenizer of `vocab` symbols (or
+    /// the `vocab_size` override).
+    pub fn model_for_vocab(&self, vocab: usize) -> ModelConfig {
+        let vocab = self.vocab_size.unwrap_or(vocab);
+        ModelConfig { vocab_size: vocab, padded_vocab: pad_vocab(vocab), ..self.model.clone() }
+    }
+
+    /// Tokens per optimizer update.
+    pub fn tokens_per_step(&self) -> usize {
+        self.batch_size * self.model.block_size * self.grad_accum
     }
 }
 
@@ -175,16 +232,23 @@ pub fn reference_vocab(preset: &str, cfg: &TrainConfig) -> usize {
 }
 
 /// Turns a GPT-2-style configuration into its Llama-style counterpart.
-fn llama(base: TrainConfig, n_kv_head: usize) -> TrainConfig {
-    TrainConfig {
+fn llama(base: TrainConfig, n_kv_head: usize, mlp_hidden: usize) -> TrainConfig {
+    let model = ModelConfig {
         n_kv_head: Some(n_kv_head),
         pos: PosEncoding::Rope,
         norm: NormKind::RmsNorm,
         mlp: MlpKind::Swiglu,
+        mlp_hidden: Some(mlp_hidden),
         tie_embeddings: false,
         bias: false,
-        ..base
-    }
+        ..base.model
+    };
+    TrainConfig { model, ..base }
+}
+
+/// `base`'s architecture with other sizes: (layers, heads, width, block).
+fn sized(base: &TrainConfig, (n_layer, n_head, n_embd, block_size): (usize, usize, usize, usize)) -> ModelConfig {
+    ModelConfig { n_layer, n_head, n_embd, block_size, ..base.model.clone() }
 }
 
 pub fn preset(name: &str) -> Result<TrainConfig> {
@@ -194,43 +258,28 @@ pub fn preset(name: &str) -> Result<TrainConfig> {
         "shakespeare-char-cpu" => TrainConfig {
             out_dir: "out/shakespeare-char-cpu".into(),
             lr_decay_iters: Some(2000),
-            mlp: MlpKind::Gelu,
+            model: ModelConfig { mlp: MlpKind::Gelu, ..base.model.clone() },
             ..base
         },
         "shakespeare-char" => TrainConfig {
             out_dir: "out/shakespeare-char".into(),
-            n_layer: 6,
-            n_head: 6,
-            n_embd: 384,
-            block_size: 256,
-            dropout: 0.2,
+            model: ModelConfig { dropout: 0.2, mlp: MlpKind::Gelu, ..sized(&base, (6, 6, 384, 256)) },
             batch_size: 64,
             max_iters: 5000,
             lr_decay_iters: Some(5000),
             eval_iters: 200,
-            mlp: MlpKind::Gelu,
             ..base
         },
         // Grouped-query attention shrinks the attention weights; a wider
         // SwiGLU gives them back, so the parameter counts match the GPT-2 presets.
-        "llama-tiny" => TrainConfig {
-            out_dir: "out/llama-tiny".into(),
-            mlp_hidden: Some(384),
-            ..llama(preset("shakespeare-char-cpu")?, 2)
-        },
-        "llama-char" => TrainConfig {
-            out_dir: "out/llama-char".into(),
-            mlp_hidden: Some(1216),
-            ..llama(preset("shakespeare-char")?, 2)
-        },
+        "llama-tiny" => {
+            TrainConfig { out_dir: "out/llama-tiny".into(), ..llama(preset("shakespeare-char-cpu")?, 2, 384) }
+        }
+        "llama-char" => TrainConfig { out_dir: "out/llama-char".into(), ..llama(preset("shakespeare-char")?, 2, 1216) },
         "gpt2-small" => TrainConfig {
             out_dir: "out/gpt2-small".into(),
             tokenizer: "byte".into(),
-            n_layer: 12,
-            n_head: 12,
-            n_embd: 768,
-            block_size: 1024,
-            bias: true,
+            model: ModelConfig { bias: true, ..sized(&base, (12, 12, 768, 1024)) },
             batch_size: 8,
             max_iters: 10000,
             learning_rate: 6e-4,
@@ -242,10 +291,7 @@ pub fn preset(name: &str) -> Result<TrainConfig> {
         },
         "tiny" => TrainConfig {
             out_dir: "out/tiny".into(),
-            n_layer: 2,
-            n_head: 2,
-            n_embd: 32,
-            block_size: 32,
+            model: sized(&base, (2, 2, 32, 32)),
             batch_size: 4,
             max_iters: 50,
             warmup_iters: 5,
@@ -330,10 +376,7 @@ fn field_name(key: &str) -> String {
 /// line on top of `base`, rejecting unknown keys and ill-typed values with
 /// the key's name.
 pub fn resolve(base: &TrainConfig, file: Option<&Path>, overrides: &[(String, String)]) -> Result<TrainConfig> {
-    let mut map: Map<String, Value> = match serde_json::to_value(base)? {
-        Value::Object(m) => m,
-        _ => unreachable!(),
-    };
+    let mut map = base.to_keys();
     if let Some(path) = file {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -359,11 +402,9 @@ pub fn resolve(base: &TrainConfig, file: Option<&Path>, overrides: &[(String, St
             map.insert("tokens".into(), Value::Null);
         }
     }
-    let de = Value::Object(map);
-    let mut cfg: TrainConfig =
-        serde_path_to_error::deserialize(de).map_err(|e| anyhow!("invalid value for '{}': {}", e.path(), e.inner()))?;
+    let mut cfg = TrainConfig::from_keys(map, &base.model)?;
     if let Some(TokenCount(tokens)) = cfg.tokens {
-        let per_step = (cfg.batch_size * cfg.block_size * cfg.grad_accum).max(1) as u64;
+        let per_step = cfg.tokens_per_step().max(1) as u64;
         cfg.max_iters = tokens.div_ceil(per_step) as usize;
         cfg.lr_decay_iters = Some(cfg.max_iters);
     }
@@ -397,20 +438,21 @@ impl TrainConfig {
     /// `--resume --max-iters` does not change the rates already used.
     pub fn dropout_at(&self, step: usize) -> f32 {
         match self.dropout_final {
-            None => self.dropout,
+            None => self.model.dropout,
             Some(end) => {
                 let frac = (step as f32 / self.lr_decay_iters().max(1) as f32).min(1.0);
-                self.dropout + (end - self.dropout) * frac
+                self.model.dropout + (end - self.model.dropout) * frac
             }
         }
     }
 
     pub fn validate(&self) -> Result<()> {
+        let m = &self.model;
         let positive = [
-            ("n_layer", self.n_layer),
-            ("n_head", self.n_head),
-            ("n_embd", self.n_embd),
-            ("block_size", self.block_size),
+            ("n_layer", m.n_layer),
+            ("n_head", m.n_head),
+            ("n_embd", m.n_embd),
+            ("block_size", m.block_size),
             ("batch_size", self.batch_size),
             ("grad_accum", self.grad_accum),
             ("eval_iters", self.eval_iters),
@@ -422,9 +464,10 @@ impl TrainConfig {
                 bail!("{name} must be at least 1");
             }
         }
-        if !self.n_embd.is_multiple_of(self.n_head) {
-            bail!("n_embd ({}) must be divisible by n_head ({})", self.n_embd, self.n_head);
+        if !m.n_embd.is_multiple_of(m.n_head) {
+            bail!("n_embd ({}) must be divisible by n_head ({})", m.n_embd, m.n_head);
         }
+        m.validate()?;
         if !self.data.is_empty() && !self.dataset.is_empty() {
             bail!("give --data (a text file) or --dataset (a prepared dataset), not both");
         }
@@ -432,18 +475,12 @@ impl TrainConfig {
         if !matches!(t, "char" | "byte") && OpenAiVocab::from_name(t).is_none() && !Path::new(t).is_file() {
             bail!("tokenizer must be one of {} or the path of a tokenizer.json, got '{t}'", Tokenizer::NAMES);
         }
-        if !matches!(self.schedule.as_str(), "cosine" | "constant" | "wsd") {
-            bail!("schedule must be 'cosine', 'constant' or 'wsd', got '{}'", self.schedule);
-        }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
             bail!("learning_rate must be positive, got {}", self.learning_rate);
         }
         let min_lr = self.min_lr();
         if !(0.0..=self.learning_rate).contains(&min_lr) {
             bail!("min_lr must be between 0 and learning_rate ({}), got {min_lr}", self.learning_rate);
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            bail!("dropout must be in [0, 1), got {}", self.dropout);
         }
         if !(self.train_frac > 0.0 && self.train_frac < 1.0) {
             bail!("train_frac must be strictly between 0 and 1, got {}", self.train_frac);
@@ -469,7 +506,7 @@ impl TrainConfig {
             ("eps", self.eps),
             ("weight_decay", self.weight_decay),
             ("grad_clip", self.grad_clip),
-            ("dropout", self.dropout as f64),
+            ("dropout", m.dropout as f64),
         ];
         if let Some(d) = self.dropout_final {
             if !(0.0..1.0).contains(&d) {
@@ -499,7 +536,7 @@ mod tests {
         let base = preset("shakespeare-char-cpu").unwrap();
         let o = pairs(&[("n-layer", "2"), ("learning_rate", "3e-4"), ("bias", "true"), ("out", "x")]);
         let cfg = resolve(&base, None, &o).unwrap();
-        assert_eq!((cfg.n_layer, cfg.learning_rate, cfg.bias, cfg.out_dir.as_str()), (2, 3e-4, true, "x"));
+        assert_eq!((cfg.model.n_layer, cfg.learning_rate, cfg.model.bias, cfg.out_dir.as_str()), (2, 3e-4, true, "x"));
         let o = pairs(&[("n-layers", "2")]);
         assert!(resolve(&base, None, &o).unwrap_err().to_string().contains("unknown config key 'n_layers'"));
         let o = pairs(&[("batch-size", "-3")]);
@@ -512,11 +549,14 @@ mod tests {
         let o = pairs(&[("data", "2024"), ("pos", "none"), ("recompute", "none"), ("n_kv_head", "2")]);
         let cfg = resolve(&base, None, &o).unwrap();
         assert_eq!(
-            (cfg.data.as_str(), cfg.pos, cfg.recompute, cfg.n_kv_head),
+            (cfg.data.as_str(), cfg.model.pos, cfg.recompute, cfg.model.n_kv_head),
             ("2024", PosEncoding::None, Recompute::None, Some(2))
         );
         let err = resolve(&base, None, &pairs(&[("pos", "rotary")])).unwrap_err().to_string();
-        assert!(err.contains("pos") && err.contains("rope"), "{err}");
+        assert!(err.contains("'pos'") && err.contains("rope"), "{err}");
+        // A choice names its valid values.
+        let err = resolve(&base, None, &pairs(&[("schedule", "linear")])).unwrap_err().to_string();
+        assert!(err.contains("'schedule'") && err.contains("cosine") && err.contains("wsd"), "{err}");
         assert!(preset("nope").unwrap_err().to_string().contains("unknown preset"));
         // Token budgets: suffixes, spaces, and what is not a count.
         for (text, n) in [("200M", 200_000_000), (" 1.5B", 1_500_000_000), ("50000", 50_000)] {
@@ -532,7 +572,7 @@ mod tests {
         let f = dir.join("c.toml");
         std::fs::write(&f, "n_embd = 64\nlearning_rate = 1\nschedule = \"wsd\"\n").unwrap();
         let cfg = resolve(&TrainConfig::default(), Some(&f), &[]).unwrap();
-        assert_eq!((cfg.n_embd, cfg.learning_rate, cfg.schedule.as_str()), (64, 1.0, "wsd"));
+        assert_eq!((cfg.model.n_embd, cfg.learning_rate, cfg.schedule), (64, 1.0, Schedule::Wsd));
         std::fs::write(&f, "typo_key = 3\n").unwrap();
         assert!(resolve(&TrainConfig::default(), Some(&f), &[]).is_err());
         std::fs::write(&f, "weight_decay = nan\n").unwrap();

@@ -1,7 +1,6 @@
-//! Training: configuration and presets, schedules, the optimizer, the loop,
-//! checkpoints and metrics.
+//! Training: configuration and presets, schedules, the optimizer, the loop
+//! and metrics (checkpoints: [`crate::checkpoint`]).
 
-pub mod checkpoint;
 pub mod config;
 pub mod metrics;
 pub mod optimizer;

@@ -1,6 +1,6 @@
 //! Learning-rate schedules, as a pure function of the update index.
 
-use super::config::TrainConfig;
+use super::config::{Schedule, TrainConfig};
 
 /// Learning rate for the update with 0-based index `it`: linear warmup, then
 /// cosine decay to `min_lr` at `lr_decay_iters` (held there after), a
@@ -12,9 +12,9 @@ pub fn learning_rate(cfg: &TrainConfig, it: usize) -> f64 {
         return lr * (it + 1) as f64 / (warmup + 1) as f64;
     }
     let decay_iters = cfg.lr_decay_iters();
-    match cfg.schedule.as_str() {
-        "constant" => lr,
-        "wsd" => {
+    match cfg.schedule {
+        Schedule::Constant => lr,
+        Schedule::Wsd => {
             let decay_len = ((decay_iters as f64) * cfg.decay_frac).round() as usize;
             let decay_start = decay_iters.saturating_sub(decay_len).max(warmup);
             if it < decay_start {
@@ -26,7 +26,7 @@ pub fn learning_rate(cfg: &TrainConfig, it: usize) -> f64 {
                 lr + (min_lr - lr) * frac
             }
         }
-        _ => {
+        Schedule::Cosine => {
             if it >= decay_iters || decay_iters <= warmup {
                 return min_lr;
             }
@@ -70,12 +70,12 @@ mod tests {
             decay_frac: 0.2,
             ..TrainConfig::default()
         };
-        let wsd = TrainConfig { schedule: "wsd".into(), ..base.clone() };
+        let wsd = TrainConfig { schedule: Schedule::Wsd, ..base.clone() };
         assert_eq!(learning_rate(&wsd, 50), 1.0);
         assert_eq!(learning_rate(&wsd, 80), 1.0);
         assert!((learning_rate(&wsd, 90) - 0.55).abs() < 1e-12);
         assert_eq!(learning_rate(&wsd, 100), 0.1);
-        let constant = TrainConfig { schedule: "constant".into(), ..base };
+        let constant = TrainConfig { schedule: Schedule::Constant, ..base };
         assert_eq!(learning_rate(&constant, 99), 1.0);
     }
 }

@@ -1,17 +1,18 @@
 //! The training loop: batches, gradient accumulation, AdamW, periodic
 //! evaluation, checkpoints and metrics.
 
-use super::checkpoint::{self, CheckpointConfig, Prefer, TrainState};
 use super::config::TrainConfig;
 use super::metrics::MetricsLog;
 use super::optimizer::{AdamW, Hyper};
 use super::schedule::learning_rate;
+use crate::checkpoint::{self, CheckpointConfig, Prefer, TrainState};
 use crate::data::dataset::IGNORE;
 use crate::data::{download, Dataset, Split, Tokenizer};
-use crate::engine::fastmath::mix64;
+use crate::engine::fastmath::derive_seed;
 use crate::engine::{Backend, Dropout};
+use crate::eval::sampled_loss;
 use crate::model::params::param_specs;
-use crate::model::{config::pad_vocab, Activations, Gpt, ModelConfig};
+use crate::model::{Activations, Gpt};
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -40,14 +41,9 @@ pub struct EvalResult {
     pub val_bpb: f64,
 }
 
-/// Distinct, reproducible seeds for each use of randomness.
-pub fn derive_seed(seed: u64, parts: &[u64]) -> u64 {
-    parts.iter().fold(mix64(seed), |h, &p| mix64(h ^ p))
-}
-
+// Streams of randomness (evaluation batches use `eval::SEED_EVAL`).
 const SEED_BATCH: u64 = 1;
 const SEED_DROPOUT: u64 = 2;
-const SEED_EVAL: u64 = 3;
 
 impl<B: Backend> Trainer<B> {
     /// A new run from a configuration, reading and tokenising its data file.
@@ -61,7 +57,7 @@ impl<B: Backend> Trainer<B> {
 
     /// A new run on an already tokenised dataset.
     pub fn from_parts(be: B, cfg: TrainConfig, tokenizer: Tokenizer, data: Dataset) -> Result<Self> {
-        let model_cfg = model_config(&cfg, tokenizer.vocab_size());
+        let model_cfg = cfg.model_for_vocab(tokenizer.vocab_size());
         model_cfg.validate()?;
         let model = Gpt::new(be, model_cfg, cfg.seed);
         let opt = AdamW::new(&model);
@@ -75,10 +71,10 @@ impl<B: Backend> Trainer<B> {
     pub fn resume(be: B, dir: &Path, overrides: impl FnOnce(TrainConfig) -> Result<TrainConfig>) -> Result<Self> {
         let dir = checkpoint::resolve_dir(dir, Prefer::Last)?;
         let ck = checkpoint::load(&dir, param_specs, true)?;
-        let mut saved = ck.config.train.clone();
+        let mut saved = TrainConfig::from_checkpoint(&ck.config)?;
         saved.out_dir = dir.parent().unwrap_or(Path::new(".")).display().to_string();
         let cfg = overrides(saved)?;
-        if model_config(&cfg, ck.config.model.vocab_size) != ck.config.model {
+        if cfg.model_for_vocab(ck.config.model.vocab_size) != ck.config.model {
             bail!("model options cannot change when resuming (the architecture, block_size and dropout come from the checkpoint)");
         }
         let (_, data) = load_data(&cfg, Some(&ck.config.tokenizer))?;
@@ -101,19 +97,19 @@ impl<B: Backend> Trainer<B> {
         data: Dataset,
         state: TrainState,
     ) -> Self {
-        let acts = Activations::<B>::new(&model.be, &model.cfg, cfg.batch_size, cfg.block_size, cfg.recompute);
+        let acts = Activations::<B>::new(&model.be, &model.cfg, cfg.batch_size, cfg.model.block_size, cfg.recompute);
         let run_dir = PathBuf::from(&cfg.out_dir);
         Trainer { cfg, model, opt, tokenizer, data, state, acts, run_dir, x: vec![], y: vec![] }
     }
 
     pub fn tokens_per_step(&self) -> usize {
-        self.cfg.batch_size * self.cfg.block_size * self.cfg.grad_accum
+        self.cfg.tokens_per_step()
     }
 
     /// One optimizer update (with gradient accumulation). Returns (mean loss, lr, grad norm).
     pub fn step(&mut self) -> (f64, f64, f64) {
         let it = self.state.step;
-        let (b, t, accum) = (self.cfg.batch_size, self.cfg.block_size, self.cfg.grad_accum);
+        let (b, t, accum) = (self.cfg.batch_size, self.cfg.model.block_size, self.cfg.grad_accum);
         self.opt.zero_grad(&self.model.be);
         let mut loss = 0.0;
         for micro in 0..accum {
@@ -146,15 +142,9 @@ impl<B: Backend> Trainer<B> {
 
     /// Mean loss over `eval_iters` random batches of a split (no dropout).
     pub fn eval_split(&mut self, split: Split) -> f64 {
-        let (b, t) = (self.cfg.batch_size, self.cfg.block_size);
-        let mut total = 0.0;
-        for i in 0..self.cfg.eval_iters {
-            let seed = derive_seed(self.cfg.seed, &[SEED_EVAL, self.state.step as u64, split as u64, i as u64]);
-            self.data.batch(split, b, t, seed, &mut self.x, &mut self.y);
-            total +=
-                self.model.forward(&mut self.acts, &self.x, Some(&self.y), None, Dropout::OFF).expect("targets") as f64;
-        }
-        total / self.cfg.eval_iters as f64
+        let (c, step) = (&self.cfg, self.state.step);
+        let batches = (c.eval_iters, c.batch_size, c.model.block_size);
+        sampled_loss(&self.model, &mut self.acts, &self.data, split, batches, (c.seed, step))
     }
 
     pub fn evaluate(&mut self) -> EvalResult {
@@ -170,7 +160,7 @@ impl<B: Backend> Trainer<B> {
             version: checkpoint::VERSION,
             model: self.model.cfg.clone(),
             tokenizer: self.tokenizer.clone(),
-            train: self.cfg.clone(),
+            train: self.cfg.to_keys(),
             chat_template: None,
         }
     }
@@ -274,7 +264,7 @@ fn slices<'a>(views: &'a [Cow<'a, [f32]>]) -> Vec<&'a [f32]> {
 fn load_data(cfg: &TrainConfig, saved: Option<&Tokenizer>) -> Result<(Tokenizer, Dataset)> {
     if !cfg.dataset.is_empty() {
         let dir = Path::new(&cfg.dataset);
-        let (manifest, data) = Dataset::open_prepared(dir, cfg.block_size)?;
+        let (manifest, data) = Dataset::open_prepared(dir, cfg.model.block_size)?;
         if saved.is_some_and(|t| *t != manifest.tokenizer) {
             bail!("dataset {} uses a different tokenizer than the checkpoint", dir.display());
         }
@@ -286,7 +276,7 @@ fn load_data(cfg: &TrainConfig, saved: Option<&Tokenizer>) -> Result<(Tokenizer,
         Some(t) => t.clone(),
         None => Tokenizer::from_spec(&cfg.tokenizer, Some(&text))?,
     };
-    let data = Dataset::new(&text, &tokenizer, cfg.train_frac, cfg.block_size)?;
+    let data = Dataset::new(&text, &tokenizer, cfg.train_frac, cfg.model.block_size)?;
     Ok((tokenizer, data))
 }
 
@@ -295,29 +285,5 @@ fn data_path(cfg: &TrainConfig) -> Result<PathBuf> {
         download::tiny_shakespeare()
     } else {
         Ok(PathBuf::from(&cfg.data))
-    }
-}
-
-/// The model configuration a training configuration describes.
-pub fn model_config(cfg: &TrainConfig, vocab: usize) -> ModelConfig {
-    let vocab = cfg.vocab_size.unwrap_or(vocab);
-    ModelConfig {
-        vocab_size: vocab,
-        padded_vocab: pad_vocab(vocab),
-        block_size: cfg.block_size,
-        n_layer: cfg.n_layer,
-        n_head: cfg.n_head,
-        n_embd: cfg.n_embd,
-        n_kv_head: cfg.n_kv_head,
-        bias: cfg.bias,
-        dropout: cfg.dropout,
-        pos: cfg.pos,
-        rope_base: cfg.rope_base,
-        norm: cfg.norm,
-        qk_norm: cfg.qk_norm,
-        mlp: cfg.mlp,
-        mlp_hidden: cfg.mlp_hidden,
-        tie_embeddings: cfg.tie_embeddings,
-        logit_softcap: cfg.logit_softcap,
     }
 }

@@ -1,17 +1,25 @@
 //! Checkpoints: a directory with `model.safetensors`, `optimizer.safetensors`,
 //! `config.json` and `state.json`, written into a temporary directory and
 //! renamed into place so a crash never leaves a half-written checkpoint.
+//!
+//! Training saves and resumes them; every inference command loads them. This
+//! module knows the model, its tokenizer and its chat template; the training
+//! run's own configuration travels along as an opaque map of keys that only
+//! `train/` interprets (readers that need a few of its keys, like `ferrite
+//! eval`, take them with [`CheckpointConfig::training`]).
 
-use super::config::TrainConfig;
-use crate::data::Tokenizer;
+pub mod tensors;
+
+use crate::data::{ChatTemplate, Tokenizer};
 use crate::engine::Backend;
-use crate::generate::chat::ChatTemplate;
-use crate::model::params::param_specs;
-use crate::model::params::{load_safetensors, save_safetensors, take_params, ParamSpec};
+use crate::model::params::{param_specs, ParamSpec};
 use crate::model::{Gpt, ModelConfig};
 use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
+use tensors::{load_safetensors, save_safetensors, take_params};
 
 pub const FORMAT: &str = "ferrite-checkpoint";
 pub const VERSION: u32 = 1;
@@ -22,10 +30,22 @@ pub struct CheckpointConfig {
     pub version: u32,
     pub model: ModelConfig,
     pub tokenizer: Tokenizer,
-    pub train: TrainConfig,
+    /// The training run's configuration: the keys of `ferrite train --help`
+    /// (empty for a model that was not trained by ferrite).
+    #[serde(default)]
+    pub train: Map<String, Value>,
     /// How `ferrite chat` writes conversations for this model (none: Dolly's format).
     #[serde(default)]
     pub chat_template: Option<ChatTemplate>,
+}
+
+impl CheckpointConfig {
+    /// The training keys a reader needs, as a struct of its own whose
+    /// missing fields take their defaults (unknown keys are ignored).
+    pub fn training<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(Value::Object(self.train.clone()))
+            .map_err(|e| anyhow::anyhow!("the checkpoint's training configuration is corrupt: {e}"))
+    }
 }
 
 /// Training progress needed to resume exactly.
@@ -121,13 +141,22 @@ pub fn load(dir: &Path, specs_of: impl Fn(&ModelConfig) -> Vec<ParamSpec>, with_
     Ok(Checkpoint { config, params, moments, state })
 }
 
+/// A model loaded for inference.
+pub struct Loaded<B: Backend> {
+    pub model: Gpt<B>,
+    pub config: CheckpointConfig,
+    pub state: TrainState,
+    /// The checkpoint directory used (a run directory's `best`).
+    pub dir: PathBuf,
+}
+
 /// Loads a model for inference from a checkpoint or run directory (its best
-/// checkpoint). Returns the model, its configuration and the directory used.
-pub fn load_model<B: Backend>(be: B, dir: &Path) -> Result<(Gpt<B>, CheckpointConfig, PathBuf)> {
+/// checkpoint).
+pub fn load_model<B: Backend>(be: B, dir: &Path) -> Result<Loaded<B>> {
     let dir = resolve_dir(dir, Prefer::Best)?;
     let ck = load(&dir, param_specs, false)?;
     let model = Gpt::from_host(be, ck.config.model.clone(), &ck.params);
-    Ok((model, ck.config, dir))
+    Ok(Loaded { model, config: ck.config, state: ck.state, dir })
 }
 
 /// Writes a checkpoint to `dir` atomically (temp dir, then rename).
