@@ -3,6 +3,7 @@
 
 use super::RunArgs;
 use crate::checkpoint::{self, Prefer};
+use crate::model::activations::activation_floats;
 use crate::model::info::{kv_cache_bytes_per_token, params_by_component, TrainMemory};
 use crate::model::{ModelConfig, Recompute};
 use crate::train::config;
@@ -23,6 +24,10 @@ pub struct InfoArgs {
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// Context lengths at which activation memory is shown (it grows linearly:
+/// attention keeps no `T x T` probabilities).
+const CONTEXTS: [usize; 3] = [256, 1024, 4096];
 
 pub fn run(a: &InfoArgs) -> Result<()> {
     let (model, batch, seq, recompute) = match &a.checkpoint {
@@ -64,6 +69,9 @@ pub fn run(a: &InfoArgs) -> Result<()> {
                 "activations": m.activations, "total": m.total(),
             }))).collect::<serde_json::Map<_, _>>(),
             "recompute": recompute,
+            "activation_bytes_by_block_size": CONTEXTS.iter()
+                .map(|&t| (t.to_string(), json!(activation_floats(&model, batch, t, recompute) * 4)))
+                .collect::<serde_json::Map<_, _>>(),
             "kv_cache_bytes_per_token": kv_cache_bytes_per_token(&model),
         });
         println!("{out}");
@@ -129,6 +137,11 @@ fn print_table(m: &ModelConfig, batch: usize, seq: usize, recompute: Recompute, 
             mem.total() as f64 / MIB
         );
     }
+    let at: Vec<String> = CONTEXTS
+        .iter()
+        .map(|&t| format!("{:.1} MiB at {t}", (activation_floats(m, batch, t, recompute) * 4) as f64 / MIB))
+        .collect();
+    println!("  activations at other block sizes (batch {batch}, recompute {}): {}", label(recompute), at.join(", "));
     let kv = kv_cache_bytes_per_token(m);
     println!(
         "\nKV cache: {kv} bytes per token ({:.2} MiB for a full {}-token context)",

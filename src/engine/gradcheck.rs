@@ -222,13 +222,13 @@ pub fn check_attention<B: Backend>(be: &B, s: AttnShape, drop: Dropout) {
     let r = rand_vec(on, 31);
     let fwd = |qkv: &[f32]| {
         let mut out = be.zeros(on);
-        let mut probs = be.zeros(s.batch * s.heads * s.seq * s.seq);
-        be.attention_fwd(&mut out, &mut probs, &be.upload(qkv), s, drop);
-        (out, probs)
+        let mut stats = be.zeros(s.stats_len());
+        be.attention_fwd(&mut out, &mut stats, &be.upload(qkv), s, drop);
+        (out, stats)
     };
-    let (_, probs) = fwd(&qkv);
+    let (_, stats) = fwd(&qkv);
     let mut dqkv = be.upload(&vec![9.0; n]); // must be overwritten
-    be.attention_bwd(&mut dqkv, &be.upload(&r), &be.upload(&qkv), &probs, s, drop);
+    be.attention_bwd(&mut dqkv, &be.upload(&r), &be.upload(&qkv), &stats, s, drop);
     check("attention", &mut qkv, &be.to_host(&dqkv), |q| dot(&be.to_host(&fwd(q).0), &r));
 }
 
@@ -353,8 +353,8 @@ mod tests {
             let (w, ow, kvw, cap) = (s.qkv_width(), s.q_width(), s.kv_width(), 8);
             let qkv = rand_vec(s.batch * s.seq * w, 70);
             let mut want = be.zeros(s.batch * s.seq * ow);
-            let mut probs = be.zeros(s.batch * s.heads * s.seq * s.seq);
-            be.attention_fwd(&mut want, &mut probs, &qkv, s, Dropout::OFF);
+            let mut stats = be.zeros(s.stats_len());
+            be.attention_fwd(&mut want, &mut stats, &qkv, s, Dropout::OFF);
             let (mut kc, mut vc) = (be.zeros(2 * cap * kvw), be.zeros(2 * cap * kvw));
             let mut got = vec![0.0; s.batch * s.seq * ow];
             let row = |b: usize, t: usize| b * s.seq + t;

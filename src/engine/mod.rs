@@ -42,6 +42,12 @@ impl AttnShape {
     pub fn group(&self) -> usize {
         self.heads / self.kv_heads
     }
+    /// Floats a training attention call keeps for its backward pass: two
+    /// per (batch, head, query) row of scores (`[batch, heads, seq, 2]`),
+    /// never the `seq x seq` probabilities.
+    pub fn stats_len(&self) -> usize {
+        2 * self.batch * self.heads * self.seq
+    }
     /// Column offsets of query head `h` and of its key and value heads in a `qkv` row.
     pub fn offsets(&self, h: usize) -> (usize, usize, usize) {
         let g = h / self.group();
@@ -315,12 +321,14 @@ pub trait Backend: Send + Sync {
     fn swiglu_bwd(&self, dinp: &mut Self::Buf, inp: &Self::Buf, dout: &Self::Buf, rows: usize, hidden: usize);
 
     // ---- causal self-attention ----
-    /// `out` from `qkv`; stores the softmax probabilities
-    /// (`[batch, heads, seq, seq]`, before dropout) in `probs` for backward.
+    /// `out` from `qkv`; keeps per-row softmax statistics in `stats`
+    /// ([`AttnShape::stats_len`] floats, the backend's to define) from which
+    /// the backward pass recomputes the probabilities, as flash attention
+    /// does: memory linear in the sequence, not quadratic.
     fn attention_fwd(
         &self,
         out: &mut Self::Buf,
-        probs: &mut Self::Buf,
+        stats: &mut Self::Buf,
         qkv: &Self::Buf,
         shape: AttnShape,
         drop: Dropout,
@@ -331,7 +339,7 @@ pub trait Backend: Send + Sync {
         dqkv: &mut Self::Buf,
         dout: &Self::Buf,
         qkv: &Self::Buf,
-        probs: &Self::Buf,
+        stats: &Self::Buf,
         shape: AttnShape,
         drop: Dropout,
     );

@@ -219,19 +219,19 @@ impl<B: Backend> Backend for Profiled<B> {
     fn swiglu_bwd(&self, dinp: &mut B::Buf, inp: &B::Buf, dout: &B::Buf, rows: usize, hidden: usize) {
         self.time(|| "swiglu backward".into(), || self.inner.swiglu_bwd(dinp, inp, dout, rows, hidden))
     }
-    fn attention_fwd(&self, out: &mut B::Buf, probs: &mut B::Buf, qkv: &B::Buf, shape: AttnShape, drop: Dropout) {
-        self.time(|| "attention".into(), || self.inner.attention_fwd(out, probs, qkv, shape, drop))
+    fn attention_fwd(&self, out: &mut B::Buf, stats: &mut B::Buf, qkv: &B::Buf, shape: AttnShape, drop: Dropout) {
+        self.time(|| "attention".into(), || self.inner.attention_fwd(out, stats, qkv, shape, drop))
     }
     fn attention_bwd(
         &self,
         dqkv: &mut B::Buf,
         dout: &B::Buf,
         qkv: &B::Buf,
-        probs: &B::Buf,
+        stats: &B::Buf,
         shape: AttnShape,
         drop: Dropout,
     ) {
-        self.time(|| "attention backward".into(), || self.inner.attention_bwd(dqkv, dout, qkv, probs, shape, drop))
+        self.time(|| "attention backward".into(), || self.inner.attention_bwd(dqkv, dout, qkv, stats, shape, drop))
     }
     fn attention_cached(
         &self,

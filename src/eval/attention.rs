@@ -37,26 +37,40 @@ fn bin_of(d: usize) -> usize {
     }
 }
 
-/// Attention statistics over `windows` (each `seq` tokens long).
+/// Attention statistics over `windows` (each `seq` tokens long). Training
+/// attention keeps no probabilities, so they are recomputed here (in f64)
+/// from the queries and keys the forward pass stored.
 pub fn attention_stats<B: Backend>(model: &Gpt<B>, windows: &[Vec<u32>]) -> Vec<HeadStats> {
     let (batch, seq) = (windows.len(), windows[0].len());
     let cfg = &model.cfg;
     let mut acts = Activations::<B>::new(&model.be, cfg, batch, seq, Recompute::None);
     let x: Vec<u32> = windows.iter().flatten().copied().collect();
     model.forward(&mut acts, &x, None, None, Dropout::OFF);
+    let shape = cfg.attn_shape(batch, seq);
+    let (w, hd) = (shape.qkv_width(), shape.head_dim);
+    let scale = 1.0 / (hd as f64).sqrt();
     let bins = distance_bins(seq);
     let mut out = Vec::new();
     for l in 0..cfg.n_layer {
-        let probs = model.be.to_host(&acts.blocks[l].probs);
+        let qkv = model.be.to_host(&acts.blocks[l].qkv);
         for h in 0..cfg.n_head {
+            let (qo, ko, _) = shape.offsets(h);
             let (mut entropy, mut distance) = (0.0, 0.0);
             let mut histogram = vec![0.0; bins.len()];
             for b in 0..batch {
+                let row = |t: usize| &qkv[(b * seq + t) * w..][..w];
                 for t in 0..seq {
-                    let row = &probs[((b * cfg.n_head + h) * seq + t) * seq..][..=t];
-                    for (t2, &p) in row.iter().enumerate() {
+                    let q = &row(t)[qo..qo + hd];
+                    let scores: Vec<f64> = (0..=t)
+                        .map(|t2| q.iter().zip(&row(t2)[ko..ko + hd]).map(|(&a, &k)| a as f64 * k as f64).sum::<f64>())
+                        .map(|s| s * scale)
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let z: f64 = exps.iter().sum();
+                    for (t2, e) in exps.iter().enumerate() {
+                        let p = e / z;
                         if p > 0.0 {
-                            let p = p as f64;
                             entropy -= p * p.log2();
                             distance += p * (t - t2) as f64;
                             histogram[bin_of(t - t2)] += p;

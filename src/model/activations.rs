@@ -30,7 +30,9 @@ pub struct BlockActs<T> {
     pub qk_rstd: T,
     /// Queries, keys and values as attention sees them.
     pub qkv: T,
-    pub probs: T,
+    /// Attention's softmax statistics, from which backward recomputes the
+    /// probabilities (empty in incremental inference).
+    pub att_stats: T,
     pub atty: T,
     /// Residual stream after attention.
     pub res_attn: T,
@@ -39,10 +41,38 @@ pub struct BlockActs<T> {
     pub ln2_rstd: T,
 }
 
+impl<T> BlockActs<T> {
+    /// Buffers for `rows` rows, with `stats` floats of attention statistics.
+    pub fn build(cfg: &ModelConfig, rows: usize, stats: usize, alloc: &mut impl FnMut(usize) -> T) -> Self {
+        let (n, c, w) = (rows, cfg.n_embd, cfg.qkv_width());
+        let qk = if cfg.qk_norm { 1 } else { 0 };
+        BlockActs {
+            ln1: alloc(n * c),
+            ln1_mean: alloc(n),
+            ln1_rstd: alloc(n),
+            qkv_raw: alloc(qk * n * w),
+            qk_rstd: alloc(qk * n * (cfg.n_head + cfg.kv_heads())),
+            qkv: alloc(n * w),
+            att_stats: alloc(stats),
+            atty: alloc(n * c),
+            res_attn: alloc(n * c),
+            ln2: alloc(n * c),
+            ln2_mean: alloc(n),
+            ln2_rstd: alloc(n),
+        }
+    }
+}
+
 /// The MLP's hidden activations: before (`fc`) and after the activation.
 pub struct MlpActs<T> {
     pub fc: T,
     pub act: T,
+}
+
+impl<T> MlpActs<T> {
+    pub fn build(cfg: &ModelConfig, rows: usize, alloc: &mut impl FnMut(usize) -> T) -> Self {
+        MlpActs { fc: alloc(rows * cfg.fc_width()), act: alloc(rows * cfg.hidden()) }
+    }
 }
 
 /// Buffers of a training step over `[batch, seq]` tokens. Generic over the
@@ -96,23 +126,9 @@ impl<T> Acts<T> {
         let qk = if cfg.qk_norm { 1 } else { 0 };
         let stored_blocks = if recompute == Recompute::Block { 1 } else { cfg.n_layer };
         let stored_mlps = if recompute == Recompute::None { cfg.n_layer } else { 1 };
-        let mut block = || BlockActs {
-            ln1: alloc(n * c),
-            ln1_mean: alloc(n),
-            ln1_rstd: alloc(n),
-            qkv_raw: alloc(qk * n * w),
-            qk_rstd: alloc(qk * n * (cfg.n_head + cfg.kv_heads())),
-            qkv: alloc(n * w),
-            probs: alloc(batch * cfg.n_head * seq * seq),
-            atty: alloc(n * c),
-            res_attn: alloc(n * c),
-            ln2: alloc(n * c),
-            ln2_mean: alloc(n),
-            ln2_rstd: alloc(n),
-        };
-        let blocks = (0..stored_blocks).map(|_| block()).collect();
-        let mlps =
-            (0..stored_mlps).map(|_| MlpActs { fc: alloc(n * cfg.fc_width()), act: alloc(n * cfg.hidden()) }).collect();
+        let stats = cfg.attn_shape(batch, seq).stats_len();
+        let blocks = (0..stored_blocks).map(|_| BlockActs::build(cfg, n, stats, &mut alloc)).collect();
+        let mlps = (0..stored_mlps).map(|_| MlpActs::build(cfg, n, &mut alloc)).collect();
         Acts {
             batch,
             seq,
@@ -183,5 +199,14 @@ mod tests {
         assert!(none > mlp && mlp > block, "{none} {mlp} {block}");
         // Recomputing the MLP saves its two hidden buffers in all but one block.
         assert_eq!(none - mlp, 3 * 12 * 64 * (4 * 128 + 4 * 128));
+    }
+
+    #[test]
+    fn activations_grow_linearly_with_the_context() {
+        // Attention keeps row statistics, not `T x T` probabilities.
+        let cfg = ModelConfig::gpt2(65, 4096, 4, 4, 128);
+        for r in [Recompute::None, Recompute::Mlp, Recompute::Block] {
+            assert_eq!(activation_floats(&cfg, 2, 2048, r), 2 * activation_floats(&cfg, 2, 1024, r));
+        }
     }
 }

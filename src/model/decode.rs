@@ -2,10 +2,12 @@
 //! every matmul instead of a forward pass over the whole context. The cache
 //! holds several sequences ("slots"), so a batch of sequences decodes
 //! together: one row per sequence through every matmul, each row attending
-//! to its own sequence.
+//! to its own sequence. The blocks run the model's one block forward
+//! ([`Gpt::block_forward`]) with the cache as their attention's context.
 
-use super::gpt::{Gpt, NormStats};
-use crate::engine::{Backend, CacheRow};
+use super::activations::{BlockActs, MlpActs};
+use super::gpt::{Attend, Gpt, NormStats};
+use crate::engine::{Backend, CacheRow, Dropout};
 
 pub struct KvCache<B: Backend> {
     /// Per layer: `[slots, capacity, kv_width]`.
@@ -15,20 +17,18 @@ pub struct KvCache<B: Backend> {
     lens: Vec<usize>,
     /// Positions per slot: the model's block size.
     pub capacity: usize,
+    /// The residual stream into and out of a block (swapped after each).
     x: B::Buf,
-    ln: B::Buf,
-    mean: B::Buf,
-    rstd: B::Buf,
-    qkv_raw: B::Buf,
-    qk_rstd: B::Buf,
-    qkv: B::Buf,
-    atty: B::Buf,
+    y: B::Buf,
+    /// One block's scratch, reused by every block.
+    block: BlockActs<B::Buf>,
+    mlp: MlpActs<B::Buf>,
     proj: B::Buf,
-    fc: B::Buf,
-    act: B::Buf,
     /// The rows whose logits are wanted, gathered.
     last: B::Buf,
     last_ln: B::Buf,
+    mean: B::Buf,
+    rstd: B::Buf,
     logits: B::Buf,
 }
 
@@ -37,29 +37,26 @@ impl<B: Backend> KvCache<B> {
     pub fn new(model: &Gpt<B>, slots: usize) -> Self {
         let be = &model.be;
         let cfg = &model.cfg;
-        let (cap, c, w) = (cfg.block_size, cfg.n_embd, cfg.qkv_width());
+        let (cap, c) = (cfg.block_size, cfg.n_embd);
         let kv = cfg.attn_shape(1, 1).kv_width();
         // Scratch rows: a whole prompt of one sequence, or one row per sequence.
         let rows = cap.max(slots);
+        let mut alloc = |len| be.zeros(len);
         KvCache {
-            k: (0..cfg.n_layer).map(|_| be.zeros(slots * cap * kv)).collect(),
-            v: (0..cfg.n_layer).map(|_| be.zeros(slots * cap * kv)).collect(),
+            k: (0..cfg.n_layer).map(|_| alloc(slots * cap * kv)).collect(),
+            v: (0..cfg.n_layer).map(|_| alloc(slots * cap * kv)).collect(),
             lens: vec![0; slots],
             capacity: cap,
-            x: be.zeros(rows * c),
-            ln: be.zeros(rows * c),
-            mean: be.zeros(rows),
-            rstd: be.zeros(rows),
-            qkv_raw: be.zeros(if cfg.qk_norm { rows * w } else { 0 }),
-            qk_rstd: be.zeros(if cfg.qk_norm { rows * (cfg.n_head + cfg.kv_heads()) } else { 0 }),
-            qkv: be.zeros(rows * w),
-            atty: be.zeros(rows * c),
-            proj: be.zeros(rows * c),
-            fc: be.zeros(rows * cfg.fc_width()),
-            act: be.zeros(rows * cfg.hidden()),
-            last: be.zeros(rows * c),
-            last_ln: be.zeros(rows * c),
-            logits: be.zeros(rows * cfg.padded_vocab),
+            x: alloc(rows * c),
+            y: alloc(rows * c),
+            block: BlockActs::build(cfg, rows, 0, &mut alloc),
+            mlp: MlpActs::build(cfg, rows, &mut alloc),
+            proj: alloc(rows * c),
+            last: alloc(rows * c),
+            last_ln: alloc(rows * c),
+            mean: alloc(rows),
+            rstd: alloc(rows),
+            logits: alloc(rows * cfg.padded_vocab),
         }
     }
 
@@ -155,30 +152,18 @@ impl<B: Backend> KvCache<B> {
     /// One forward pass of [`Self::run`].
     fn pass(&mut self, model: &Gpt<B>, tokens: &[u32], rows: &[CacheRow], want: &[usize]) -> Vec<Vec<f32>> {
         let (be, cfg, lay) = (&model.be, &model.cfg, &model.layout);
-        let (n, c, w) = (tokens.len(), cfg.n_embd, cfg.qkv_width());
+        let (n, c) = (tokens.len(), cfg.n_embd);
         assert!(n > 0 && n <= self.capacity.max(self.slots()), "too many rows for the cache's scratch");
         assert!(rows.iter().all(|r| r.pos < self.capacity), "KV cache overflow");
         let positions: Vec<u32> = rows.iter().map(|r| r.pos as u32).collect();
         let shape = cfg.attn_shape(1, n);
-        let p = |i: usize| &model.params[i];
-        be.embedding_fwd(&mut self.x, p(lay.wte), model.position_table(), tokens, &positions, c);
-        for (l, bi) in lay.blocks.iter().enumerate() {
-            model.norm(&mut self.ln, NormStats { mean: &mut self.mean, rstd: &mut self.rstd }, &self.x, bi.ln1, n);
-            if cfg.qk_norm {
-                model.linear(&mut self.qkv_raw, &self.ln, bi.qkv, n, c, w);
-                be.qk_norm_fwd(&mut self.qkv, &mut self.qk_rstd, &self.qkv_raw, shape, n);
-            } else {
-                model.linear(&mut self.qkv, &self.ln, bi.qkv, n, c, w);
-            }
-            model.rope(&mut self.qkv, &positions, false);
-            be.attention_cached(&mut self.atty, &self.qkv, &mut self.k[l], &mut self.v[l], rows, self.capacity, shape);
-            model.linear(&mut self.proj, &self.atty, bi.proj, n, c, c);
-            be.add_assign(&mut self.x, &self.proj, n * c);
-            model.norm(&mut self.ln, NormStats { mean: &mut self.mean, rstd: &mut self.rstd }, &self.x, bi.ln2, n);
-            model.linear(&mut self.fc, &self.ln, bi.fc, n, c, cfg.fc_width());
-            model.mlp_activation(&mut self.act, &self.fc, n);
-            model.linear(&mut self.proj, &self.act, bi.fcproj, n, cfg.hidden(), c);
-            be.add_assign(&mut self.x, &self.proj, n * c);
+        let off = crate::model::gpt::dropout_sites(Dropout::OFF);
+        model.embed(&mut self.x, tokens, &positions, Dropout::OFF);
+        for l in 0..cfg.n_layer {
+            let attend = Attend::Cache { k: &mut self.k[l], v: &mut self.v[l], rows, capacity: self.capacity };
+            let (a, m) = (&mut self.block, &mut self.mlp);
+            model.block_forward(l, &self.x, a, m, &mut self.proj, &mut self.y, (shape, &positions), attend, off);
+            std::mem::swap(&mut self.x, &mut self.y);
         }
         for r in rows {
             self.lens[r.slot] = self.lens[r.slot].max(r.pos + 1);

@@ -1,13 +1,16 @@
 //! The decoder's forward and backward passes, written against [`Backend`]
 //! only. One code path covers GPT-2 and Llama-style models: the options of
 //! [`ModelConfig`] pick the kernels (norm, position encoding, MLP, ...).
+//! There is one block forward ([`Gpt::block_forward`]): training and
+//! evaluation run it over whole windows, KV-cache inference
+//! ([`super::decode`]) over new rows, with the cache as its [`Attend`].
 
 use super::activations::{Activations, BlockActs, MlpActs, Recompute};
 use super::config::{ModelConfig, NormKind, PosEncoding};
 use super::params::{init_params, BlockIdx, Layout, LinearIdx, NormIdx};
 use super::positions;
 use crate::engine::fastmath::mix64;
-use crate::engine::{Backend, Dropout, Matmul, IGNORE_TARGET};
+use crate::engine::{AttnShape, Backend, CacheRow, Dropout, Matmul, IGNORE_TARGET};
 
 /// A model: configuration, parameter layout, parameter buffers and the
 /// fixed (untrained) tables some position encodings need.
@@ -28,9 +31,21 @@ pub struct NormStats<'a, T> {
     pub rstd: &'a mut T,
 }
 
+/// Where a block's queries find their keys and values.
+pub enum Attend<'a, T> {
+    /// The rows are whole windows (`shape.batch` sequences of `shape.seq`):
+    /// causal attention within them, with this dropout on the
+    /// probabilities; the softmax statistics are kept for backward.
+    Window(Dropout),
+    /// The rows are new positions of sequences in a KV cache (see
+    /// [`Backend::attention_cached`]): their keys and values are stored
+    /// there, and each query attends to its sequence's cached positions.
+    Cache { k: &'a mut T, v: &'a mut T, rows: &'a [CacheRow], capacity: usize },
+}
+
 /// This step's dropout at each site: one mask stream per (layer, site),
 /// derived from the step's seed.
-fn dropout_sites(drop: Dropout) -> impl Fn(usize, u64) -> Dropout + Copy {
+pub(crate) fn dropout_sites(drop: Dropout) -> impl Fn(usize, u64) -> Dropout + Copy {
     move |layer, which| Dropout { p: drop.p, seed: mix64(drop.seed ^ mix64((layer as u64) << 8 | which)) }
 }
 
@@ -120,9 +135,19 @@ impl<B: Backend> Gpt<B> {
         self.be.matmul_strided(logits, x, self.p(self.layout.head), mm);
     }
 
-    /// One block's forward pass from `input` into `out`.
+    /// Token (and position) embeddings of `tokens` at `positions` into `out`,
+    /// then the embedding dropout.
+    pub(crate) fn embed(&self, out: &mut B::Buf, tokens: &[u32], positions: &[u32], drop: Dropout) {
+        let wte = self.p(self.layout.wte);
+        self.be.embedding_fwd(out, wte, self.position_table(), tokens, positions, self.cfg.n_embd);
+        self.be.dropout(out, dropout_sites(drop)(self.cfg.n_layer, 0));
+    }
+
+    /// One block's forward pass from `input` into `out`, over the rows of
+    /// `shape` (`batch * seq` of them) at `positions`. `drop` gives the
+    /// dropout of each site (off for inference).
     #[allow(clippy::too_many_arguments)]
-    fn block_forward(
+    pub(crate) fn block_forward(
         &self,
         l: usize,
         input: &B::Buf,
@@ -130,13 +155,13 @@ impl<B: Backend> Gpt<B> {
         m: &mut MlpActs<B::Buf>,
         proj: &mut B::Buf,
         out: &mut B::Buf,
-        (batch, seq, positions): (usize, usize, &[u32]),
+        (shape, positions): (AttnShape, &[u32]),
+        attend: Attend<B::Buf>,
         drop: impl Fn(usize, u64) -> Dropout,
     ) {
         let (be, cfg) = (&self.be, &self.cfg);
         let bi: &BlockIdx = &self.layout.blocks[l];
-        let (n, c, w) = (batch * seq, cfg.n_embd, cfg.qkv_width());
-        let shape = cfg.attn_shape(batch, seq);
+        let (n, c, w) = (shape.batch * shape.seq, cfg.n_embd, cfg.qkv_width());
 
         self.norm(&mut a.ln1, NormStats { mean: &mut a.ln1_mean, rstd: &mut a.ln1_rstd }, input, bi.ln1, n);
         if cfg.qk_norm {
@@ -146,7 +171,12 @@ impl<B: Backend> Gpt<B> {
             self.linear(&mut a.qkv, &a.ln1, bi.qkv, n, c, w);
         }
         self.rope(&mut a.qkv, positions, false);
-        be.attention_fwd(&mut a.atty, &mut a.probs, &a.qkv, shape, drop(l, 1));
+        match attend {
+            Attend::Window(d) => be.attention_fwd(&mut a.atty, &mut a.att_stats, &a.qkv, shape, d),
+            Attend::Cache { k, v, rows, capacity } => {
+                be.attention_cached(&mut a.atty, &a.qkv, k, v, rows, capacity, shape)
+            }
+        }
         self.linear(proj, &a.atty, bi.proj, n, c, c);
         be.dropout(proj, drop(l, 2));
         be.add(&mut a.res_attn, input, proj, n * c);
@@ -174,18 +204,19 @@ impl<B: Backend> Gpt<B> {
     ) -> Option<f32> {
         let (be, cfg) = (&self.be, &self.cfg);
         let (bsz, t) = (acts.batch, acts.seq);
-        let (n, c) = (bsz * t, cfg.n_embd);
+        let n = bsz * t;
         assert_eq!(tokens.len(), n, "tokens must be batch x seq");
         let dropout = dropout_sites(drop);
 
-        be.embedding_fwd(&mut acts.encoded, self.p(self.layout.wte), self.position_table(), tokens, &acts.positions, c);
-        be.dropout(&mut acts.encoded, dropout(cfg.n_layer, 0));
+        self.embed(&mut acts.encoded, tokens, &acts.positions, drop);
+        let shape = cfg.attn_shape(bsz, t);
         for l in 0..cfg.n_layer {
             let (bs, ms) = (acts.block_slot(l), acts.mlp_slot(l));
             let (prev, rest) = acts.outputs.split_at_mut(l);
             let input = if l == 0 { &acts.encoded } else { &prev[l - 1] };
             let (a, m) = (&mut acts.blocks[bs], &mut acts.mlps[ms]);
-            self.block_forward(l, input, a, m, &mut acts.proj, &mut rest[0], (bsz, t, &acts.positions), dropout);
+            let attend = Attend::Window(dropout(l, 1));
+            self.block_forward(l, input, a, m, &mut acts.proj, &mut rest[0], (shape, &acts.positions), attend, dropout);
         }
         let last = &acts.outputs[cfg.n_layer - 1];
         self.norm(
@@ -248,7 +279,18 @@ impl<B: Backend> Gpt<B> {
             match acts.recompute {
                 // Rewrites the block's output with the same values.
                 Recompute::Block => {
-                    self.block_forward(l, input, a, m, &mut acts.proj, &mut rest[0], (bsz, t, &acts.positions), dropout)
+                    let (shape, attend) = (cfg.attn_shape(bsz, t), Attend::Window(dropout(l, 1)));
+                    self.block_forward(
+                        l,
+                        input,
+                        a,
+                        m,
+                        &mut acts.proj,
+                        &mut rest[0],
+                        (shape, &acts.positions),
+                        attend,
+                        dropout,
+                    )
                 }
                 Recompute::Mlp => {
                     self.linear(&mut m.fc, &a.ln2, lay.blocks[l].fc, n, c, cfg.fc_width());
@@ -304,7 +346,7 @@ impl<B: Backend> Gpt<B> {
         // Attention residual branch: res_attn = input + drop(proj(attn(qkv(ln1)))).
         let d_branch = self.through_dropout(g.d_c2, g.d_res, drop(l, 2));
         self.linear_backward(g.d_c, grads, d_branch, &a.atty, bi.proj, n, c, c);
-        be.attention_bwd(g.d_qkv, g.d_c, &a.qkv, &a.probs, shape, drop(l, 1));
+        be.attention_bwd(g.d_qkv, g.d_c, &a.qkv, &a.att_stats, shape, drop(l, 1));
         self.rope(g.d_qkv, positions, true);
         let d_qkv = if cfg.qk_norm {
             be.qk_norm_bwd(g.d_qkv2, g.d_qkv, &a.qkv_raw, &a.qk_rstd, shape, n);

@@ -6,10 +6,13 @@
 //! pairs (the backward pass: one (batch, key/value head) pair, so the heads
 //! sharing a key/value head add their gradients in a fixed order): the
 //! score, value and gradient products are small matrix multiplies
-//! done by `gemm` straight on the strided q/k/v columns of `qkv` (no copies),
-//! and the softmax probabilities (`[B, H, T, T]`) are kept for backward so it
-//! needs no recomputation. Inference with a KV cache keeps one row of
-//! scores per query at a time, so nothing quadratic is stored.
+//! done by `gemm` straight on the strided q/k/v columns of `qkv` (no copies).
+//! Nothing quadratic outlives a call, as in flash attention: the forward
+//! pass keeps only each score row's maximum and inverse sum (`[B, H, T, 2]`),
+//! and the backward pass recomputes the probabilities from them with the
+//! very same operations, so they are bit-identical to the forward's. The
+//! `T x T` blocks live in per-thread scratch, one per task in flight.
+//! Inference with a KV cache keeps one row of scores per query at a time.
 
 use super::matmul::{gemm_serial, SharedMut, View};
 use super::scratch::with_scratch;
@@ -28,9 +31,9 @@ fn apply_dropout(dst: &mut [f32], probs: &[f32], first_index: usize, drop: Dropo
 }
 
 /// Row `i` of a causal score matrix becomes its softmax over `0..=i`; the
-/// masked positions become 0.
-fn causal_softmax(p: &mut [f32], t_len: usize) {
-    for (i, row) in p.chunks_exact_mut(t_len).enumerate() {
+/// masked positions become 0. Writes each row's `(max, 1 / sum)` to `stats`.
+fn causal_softmax(p: &mut [f32], stats: &mut [f32], t_len: usize) {
+    for ((i, row), st) in p.chunks_exact_mut(t_len).enumerate().zip(stats.chunks_exact_mut(2)) {
         let (live, masked) = row.split_at_mut(i + 1);
         let m = fastmath::max(live);
         for x in live.iter_mut() {
@@ -41,36 +44,54 @@ fn causal_softmax(p: &mut [f32], t_len: usize) {
             *x *= inv;
         }
         masked.fill(0.0);
+        st[0] = m;
+        st[1] = inv;
     }
 }
 
-pub fn attention_fwd(out: &mut [f32], probs: &mut [f32], qkv: &[f32], s: AttnShape, drop: Dropout) {
+/// [`causal_softmax`] again from its saved statistics: the same operations
+/// on the same scores, so the same probabilities to the bit.
+fn causal_softmax_again(p: &mut [f32], stats: &[f32], t_len: usize) {
+    for ((i, row), st) in p.chunks_exact_mut(t_len).enumerate().zip(stats.chunks_exact(2)) {
+        let (live, masked) = row.split_at_mut(i + 1);
+        let (m, inv) = (st[0], st[1]);
+        for x in live.iter_mut() {
+            *x = fastmath::exp(*x - m);
+        }
+        for x in live.iter_mut() {
+            *x *= inv;
+        }
+        masked.fill(0.0);
+    }
+}
+
+/// Scores `scale · Q Kᵀ` of one (batch, head) block into `p` (`[T, T]`).
+///
+/// # Safety
+/// `q` and `k` point at the head's first query and key column of one batch
+/// row of `qkv` (row stride `w`), with `t_len` rows each.
+unsafe fn scores(p: &mut [f32], q: *const f32, k: *const f32, t_len: usize, hd: usize, w: usize, scale: f32) {
+    gemm_serial(t_len, t_len, hd, p.as_mut_ptr(), t_len, false, View::rows(q, w), View::transposed(k, w), scale);
+}
+
+pub fn attention_fwd(out: &mut [f32], stats: &mut [f32], qkv: &[f32], s: AttnShape, drop: Dropout) {
     let (t_len, hd, heads, w, ow) = (s.seq, s.head_dim, s.heads, s.qkv_width(), s.q_width());
     let tt = t_len * t_len;
     assert!(out.len() >= s.batch * t_len * ow && qkv.len() >= s.batch * t_len * w);
     let scale = 1.0 / (hd as f32).sqrt();
     let out_ptr = SharedMut(out.as_mut_ptr());
-    probs[..s.batch * heads * tt].par_chunks_mut(tt).enumerate().for_each(|(bh, p)| {
-        with_scratch(if drop.active() { tt } else { 0 }, |dropped| {
+    stats[..s.stats_len()].par_chunks_mut(2 * t_len).enumerate().for_each(|(bh, st)| {
+        with_scratch(if drop.active() { 2 * tt } else { tt }, |scratch| {
+            let (p, dropped) = scratch.split_at_mut(tt);
             let (b, h) = (bh / heads, bh % heads);
             let (qo, ko, vo) = s.offsets(h);
             let row0 = qkv[b * t_len * w..].as_ptr();
-            // SAFETY: all views stay inside this batch row of qkv, out and
-            // this task's own probability block; tasks write disjoint heads.
+            // SAFETY: all views stay inside this batch row of qkv and out;
+            // tasks write disjoint heads.
             unsafe {
                 let (q, k, v) = (row0.add(qo), row0.add(ko), row0.add(vo));
-                gemm_serial(
-                    t_len,
-                    t_len,
-                    hd,
-                    p.as_mut_ptr(),
-                    t_len,
-                    false,
-                    View::rows(q, w),
-                    View::transposed(k, w),
-                    scale,
-                );
-                causal_softmax(p, t_len);
+                scores(p, q, k, t_len, hd, w, scale);
+                causal_softmax(p, st, t_len);
                 let pd = if drop.active() {
                     apply_dropout(dropped, p, bh * tt, drop);
                     dropped.as_ptr()
@@ -85,24 +106,24 @@ pub fn attention_fwd(out: &mut [f32], probs: &mut [f32], qkv: &[f32], s: AttnSha
 }
 
 /// Overwrites `dqkv`.
-pub fn attention_bwd(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], probs: &[f32], s: AttnShape, drop: Dropout) {
+pub fn attention_bwd(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], stats: &[f32], s: AttnShape, drop: Dropout) {
     let (t_len, hd, heads, w, ow) = (s.seq, s.head_dim, s.heads, s.qkv_width(), s.q_width());
     let tt = t_len * t_len;
     assert!(dqkv.len() >= s.batch * t_len * w && dout.len() >= s.batch * t_len * ow);
-    assert!(probs.len() >= s.batch * heads * tt);
+    assert!(stats.len() >= s.stats_len());
     let scale = 1.0 / (hd as f32).sqrt();
     let keep_scale = 1.0 / (1.0 - drop.p);
     let dqkv_ptr = SharedMut(dqkv.as_mut_ptr());
     // One task per (batch, key/value head): its query heads run in order, so
     // their contributions to the shared dK and dV add up deterministically.
     (0..s.batch * s.kv_heads).into_par_iter().for_each(|bg| {
-        with_scratch(if drop.active() { 2 * tt } else { tt }, |scratch| {
-            let (dp, dropped) = scratch.split_at_mut(tt);
+        with_scratch(if drop.active() { 3 * tt } else { 2 * tt }, |scratch| {
+            let (p, rest) = scratch.split_at_mut(tt);
+            let (dp, dropped) = rest.split_at_mut(tt);
             let (b, g) = (bg / s.kv_heads, bg % s.kv_heads);
             for h in g * s.group()..(g + 1) * s.group() {
                 let bh = b * heads + h;
                 let first = h == g * s.group();
-                let p = &probs[bh * tt..(bh + 1) * tt];
                 let (qo, ko, vo) = s.offsets(h);
                 let row0 = qkv[b * t_len * w..].as_ptr();
                 let go = dout[b * t_len * ow + h * hd..].as_ptr();
@@ -112,6 +133,8 @@ pub fn attention_bwd(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], probs: &[f32],
                 unsafe {
                     let (q, k, v) = (row0.add(qo), row0.add(ko), row0.add(vo));
                     let (dq, dk, dv) = (drow0.add(qo), drow0.add(ko), drow0.add(vo));
+                    scores(p, q, k, t_len, hd, w, scale);
+                    causal_softmax_again(p, &stats[bh * 2 * t_len..][..2 * t_len], t_len);
                     let pd = if drop.active() {
                         apply_dropout(dropped, p, bh * tt, drop);
                         dropped.as_ptr()

@@ -218,19 +218,19 @@ impl Backend for Cpu {
         activation::swiglu_bwd(dinp, inp, dout, rows, hidden);
     }
 
-    fn attention_fwd(&self, out: &mut Vec<f32>, probs: &mut Vec<f32>, qkv: &Vec<f32>, shape: AttnShape, drop: Dropout) {
-        attention::attention_fwd(out, probs, qkv, shape, drop);
+    fn attention_fwd(&self, out: &mut Vec<f32>, stats: &mut Vec<f32>, qkv: &Vec<f32>, shape: AttnShape, drop: Dropout) {
+        attention::attention_fwd(out, stats, qkv, shape, drop);
     }
     fn attention_bwd(
         &self,
         dqkv: &mut Vec<f32>,
         dout: &Vec<f32>,
         qkv: &Vec<f32>,
-        probs: &Vec<f32>,
+        stats: &Vec<f32>,
         shape: AttnShape,
         drop: Dropout,
     ) {
-        attention::attention_bwd(dqkv, dout, qkv, probs, shape, drop);
+        attention::attention_bwd(dqkv, dout, qkv, stats, shape, drop);
     }
     fn attention_cached(
         &self,
