@@ -5,11 +5,12 @@ use super::sampling::SamplingArgs;
 use crate::checkpoint;
 use crate::engine::cpu::Cpu;
 use crate::generate::chat::{ChatTemplate, Conversation, Turn};
-use crate::generate::{Generator, Sampler, SamplerConfig, StopMatcher, Utf8Stream};
+use crate::generate::{Batch, Event, Prompt, Request, SamplerConfig};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 #[derive(clap::Args, Debug)]
 pub struct ChatArgs {
@@ -45,14 +46,16 @@ struct Settings {
 
 pub fn run(a: &ChatArgs) -> Result<()> {
     let checkpoint::Loaded { model, config: ck, dir, .. } = checkpoint::load_model(Cpu, &a.checkpoint)?;
-    let tok = &ck.tokenizer;
+    let (model, tok) = (Arc::new(model), Arc::new(ck.tokenizer.clone()));
     let template = ck.chat_template.clone().unwrap_or_else(ChatTemplate::dolly);
     let system = a.system.clone().unwrap_or_else(ChatTemplate::default_system);
     let mut conv = Conversation::new(template, system);
     let mut stops = conv.template.stop.clone();
     stops.extend(a.sampling.stop_sequences());
     let mut set = Settings { sampling: a.sampling.config()?, max_new_tokens: a.max_new_tokens, seed: a.sampling.seed };
-    let mut sampler = Sampler::new(set.sampling, set.seed);
+    // Answer `i` since the seed was set samples with `seed + i`.
+    let mut answers = 0u64;
+    let mut batch = Batch::new(model.clone(), tok.clone(), 1)?;
     let interactive = std::io::stdin().is_terminal();
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
@@ -79,7 +82,7 @@ pub fn run(a: &ChatArgs) -> Result<()> {
         if let Some(cmd) = line.strip_prefix('/') {
             match command(cmd, &mut conv, &mut set) {
                 Ok(Command::Quit) => break,
-                Ok(Command::Reseed) => sampler = Sampler::new(set.sampling, set.seed),
+                Ok(Command::Reseed) => answers = 0,
                 Ok(Command::Done(msg)) => {
                     if !msg.is_empty() {
                         eprintln!("{msg}");
@@ -99,34 +102,33 @@ pub fn run(a: &ChatArgs) -> Result<()> {
                 continue;
             }
         };
-        sampler.cfg = set.sampling;
-        let mut g = Generator::new(&model, std::mem::replace(&mut sampler, Sampler::new(set.sampling, 0)));
-        g.prefill(&prompt)?;
+        let req = Request {
+            sampling: set.sampling,
+            seed: set.seed.wrapping_add(answers),
+            stop: stops.clone(),
+            ..Request::new(Prompt::Tokens(prompt), set.max_new_tokens)
+        };
+        answers += 1;
+        let id = batch.add(req)?;
         INTERRUPTED.store(false, Ordering::SeqCst);
-        let (mut utf8, mut stop) = (Utf8Stream::default(), StopMatcher::new(&stops));
         let mut answer = String::new();
-        let mut stopped = false;
-        for _ in 0..set.max_new_tokens {
+        'answer: loop {
             if INTERRUPTED.swap(false, Ordering::SeqCst) {
+                batch.cancel(id);
                 break;
             }
-            let (text, hit) = stop.push(&utf8.push(&tok.decode_bytes(&[g.next_token()])));
-            answer.push_str(&text);
-            stdout.write_all(text.as_bytes())?;
-            stdout.flush()?;
-            if hit {
-                stopped = true;
-                break;
+            for (_, event) in batch.step() {
+                match event {
+                    Event::Text(text) => {
+                        answer.push_str(&text);
+                        stdout.write_all(text.as_bytes())?;
+                        stdout.flush()?;
+                    }
+                    Event::Finish(_) => break 'answer,
+                }
             }
-        }
-        if !stopped {
-            let (rest, _) = stop.push(&utf8.finish());
-            let rest = rest + &stop.finish();
-            answer.push_str(&rest);
-            stdout.write_all(rest.as_bytes())?;
         }
         writeln!(stdout)?;
-        sampler = g.sampler;
         conv.turns.push(Turn { user: line.to_string(), assistant: answer.trim().to_string() });
     }
     Ok(())

@@ -3,16 +3,18 @@
 //! (speculative decoding).
 
 use super::sampling::SamplingArgs;
-use crate::checkpoint;
+use crate::checkpoint::{self, Loaded};
 use crate::data::Tokenizer;
 use crate::engine::cpu::Cpu;
-use crate::generate::batch::generate_batch;
-use crate::generate::speculative::Speculative;
-use crate::generate::{Generator, Sampler, StopMatcher, Utf8Stream};
+use crate::engine::Backend;
+use crate::generate::{complete, Batch, Draft, Event, Finish, Prompt, Request, SeqId};
+use crate::model::Gpt;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
@@ -49,102 +51,60 @@ pub struct SampleArgs {
 }
 
 pub fn run(a: &SampleArgs) -> Result<()> {
-    let cfg = a.sampling.config()?;
-    let checkpoint::Loaded { model, config: ck, .. } = checkpoint::load_model(Cpu, &a.checkpoint)?;
-    let tok = &ck.tokenizer;
+    let Loaded { model, config: ck, .. } = checkpoint::load_model(Cpu, &a.checkpoint)?;
+    let (model, tok) = (Arc::new(model), Arc::new(ck.tokenizer));
+    a.sampling.config()?;
     if let Some(file) = &a.prompts {
-        return run_batch(a, &model, tok, file);
+        return run_batch(a, &model, &tok, file);
     }
     if a.prompt.is_empty() {
         bail!("--prompt is empty: give at least one character of context");
     }
-    let prompt = tok.encode(&a.prompt)?;
-    let start = Instant::now();
-    let mut out = Output::new(tok, &a.sampling.stop_sequences());
-    let mut produced = 0;
-    let mut extra = json!({});
-    match &a.draft {
-        None => {
-            let mut g = Generator::new(&model, Sampler::new(cfg, a.sampling.seed));
-            g.prefill(&prompt)?;
-            while produced < a.max_new_tokens {
-                produced += 1;
-                if out.token(g.next_token())? {
-                    break;
-                }
-            }
-        }
+    let draft = match &a.draft {
+        None => None,
         Some(dir) => {
-            let checkpoint::Loaded { model: draft, config: draft_ck, .. } = checkpoint::load_model(Cpu, dir)?;
-            if draft_ck.tokenizer != ck.tokenizer {
+            let d = checkpoint::load_model(Cpu, dir)?;
+            if d.config.tokenizer != *tok {
                 bail!("the draft checkpoint {} uses a different tokenizer than the model", dir.display());
             }
-            let mut s = Speculative::new(&model, &draft, Sampler::new(cfg, a.sampling.seed), a.draft_tokens)?;
-            s.prefill(&prompt)?;
-            'outer: while produced < a.max_new_tokens {
-                for t in s.next_tokens() {
-                    produced += 1;
-                    if out.token(t)? || produced == a.max_new_tokens {
-                        break 'outer;
-                    }
-                }
-            }
-            let st = s.stats;
-            extra = json!({"draft_tokens": a.draft_tokens, "acceptance": st.acceptance(), "target_passes": st.target_passes});
+            Some(Draft { model: Arc::new(d.model), tokens: a.draft_tokens })
         }
-    }
-    out.finish()?;
-    let secs = start.elapsed().as_secs_f64();
+    };
+    let req = Request { prompt: Prompt::Text(a.prompt.clone()), draft, ..request(a, 0)? };
+    let mut stdout = std::io::stdout();
+    let finish = complete(&model, &tok, req, |text| {
+        stdout.write_all(text.as_bytes())?;
+        Ok(stdout.flush()?)
+    })?;
+    writeln!(stdout)?;
+    stdout.flush()?;
     if a.stats {
+        let secs = finish.total.as_secs_f64();
         let mut stats = json!({
-            "prompt_tokens": prompt.len(),
-            "new_tokens": produced,
+            "prompt_tokens": finish.prompt_tokens,
+            "new_tokens": finish.completion_tokens,
             "seconds": secs,
-            "tokens_per_s": produced as f64 / secs,
+            "tokens_per_s": finish.completion_tokens as f64 / secs,
         });
-        if let (Some(s), Some(e)) = (stats.as_object_mut(), extra.as_object()) {
-            s.extend(e.clone());
+        if let Some(st) = finish.speculative {
+            stats["draft_tokens"] = a.draft_tokens.into();
+            stats["acceptance"] = st.acceptance().into();
+            stats["target_passes"] = st.target_passes.into();
         }
         eprintln!("stats: {stats}");
     }
     Ok(())
 }
 
-/// Streams tokens to stdout as text: whole characters only, stop sequences
-/// held back and cut.
-struct Output<'t> {
-    tok: &'t Tokenizer,
-    utf8: Utf8Stream,
-    stop: StopMatcher,
-    stdout: std::io::Stdout,
-}
-
-impl<'t> Output<'t> {
-    fn new(tok: &'t Tokenizer, stops: &[String]) -> Self {
-        Output { tok, utf8: Utf8Stream::default(), stop: StopMatcher::new(stops), stdout: std::io::stdout() }
-    }
-
-    /// Shows a token; true when a stop sequence was reached.
-    fn token(&mut self, t: u32) -> Result<bool> {
-        let text = self.utf8.push(&self.tok.decode_bytes(&[t]));
-        let (show, stopped) = self.stop.push(&text);
-        self.write(&show)?;
-        Ok(stopped)
-    }
-
-    fn finish(&mut self) -> Result<()> {
-        let rest = self.utf8.finish();
-        let (show, stopped) = self.stop.push(&rest);
-        let held = if stopped { String::new() } else { self.stop.finish() };
-        self.write(&(show + &held + "\n"))
-    }
-
-    fn write(&mut self, s: &str) -> Result<()> {
-        let mut out = self.stdout.lock();
-        out.write_all(s.as_bytes())?;
-        out.flush()?;
-        Ok(())
-    }
+/// The request these options describe for prompt `i` (seed `seed + i`),
+/// with an empty prompt.
+fn request<B: Backend>(a: &SampleArgs, i: usize) -> Result<Request<B>> {
+    Ok(Request {
+        sampling: a.sampling.config()?,
+        seed: a.sampling.seed.wrapping_add(i as u64),
+        stop: a.sampling.stop_sequences(),
+        ..Request::new(Prompt::Tokens(Vec::new()), a.max_new_tokens)
+    })
 }
 
 /// Prompts from a text file (one per non-empty line) or JSONL ("prompt").
@@ -175,50 +135,38 @@ fn read_prompts(path: &Path) -> Result<Vec<String>> {
 
 /// `--prompts`: every prompt decoded together (prompt `i` with seed
 /// `seed + i`), one JSON line per prompt.
-fn run_batch(a: &SampleArgs, model: &crate::model::Gpt<Cpu>, tok: &Tokenizer, file: &Path) -> Result<()> {
-    let cfg = a.sampling.config()?;
+fn run_batch<B: Backend>(a: &SampleArgs, model: &Arc<Gpt<B>>, tok: &Arc<Tokenizer>, file: &Path) -> Result<()> {
     let texts = read_prompts(file)?;
-    let prompts: Vec<Vec<u32>> = texts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| tok.encode(p).with_context(|| format!("prompt {}", i + 1)))
-        .collect::<Result<_>>()?;
-    let seeds: Vec<u64> = (0..prompts.len() as u64).map(|i| a.sampling.seed.wrapping_add(i)).collect();
-    let stops = a.sampling.stop_sequences();
-    // Per sequence: the text shown so far and the stream state behind it.
-    let mut state: Vec<(String, Utf8Stream, StopMatcher)> =
-        prompts.iter().map(|_| (String::new(), Utf8Stream::default(), StopMatcher::new(&stops))).collect();
-    let mut on_token = |i: usize, t: u32| {
-        let (shown, utf8, stop) = &mut state[i];
-        let (text, stopped) = stop.push(&utf8.push(&tok.decode_bytes(&[t])));
-        shown.push_str(&text);
-        stopped
+    let requests = |range: std::ops::Range<usize>| -> Result<Vec<Request<B>>> {
+        range
+            .map(|i| {
+                let prompt = tok.encode(&texts[i]).with_context(|| format!("prompt {}", i + 1))?;
+                Ok(Request { prompt: Prompt::Tokens(prompt), ..request(a, i)? })
+            })
+            .collect()
     };
     let start = Instant::now();
-    let seqs = if a.sequential {
-        let mut all = Vec::new();
-        for i in 0..prompts.len() {
-            let one =
-                generate_batch(model, &prompts[i..=i], cfg, &seeds[i..=i], a.max_new_tokens, |_, t| on_token(i, t))?;
-            all.extend(one);
+    let mut done: Vec<(String, Finish)> = Vec::with_capacity(texts.len());
+    if a.sequential {
+        for i in 0..texts.len() {
+            done.extend(decode_together(model, tok, requests(i..i + 1)?)?);
         }
-        all
     } else {
-        generate_batch(model, &prompts, cfg, &seeds, a.max_new_tokens, &mut on_token)?
-    };
+        done = decode_together(model, tok, requests(0..texts.len())?)?;
+    }
     let secs = start.elapsed().as_secs_f64();
     let mut out = std::io::stdout().lock();
     let mut total = 0;
-    for (i, (seq, (shown, utf8, stop))) in seqs.iter().zip(state.iter_mut()).enumerate() {
-        let (tail, stopped) = stop.push(&utf8.finish());
-        let completion = if stopped { format!("{shown}{tail}") } else { format!("{shown}{tail}{}", stop.finish()) };
-        total += seq.generated;
-        let line = json!({"index": i, "prompt": texts[i], "completion": completion, "new_tokens": seq.generated});
+    for (i, (completion, finish)) in done.iter().enumerate() {
+        total += finish.completion_tokens;
+        let line =
+            json!({"index": i, "prompt": texts[i], "completion": completion, "new_tokens": finish.completion_tokens});
         writeln!(out, "{line}")?;
     }
+    out.flush()?;
     if a.stats {
         let stats = json!({
-            "prompts": prompts.len(),
+            "prompts": texts.len(),
             "new_tokens": total,
             "seconds": secs,
             "tokens_per_s": total as f64 / secs,
@@ -227,4 +175,27 @@ fn run_batch(a: &SampleArgs, model: &crate::model::Gpt<Cpu>, tok: &Tokenizer, fi
         eprintln!("stats: {stats}");
     }
     Ok(())
+}
+
+/// Decodes requests in one batch; each one's text and finish, in order.
+fn decode_together<B: Backend>(
+    model: &Arc<Gpt<B>>,
+    tok: &Arc<Tokenizer>,
+    requests: Vec<Request<B>>,
+) -> Result<Vec<(String, Finish)>> {
+    let mut batch = Batch::new(model.clone(), tok.clone(), requests.len())?;
+    let ids: Vec<SeqId> = requests.into_iter().map(|r| batch.add(r)).collect::<Result<_>>()?;
+    let mut texts: HashMap<SeqId, String> = HashMap::new();
+    let mut finishes: HashMap<SeqId, Finish> = HashMap::new();
+    while batch.active() > 0 {
+        for (id, event) in batch.step() {
+            match event {
+                Event::Text(t) => texts.entry(id).or_default().push_str(&t),
+                Event::Finish(f) => {
+                    finishes.insert(id, f);
+                }
+            }
+        }
+    }
+    Ok(ids.iter().map(|id| (texts.remove(id).unwrap_or_default(), finishes.remove(id).expect("finished"))).collect())
 }

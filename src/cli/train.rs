@@ -4,9 +4,10 @@ use super::RunArgs;
 use crate::data::Split;
 use crate::engine::cpu::Cpu;
 use crate::engine::Backend;
-use crate::generate::{Generator, Sampler, SamplerConfig};
+use crate::generate::{complete, Prompt, Request};
 use crate::train::{config, Trainer};
 use anyhow::Result;
+use std::sync::Arc;
 
 pub fn run(args: &RunArgs) -> Result<()> {
     let mut trainer = match &args.resume {
@@ -37,7 +38,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         println!("peak memory: {mib:.1} MiB");
     }
     if trainer.cfg.sample_tokens > 0 {
-        print_sample(&trainer)?;
+        print_sample(trainer)?;
     }
     Ok(())
 }
@@ -68,16 +69,19 @@ fn print_summary<B: Backend>(t: &Trainer<B>) {
 }
 
 /// A short sample from the model just trained, so one command shows the whole loop.
-fn print_sample<B: Backend>(t: &Trainer<B>) -> Result<()> {
+fn print_sample<B: Backend>(t: Trainer<B>) -> Result<()> {
     let prompt = match t.tokenizer.encode("\n") {
         Ok(ids) => ids,
         Err(_) => t.data.split(Split::Train).head(1),
     };
-    let sampler = Sampler::new(SamplerConfig::default(), t.cfg.seed);
-    let mut g = Generator::new(&t.model, sampler);
-    g.prefill(&prompt)?;
-    let ids: Vec<u32> = (0..t.cfg.sample_tokens).map(|_| g.next_token()).collect();
-    println!("sample:\n{}", t.tokenizer.decode(&ids));
+    let req = Request { seed: t.cfg.seed, ..Request::new(Prompt::Tokens(prompt), t.cfg.sample_tokens) };
+    let (model, tok) = (Arc::new(t.model), Arc::new(t.tokenizer));
+    let mut text = String::new();
+    complete(&model, &tok, req, |piece| {
+        text.push_str(piece);
+        Ok(())
+    })?;
+    println!("sample:\n{text}");
     Ok(())
 }
 

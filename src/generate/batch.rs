@@ -1,78 +1,295 @@
-//! Batch generation: many prompts decoded together. Each step sends one
-//! token per unfinished sequence through the model as one batch, so every
-//! weight matrix is read once per step instead of once per sequence.
+//! The generation API: a continuous batch of sequences. Requests join
+//! ([`Batch::add`]) and leave (finish, or [`Batch::cancel`]) between steps;
+//! each [`Batch::step`] samples one token for every sequence and sends them
+//! through the model together, so every weight matrix is read once per step
+//! instead of once per sequence. A request with a draft model decodes
+//! speculatively, beside the batch, with caches of its own.
+//!
+//! A sequence gets exactly the tokens it would get alone: it samples with
+//! its own seeded sampler, and where the backend is batch-invariant
+//! ([`Backend::batch_invariant_rows`]) its logits do not depend on the
+//! other rows of a pass.
 
-use super::sampler::{Sampler, SamplerConfig};
+use super::request::{Event, Finish, FinishReason, Prompt, Request, SeqId};
+use super::sampler::Sampler;
+use super::speculative::Speculative;
+use super::text::TextStream;
+use crate::data::Tokenizer;
 use crate::engine::Backend;
 use crate::model::decode::KvCache;
 use crate::model::Gpt;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use std::sync::Arc;
+use std::time::Instant;
 
-/// One sequence of a batch: its tokens so far (prompt, then generated) and
-/// how many of them are generated.
-pub struct Sequence {
-    pub tokens: Vec<u32>,
-    pub generated: usize,
-    pub done: bool,
+pub struct Batch<B: Backend> {
+    model: Arc<Gpt<B>>,
+    tokenizer: Arc<Tokenizer>,
+    cache: KvCache<B>,
+    /// The sequence decoding in each cache slot.
+    slots: Vec<Option<Plain>>,
+    drafted: Vec<Drafted<B>>,
+    next_id: u64,
 }
 
-/// Generates up to `max_new` tokens for each prompt, sequence `i` sampling
-/// with `Sampler::new(cfg, seeds[i])`: the same tokens as generating each
-/// prompt alone with [`super::Generator`] and that seed. `stop(i, token)`
-/// ends sequence `i` after a token (stop sequences, end-of-text).
-pub fn generate_batch<B: Backend>(
-    model: &Gpt<B>,
-    prompts: &[Vec<u32>],
-    cfg: SamplerConfig,
-    seeds: &[u64],
-    max_new: usize,
-    mut stop: impl FnMut(usize, u32) -> bool,
-) -> Result<Vec<Sequence>> {
-    assert_eq!(prompts.len(), seeds.len());
-    let vocab = model.cfg.vocab_size as u32;
-    for (i, p) in prompts.iter().enumerate() {
-        if p.is_empty() {
-            bail!("prompt {} is empty: give at least one token of context", i + 1);
+/// What every sequence keeps: its text and its counts.
+struct Seq {
+    id: SeqId,
+    text: TextStream,
+    prompt_tokens: usize,
+    generated: usize,
+    max_tokens: usize,
+    joined: Instant,
+    first_token: Option<Instant>,
+}
+
+/// A sequence in a cache slot.
+struct Plain {
+    seq: Seq,
+    /// Prompt and generated tokens.
+    tokens: Vec<u32>,
+    sampler: Sampler,
+    /// Logits for the next position; none until the prompt is prefilled.
+    logits: Option<Vec<f32>>,
+}
+
+/// A sequence decoding speculatively.
+struct Drafted<B: Backend> {
+    seq: Seq,
+    spec: Speculative<B>,
+}
+
+impl Seq {
+    /// Records a token; true when the sequence is over (then `events` holds
+    /// its finish).
+    fn token(&mut self, t: u32, events: &mut Vec<(SeqId, Event)>) -> bool {
+        self.first_token.get_or_insert_with(Instant::now);
+        self.generated += 1;
+        let (text, stopped) = self.text.push(t);
+        if !text.is_empty() {
+            events.push((self.id, Event::Text(text)));
         }
-        if let Some(&bad) = p.iter().find(|&&t| t >= vocab) {
-            bail!("prompt {}: token {bad} is outside the model's vocabulary of {vocab}", i + 1);
+        if stopped {
+            events.push((self.id, Event::Finish(self.finish(FinishReason::Stop))));
+            return true;
+        }
+        if self.generated >= self.max_tokens {
+            self.end(FinishReason::Length, events);
+            return true;
+        }
+        false
+    }
+
+    /// Ends the sequence: what was held back, then its finish.
+    fn end(&mut self, reason: FinishReason, events: &mut Vec<(SeqId, Event)>) {
+        let rest = self.text.finish();
+        if !rest.is_empty() && reason != FinishReason::Cancelled {
+            events.push((self.id, Event::Text(rest)));
+        }
+        events.push((self.id, Event::Finish(self.finish(reason))));
+    }
+
+    fn finish(&self, reason: FinishReason) -> Finish {
+        let now = Instant::now();
+        Finish {
+            reason,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.generated,
+            time_to_first_token: self.first_token.unwrap_or(now) - self.joined,
+            total: now - self.joined,
+            speculative: None,
         }
     }
-    let n = prompts.len();
-    let mut cache = KvCache::new(model, n);
-    let cap = cache.capacity;
-    let mut samplers: Vec<Sampler> = seeds.iter().map(|&s| Sampler::new(cfg, s)).collect();
-    let mut seqs: Vec<Sequence> =
-        prompts.iter().map(|p| Sequence { tokens: p.clone(), generated: 0, done: max_new == 0 }).collect();
-    // Prefill each prompt's last `block_size` tokens into its own slot,
-    // several prompts per forward pass.
-    let windows: Vec<(usize, &[u32])> =
-        prompts.iter().enumerate().map(|(i, p)| (i, &p[p.len().saturating_sub(cap)..])).collect();
-    let mut logits = cache.prefill_many(model, &windows);
-    loop {
-        let mut batch = Vec::new();
-        for (i, seq) in seqs.iter_mut().enumerate().filter(|(_, s)| !s.done) {
-            let t = samplers[i].sample(&logits[i], &seq.tokens);
-            seq.tokens.push(t);
-            seq.generated += 1;
-            if seq.generated >= max_new || stop(i, t) {
-                seq.done = true;
-            } else if cache.len(i) < cap {
-                batch.push((i, t));
+}
+
+impl<B: Backend> Batch<B> {
+    /// A batch of up to `slots` sequences decoding together (requests with a
+    /// draft model do not take a slot).
+    pub fn new(model: Arc<Gpt<B>>, tokenizer: Arc<Tokenizer>, slots: usize) -> Result<Self> {
+        if slots == 0 {
+            bail!("a batch needs at least one slot");
+        }
+        if tokenizer.vocab_size() != model.cfg.vocab_size {
+            bail!("the tokenizer has {} symbols but the model {}", tokenizer.vocab_size(), model.cfg.vocab_size);
+        }
+        let cache = KvCache::new(&model, slots);
+        Ok(Batch {
+            model,
+            tokenizer,
+            cache,
+            slots: (0..slots).map(|_| None).collect(),
+            drafted: Vec::new(),
+            next_id: 0,
+        })
+    }
+
+    /// Sequences not finished yet.
+    pub fn active(&self) -> usize {
+        self.slots.iter().flatten().count() + self.drafted.len()
+    }
+
+    /// Slots a request without a draft can join.
+    pub fn free_slots(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_none()).count()
+    }
+
+    /// Adds a request; it starts with the next step. Bad requests (an empty
+    /// or unencodable prompt, tokens outside the vocabulary, bad sampling
+    /// settings or draft) and a full batch are errors.
+    pub fn add(&mut self, req: Request<B>) -> Result<SeqId> {
+        req.sampling.validate()?;
+        let tokens = match req.prompt {
+            Prompt::Text(text) => self.tokenizer.encode(&text).context("cannot encode the prompt")?,
+            Prompt::Tokens(tokens) => tokens,
+        };
+        if tokens.is_empty() {
+            bail!("the prompt is empty: give at least one token of context");
+        }
+        let vocab = self.model.cfg.vocab_size as u32;
+        if let Some(&bad) = tokens.iter().find(|&&t| t >= vocab) {
+            bail!("prompt token {bad} is outside the model's vocabulary of {vocab}");
+        }
+        let id = SeqId(self.next_id);
+        let seq = Seq {
+            id,
+            text: TextStream::new(self.tokenizer.clone(), &req.stop),
+            prompt_tokens: tokens.len(),
+            generated: 0,
+            max_tokens: req.max_tokens,
+            joined: Instant::now(),
+            first_token: None,
+        };
+        let sampler = Sampler::new(req.sampling, req.seed);
+        if let Some(draft) = req.draft {
+            let mut spec = Speculative::new(self.model.clone(), draft.model, sampler, draft.tokens)?;
+            spec.prefill(&tokens)?;
+            self.drafted.push(Drafted { seq, spec });
+        } else {
+            let Some(slot) = self.slots.iter().position(|s| s.is_none()) else {
+                bail!("the batch is full: {} sequences are decoding", self.slots.len());
+            };
+            self.cache.truncate(slot, 0);
+            self.slots[slot] = Some(Plain { seq, tokens, sampler, logits: None });
+        }
+        self.next_id += 1;
+        Ok(id)
+    }
+
+    /// Stops a sequence and frees its slot; its finish (reason
+    /// `Cancelled`), or none if no such sequence is decoding.
+    pub fn cancel(&mut self, id: SeqId) -> Option<Finish> {
+        let mut events = Vec::new();
+        if let Some(slot) = self.slots.iter().position(|s| s.as_ref().is_some_and(|p| p.seq.id == id)) {
+            let mut plain = self.slots[slot].take().expect("found");
+            self.cache.truncate(slot, 0);
+            plain.seq.end(FinishReason::Cancelled, &mut events);
+        } else if let Some(i) = self.drafted.iter().position(|d| d.seq.id == id) {
+            self.drafted.remove(i).seq.end(FinishReason::Cancelled, &mut events);
+        }
+        match events.pop() {
+            Some((_, Event::Finish(f))) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// One step: prefills the sequences that joined, then gives every
+    /// sequence its next token (a speculative one up to `draft tokens + 1`).
+    /// Returns the events, in slot order; a finished sequence's slot is free
+    /// for the next [`Self::add`].
+    pub fn step(&mut self) -> Vec<(SeqId, Event)> {
+        let mut events = Vec::new();
+        self.prefill();
+        let cap = self.cache.capacity;
+        let mut feed = Vec::new();
+        for slot in 0..self.slots.len() {
+            let Some(p) = self.slots[slot].as_mut() else { continue };
+            if p.seq.generated >= p.seq.max_tokens {
+                p.seq.end(FinishReason::Length, &mut events);
+                self.slots[slot] = None;
+                continue;
+            }
+            let logits = p.logits.as_ref().expect("prefilled");
+            let t = p.sampler.sample(logits, &p.tokens);
+            p.tokens.push(t);
+            if p.seq.token(t, &mut events) {
+                self.slots[slot] = None;
+            } else if self.cache.len(slot) < cap {
+                feed.push((slot, t));
             } else {
-                // Full: rebuild this sequence's cache from its newest half,
-                // as the single-sequence generator does.
+                // Full: rebuild this sequence's cache from its newest half
+                // (llama.cpp's context shift), so the rebuild's cost is
+                // spread over the next `block_size / 2` tokens.
                 let keep = (cap / 2).max(1);
-                cache.truncate(i, 0);
-                logits[i] = cache.forward(model, i, &seq.tokens[seq.tokens.len() - keep..]);
+                self.cache.truncate(slot, 0);
+                let window = &p.tokens[p.tokens.len() - keep..];
+                p.logits = Some(self.cache.forward(&self.model, slot, window));
             }
         }
-        if seqs.iter().all(|s| s.done) {
-            return Ok(seqs);
+        if !feed.is_empty() {
+            for (&(slot, _), logits) in feed.iter().zip(self.cache.step(&self.model, &feed)) {
+                self.slots[slot].as_mut().expect("fed").logits = Some(logits);
+            }
         }
-        if !batch.is_empty() {
-            for (&(i, _), l) in batch.iter().zip(cache.step(model, &batch)) {
-                logits[i] = l;
+        self.drafted.retain_mut(|d| !d.step(&mut events));
+        events
+    }
+
+    /// Prefills the prompts of the sequences that joined since the last
+    /// step (their last `block_size` tokens), several per forward pass.
+    fn prefill(&mut self) {
+        let cap = self.cache.capacity;
+        let waiting: Vec<(usize, &[u32])> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().filter(|p| p.logits.is_none()).map(|p| (i, &p.tokens[..])))
+            .map(|(i, t)| (i, &t[t.len().saturating_sub(cap)..]))
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let slots: Vec<usize> = waiting.iter().map(|w| w.0).collect();
+        let logits = self.cache.prefill_many(&self.model, &waiting);
+        for (slot, l) in slots.into_iter().zip(logits) {
+            self.slots[slot].as_mut().expect("waiting").logits = Some(l);
+        }
+    }
+}
+
+impl<B: Backend> Drafted<B> {
+    /// One speculative round; true when the sequence is over.
+    fn step(&mut self, events: &mut Vec<(SeqId, Event)>) -> bool {
+        let start = events.len();
+        let over = if self.seq.generated >= self.seq.max_tokens {
+            self.seq.end(FinishReason::Length, events);
+            true
+        } else {
+            self.spec.next_tokens().into_iter().any(|t| self.seq.token(t, events))
+        };
+        if over {
+            if let Some((_, Event::Finish(f))) = events[start..].last_mut() {
+                f.speculative = Some(self.spec.stats);
+            }
+        }
+        over
+    }
+}
+
+/// Runs one request to its end, handing each text piece to `on_text`;
+/// returns its finish. The simplest use of [`Batch`]: one slot.
+pub fn complete<B: Backend>(
+    model: &Arc<Gpt<B>>,
+    tokenizer: &Arc<Tokenizer>,
+    req: Request<B>,
+    mut on_text: impl FnMut(&str) -> Result<()>,
+) -> Result<Finish> {
+    let mut batch = Batch::new(model.clone(), tokenizer.clone(), 1)?;
+    batch.add(req)?;
+    loop {
+        for (_, event) in batch.step() {
+            match event {
+                Event::Text(text) => on_text(&text)?,
+                Event::Finish(f) => return Ok(f),
             }
         }
     }
@@ -82,26 +299,259 @@ pub fn generate_batch<B: Backend>(
 mod tests {
     use super::*;
     use crate::engine::cpu::Cpu;
-    use crate::generate::Generator;
+    use crate::engine::Dropout;
+    use crate::generate::request::Draft;
+    use crate::generate::sampler::{argmax, SamplerConfig};
     use crate::model::config::test_variants;
+    use crate::model::params::Layout;
+    use crate::model::{Activations, ModelConfig, Recompute};
+
+    /// Eleven characters for the eleven-token test models.
+    fn chars() -> Arc<Tokenizer> {
+        Arc::new(Tokenizer::char_from_corpus("abcdefghijk"))
+    }
+
+    fn request(prompt: &[u32], sampling: SamplerConfig, seed: u64, max_tokens: usize) -> Request<Cpu> {
+        Request { sampling, seed, ..Request::new(Prompt::Tokens(prompt.to_vec()), max_tokens) }
+    }
+
+    /// The tokens a request gets when it runs alone.
+    fn alone(model: &Arc<Gpt<Cpu>>, tok: &Arc<Tokenizer>, req: Request<Cpu>) -> (Vec<u32>, Finish) {
+        let mut text = String::new();
+        let finish = complete(model, tok, req, |t| {
+            text.push_str(t);
+            Ok(())
+        })
+        .unwrap();
+        (tok.encode(&text).unwrap(), finish)
+    }
+
+    type Outputs = std::collections::HashMap<SeqId, (String, Option<Finish>)>;
+
+    /// One step of a batch, its events collected per sequence.
+    fn step(batch: &mut Batch<Cpu>, out: &mut Outputs) {
+        for (id, e) in batch.step() {
+            let entry = out.entry(id).or_default();
+            match e {
+                Event::Text(t) => entry.0.push_str(&t),
+                Event::Finish(f) => entry.1 = Some(f),
+            }
+        }
+    }
+
+    /// Runs a batch to its end.
+    fn drain(batch: &mut Batch<Cpu>, out: &mut Outputs) {
+        while batch.active() > 0 {
+            step(batch, out);
+        }
+    }
+
+    /// Logits of the last position from a full forward over `ctx`.
+    fn full_logits(model: &Gpt<Cpu>, ctx: &[u32]) -> Vec<f32> {
+        let mut acts = Activations::<Cpu>::new(&model.be, &model.cfg, 1, ctx.len(), Recompute::None);
+        model.forward(&mut acts, ctx, None, None, Dropout::OFF);
+        let (pv, v) = (model.cfg.padded_vocab, model.cfg.vocab_size);
+        let mut logits = acts.logits[(ctx.len() - 1) * pv..(ctx.len() - 1) * pv + v].to_vec();
+        if let Some(cap) = model.cfg.logit_softcap {
+            logits.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
+        }
+        logits
+    }
 
     #[test]
-    fn batch_gives_the_same_tokens_as_one_by_one() {
+    fn greedy_generation_matches_full_recompute_with_sliding_window() {
+        let tok = chars();
         for cfg in test_variants() {
-            let model = Gpt::new(Cpu, cfg, 3);
+            let model = Arc::new(Gpt::new(Cpu, cfg, 5));
+            let prompt = [1u32, 2, 3];
+            let (got, finish) = alone(&model, &tok, request(&prompt, SamplerConfig::greedy(), 0, 30));
+            assert_eq!((finish.reason, finish.prompt_tokens, finish.completion_tokens), (FinishReason::Length, 3, 30));
+            // Reference: nanoGPT-style, recompute the context window every
+            // token, with the same window the batch uses after each slide.
+            let mut ctx = prompt.to_vec();
+            let mut window_start = 0;
+            for &t in &got {
+                assert_eq!(t, argmax(&full_logits(&model, &ctx[window_start..])));
+                ctx.push(t);
+                if ctx.len() - window_start > model.cfg.block_size {
+                    window_start = ctx.len() - model.cfg.block_size / 2;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn long_prompt_is_cropped_and_bad_prompts_fail() {
+        let (model, tok) = (Arc::new(Gpt::new(Cpu, test_variants().remove(0), 5)), chars());
+        let mut batch = Batch::new(model.clone(), tok.clone(), 1).unwrap();
+        let prompt: Vec<u32> = (0..20).map(|i| i % 11).collect();
+        batch.add(request(&prompt, SamplerConfig::default(), 0, 5)).unwrap();
+        batch.prefill();
+        assert_eq!(batch.cache.len(0), model.cfg.block_size);
+        assert!(batch.add(request(&[1], SamplerConfig::default(), 0, 5)).unwrap_err().to_string().contains("full"));
+        let mut batch = Batch::new(model.clone(), tok.clone(), 1).unwrap();
+        assert!(batch.add(request(&[], SamplerConfig::default(), 0, 5)).unwrap_err().to_string().contains("empty"));
+        assert!(batch.add(request(&[11], SamplerConfig::default(), 0, 5)).unwrap_err().to_string().contains("outside"));
+        let bad = SamplerConfig { top_p: 0.0, ..SamplerConfig::default() };
+        assert!(batch.add(request(&[1], bad, 0, 5)).is_err());
+        let text = Request::new(Prompt::Text("abz".into()), 5);
+        assert!(batch.add(text).is_err(), "z is not in the vocabulary");
+        assert!(Batch::new(model, Arc::new(Tokenizer::Byte), 1).is_err(), "tokenizer of another size");
+    }
+
+    /// Sequences that finish at different steps, and one that joins while
+    /// others are decoding: each gets exactly the tokens it gets alone.
+    #[test]
+    fn a_continuous_batch_gives_each_sequence_its_tokens_alone() {
+        let tok = chars();
+        let sampling = SamplerConfig { temperature: 1.0, top_k: 0, ..SamplerConfig::default() };
+        for cfg in test_variants() {
+            let model = Arc::new(Gpt::new(Cpu, cfg, 3));
             // Different lengths, one longer than the block size (8), and
             // enough new tokens that every sequence slides at least once.
             let prompts: Vec<Vec<u32>> = vec![vec![1], vec![2, 3, 4], (0..11).map(|i| i % 11).collect(), vec![5, 5]];
-            let seeds = [11, 12, 13, 14];
-            let sampling = SamplerConfig { temperature: 1.0, top_k: 0, ..SamplerConfig::default() };
-            let batch = generate_batch(&model, &prompts, sampling, &seeds, 20, |_, _| false).unwrap();
-            for (i, p) in prompts.iter().enumerate() {
-                let mut g = Generator::new(&model, Sampler::new(sampling, seeds[i]));
-                g.prefill(p).unwrap();
-                let alone: Vec<u32> = (0..20).map(|_| g.next_token()).collect();
-                assert_eq!(&batch[i].tokens[p.len()..], &alone[..], "sequence {i}");
+            let max = [20, 7, 13, 20];
+            let req = |i: usize| request(&prompts[i], sampling, 11 + i as u64, max[i]);
+            let mut batch = Batch::new(model.clone(), tok.clone(), 3).unwrap();
+            let mut ids: Vec<SeqId> = (0..3).map(|i| batch.add(req(i)).unwrap()).collect();
+            let mut out = Outputs::new();
+            for _ in 0..5 {
+                step(&mut batch, &mut out);
+            }
+            assert!(batch.add(req(3)).is_err(), "all three slots are busy");
+            // After the 7th step the second sequence is done; the fourth joins.
+            for _ in 5..7 {
+                step(&mut batch, &mut out);
+            }
+            assert_eq!(batch.free_slots(), 1);
+            ids.push(batch.add(req(3)).unwrap());
+            drain(&mut batch, &mut out);
+            for (i, id) in ids.iter().enumerate() {
+                let (want, want_finish) = alone(&model, &tok, req(i));
+                let (text, finish) = &out[id];
+                assert_eq!(tok.encode(text).unwrap(), want, "sequence {i}");
+                let finish = finish.as_ref().expect("finished");
+                assert_eq!((finish.completion_tokens, &finish.reason), (max[i], &FinishReason::Length));
+                assert_eq!(want_finish.completion_tokens, max[i]);
             }
         }
+    }
+
+    #[test]
+    fn cancelling_frees_the_slot() {
+        let (model, tok) = (Arc::new(Gpt::new(Cpu, test_variants().remove(1), 3)), chars());
+        let mut batch = Batch::new(model.clone(), tok.clone(), 1).unwrap();
+        let a = batch.add(request(&[1, 2], SamplerConfig::default(), 1, 50)).unwrap();
+        batch.step();
+        batch.step();
+        let finish = batch.cancel(a).expect("a was decoding");
+        assert_eq!((finish.reason, finish.completion_tokens), (FinishReason::Cancelled, 2));
+        assert_eq!((batch.active(), batch.free_slots()), (0, 1));
+        assert!(batch.cancel(a).is_none());
+        // The freed slot serves the next request as if it were new.
+        let b = batch.add(request(&[3], SamplerConfig::default(), 2, 12)).unwrap();
+        let mut out = Outputs::new();
+        drain(&mut batch, &mut out);
+        let (want, _) = alone(&model, &tok, request(&[3], SamplerConfig::default(), 2, 12));
+        assert_eq!(tok.encode(&out[&b].0).unwrap(), want);
+    }
+
+    /// A one-layer model that writes a fixed cycle of bytes greedily: token
+    /// `t` is followed by `next(t)` (one-hot embeddings, a head that maps
+    /// each one to its successor, every block weight zero).
+    fn scripted(cycle: &[u8]) -> Arc<Gpt<Cpu>> {
+        let cfg = ModelConfig { tie_embeddings: false, ..ModelConfig::gpt2(256, 64, 1, 1, 256) };
+        let layout = Layout::new(&cfg);
+        let params = layout
+            .specs
+            .iter()
+            .map(|s| {
+                let mut p =
+                    vec![
+                        if s.name.ends_with("ln_1.weight") || s.name.ends_with("ln_2.weight") { 1.0 } else { 0.0 };
+                        s.numel()
+                    ];
+                if s.name == "transformer.ln_f.weight" {
+                    p.fill(1.0);
+                }
+                if s.name == "transformer.wte.weight" {
+                    (0..256).for_each(|t| p[t * 256 + t] = 1.0);
+                }
+                if s.name == "lm_head.weight" {
+                    for (i, &b) in cycle.iter().enumerate() {
+                        let next = cycle[(i + 1) % cycle.len()] as usize;
+                        p[next * 256 + b as usize] = 10.0;
+                    }
+                }
+                p
+            })
+            .collect::<Vec<_>>();
+        Arc::new(Gpt::from_host(Cpu, cfg, &params))
+    }
+
+    #[test]
+    fn text_is_whole_characters_and_stops_across_tokens() {
+        let cycle: Vec<u8> = [b"a".as_slice(), "🦀".as_bytes(), b"END"].concat();
+        let (model, tok) = (scripted(&cycle), Arc::new(Tokenizer::Byte));
+        let mut pieces = Vec::new();
+        let req = |stop: &[&str], max| Request {
+            stop: stop.iter().map(|s| s.to_string()).collect(),
+            ..request(b"a".map(u32::from).as_slice(), SamplerConfig::greedy(), 0, max)
+        };
+        // The crab's four bytes come one token at a time; it shows whole.
+        let f = complete(&model, &tok, req(&[], 5), |t| {
+            pieces.push(t.to_string());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(pieces.concat(), "🦀E");
+        assert!(pieces.contains(&"🦀".to_string()), "{pieces:?}");
+        assert_eq!((f.reason, f.completion_tokens), (FinishReason::Length, 5));
+        // "ND" arrives as two tokens: nothing of it is shown.
+        pieces.clear();
+        let f = complete(&model, &tok, req(&["ND"], 50), |t| {
+            pieces.push(t.to_string());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((pieces.concat().as_str(), f.reason, f.completion_tokens), ("🦀E", FinishReason::Stop, 7));
+        // A stop that starts but never completes is shown at the end.
+        pieces.clear();
+        complete(&model, &tok, req(&["DX"], 8), |t| {
+            pieces.push(t.to_string());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(pieces.concat(), "🦀ENDa");
+        // Cut inside a character: its bytes so far show as U+FFFD.
+        pieces.clear();
+        complete(&model, &tok, req(&[], 2), |t| {
+            pieces.push(t.to_string());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(pieces.concat(), "\u{fffd}");
+    }
+
+    #[test]
+    fn a_drafted_request_gives_the_targets_greedy_text() {
+        let tok = chars();
+        let target_cfg = ModelConfig { block_size: 32, ..test_variants().remove(1) };
+        let draft_cfg = ModelConfig { n_layer: 1, n_embd: 8, n_head: 2, n_kv_head: None, ..target_cfg.clone() };
+        let (target, draft) = (Arc::new(Gpt::new(Cpu, target_cfg, 1)), Arc::new(Gpt::new(Cpu, draft_cfg, 2)));
+        let plain = |max| request(&[1, 2, 3], SamplerConfig::greedy(), 0, max);
+        let (want, _) = alone(&target, &tok, plain(25));
+        let drafted = Request { draft: Some(Draft { model: draft, tokens: 3 }), ..plain(25) };
+        let (got, finish) = alone(&target, &tok, drafted);
+        assert_eq!(got, want);
+        assert_eq!(finish.completion_tokens, 25);
+        assert!(finish.speculative.is_some_and(|s| s.target_passes > 0));
+        // The target as its own draft is always right: 4 tokens a pass.
+        let own = Request { draft: Some(Draft { model: target.clone(), tokens: 3 }), ..plain(25) };
+        let (got, finish) = alone(&target, &tok, own);
+        assert_eq!(got, want);
+        let stats = finish.speculative.expect("speculative stats");
+        assert_eq!((stats.accepted, stats.proposed, stats.target_passes), (21, 21, 7));
     }
 
     /// Logits, not just tokens: a batch step gives each sequence what it
@@ -129,14 +579,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn stop_ends_only_its_sequence() {
-        let model = Gpt::new(Cpu, test_variants().remove(0), 3);
-        let prompts = vec![vec![1], vec![2]];
-        let out = generate_batch(&model, &prompts, SamplerConfig::greedy(), &[0, 0], 6, |i, _| i == 0).unwrap();
-        assert_eq!((out[0].generated, out[1].generated), (1, 6));
-        assert!(generate_batch(&model, &[vec![]], SamplerConfig::greedy(), &[0], 3, |_, _| false).is_err());
     }
 }

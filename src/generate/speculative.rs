@@ -12,9 +12,10 @@ use crate::engine::Backend;
 use crate::model::decode::KvCache;
 use crate::model::Gpt;
 use anyhow::{bail, Result};
+use std::sync::Arc;
 
 /// Acceptance counts.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct SpecStats {
     /// Draft tokens proposed and kept.
     pub proposed: usize,
@@ -31,25 +32,30 @@ impl SpecStats {
 
 /// One model's side: its cache, the context tokens not fed to it yet, and
 /// (the draft's) logits after the last token it was fed.
-struct Side<'m, B: Backend> {
-    model: &'m Gpt<B>,
+struct Side<B: Backend> {
+    model: Arc<Gpt<B>>,
     cache: KvCache<B>,
     pending: Vec<u32>,
     logits: Vec<f32>,
 }
 
-impl<B: Backend> Side<'_, B> {
+impl<B: Backend> Side<B> {
+    fn new(model: Arc<Gpt<B>>) -> Self {
+        let cache = KvCache::new(&model, 1);
+        Side { model, cache, pending: Vec::new(), logits: Vec::new() }
+    }
+
     fn catch_up(&mut self) {
         if !self.pending.is_empty() {
-            self.logits = self.cache.forward(self.model, 0, &self.pending);
+            self.logits = self.cache.forward(&self.model, 0, &self.pending);
             self.pending.clear();
         }
     }
 }
 
-pub struct Speculative<'m, B: Backend> {
-    target: Side<'m, B>,
-    draft: Side<'m, B>,
+pub struct Speculative<B: Backend> {
+    target: Side<B>,
+    draft: Side<B>,
     pub sampler: Sampler,
     k: usize,
     /// Every token so far: prompt and generated.
@@ -57,8 +63,8 @@ pub struct Speculative<'m, B: Backend> {
     pub stats: SpecStats,
 }
 
-impl<'m, B: Backend> Speculative<'m, B> {
-    pub fn new(target: &'m Gpt<B>, draft: &'m Gpt<B>, sampler: Sampler, k: usize) -> Result<Self> {
+impl<B: Backend> Speculative<B> {
+    pub fn new(target: Arc<Gpt<B>>, draft: Arc<Gpt<B>>, sampler: Sampler, k: usize) -> Result<Self> {
         if target.cfg.vocab_size != draft.cfg.vocab_size {
             bail!(
                 "the draft model's vocabulary ({}) differs from the target's ({})",
@@ -70,11 +76,9 @@ impl<'m, B: Backend> Speculative<'m, B> {
         if k == 0 || 2 * k >= cap {
             bail!("draft tokens must be between 1 and {} (under half the block size {cap})", (cap - 1) / 2);
         }
-        let side =
-            |model: &'m Gpt<B>| Side { model, cache: KvCache::new(model, 1), pending: Vec::new(), logits: Vec::new() };
         Ok(Speculative {
-            target: side(target),
-            draft: side(draft),
+            target: Side::new(target),
+            draft: Side::new(draft),
             sampler,
             k,
             tokens: Vec::new(),
@@ -140,7 +144,7 @@ impl<'m, B: Backend> Speculative<'m, B> {
             history.push(x);
             q.push(dist);
             if j + 1 < self.k {
-                self.draft.logits = self.draft.cache.forward(self.draft.model, 0, &[x]);
+                self.draft.logits = self.draft.cache.forward(&self.draft.model, 0, &[x]);
             }
         }
         // One target pass over its pending tokens and every proposal: the
@@ -149,7 +153,7 @@ impl<'m, B: Backend> Speculative<'m, B> {
         let pending = std::mem::take(&mut self.target.pending);
         let t0 = self.target.cache.len(0) + pending.len();
         let fed: Vec<u32> = pending.iter().chain(&proposal).copied().collect();
-        let mut after = self.target.cache.forward_from(self.target.model, 0, &fed, pending.len() - 1).into_iter();
+        let mut after = self.target.cache.forward_from(&self.target.model, 0, &fed, pending.len() - 1).into_iter();
         self.stats.target_passes += 1;
         self.stats.proposed += self.k;
         let mut out = Vec::with_capacity(self.k + 1);
@@ -204,24 +208,32 @@ fn prob(dist: &[(u32, f64)], t: u32) -> f64 {
 mod tests {
     use super::*;
     use crate::engine::cpu::Cpu;
-    use crate::generate::{Generator, SamplerConfig};
+    use crate::generate::sampler::argmax;
+    use crate::generate::SamplerConfig;
     use crate::model::config::test_variants;
     use crate::model::ModelConfig;
 
-    fn models() -> (Gpt<Cpu>, Gpt<Cpu>) {
+    fn models() -> (Arc<Gpt<Cpu>>, Arc<Gpt<Cpu>>) {
         let target_cfg = ModelConfig { block_size: 32, ..test_variants().remove(1) };
         let draft_cfg = ModelConfig { n_layer: 1, n_embd: 8, n_head: 2, n_kv_head: None, ..target_cfg.clone() };
-        (Gpt::new(Cpu, target_cfg, 1), Gpt::new(Cpu, draft_cfg, 2))
+        (Arc::new(Gpt::new(Cpu, target_cfg, 1)), Arc::new(Gpt::new(Cpu, draft_cfg, 2)))
     }
 
     #[test]
     fn greedy_output_is_the_targets_greedy_output() {
         let (target, draft) = models();
-        let mut g = Generator::new(&target, Sampler::new(SamplerConfig::greedy(), 0));
-        g.prefill(&[1, 2, 3]).unwrap();
-        let want: Vec<u32> = (0..25).map(|_| g.next_token()).collect();
+        let mut cache = KvCache::new(&target, 1);
+        let mut logits = cache.forward(&target, 0, &[1, 2, 3]);
+        let want: Vec<u32> = (0..25)
+            .map(|_| {
+                let t = argmax(&logits);
+                logits = cache.forward(&target, 0, &[t]);
+                t
+            })
+            .collect();
         for k in [1, 3, 5] {
-            let mut s = Speculative::new(&target, &draft, Sampler::new(SamplerConfig::greedy(), 0), k).unwrap();
+            let mut s =
+                Speculative::new(target.clone(), draft.clone(), Sampler::new(SamplerConfig::greedy(), 0), k).unwrap();
             s.prefill(&[1, 2, 3]).unwrap();
             while s.tokens.len() < 3 + 25 {
                 s.next_tokens();
@@ -230,7 +242,8 @@ mod tests {
         }
         // A draft that is the target itself is always right: k + 1 tokens
         // per target pass.
-        let mut s = Speculative::new(&target, &target, Sampler::new(SamplerConfig::default(), 5), 4).unwrap();
+        let mut s =
+            Speculative::new(target.clone(), target.clone(), Sampler::new(SamplerConfig::default(), 5), 4).unwrap();
         s.prefill(&[1, 2, 3]).unwrap();
         for _ in 0..4 {
             assert_eq!(s.next_tokens().len(), 5);
@@ -267,7 +280,7 @@ mod tests {
         let v = target.cfg.vocab_size;
         let (mut c1, mut c2) = (vec![0usize; v], vec![0usize; v]);
         for seed in 0..runs {
-            let mut s = Speculative::new(&target, &draft, Sampler::new(cfg, seed), 2).unwrap();
+            let mut s = Speculative::new(target.clone(), draft.clone(), Sampler::new(cfg, seed), 2).unwrap();
             s.prefill(&prompt).unwrap();
             while s.tokens.len() < prompt.len() + 2 {
                 s.next_tokens();
@@ -291,9 +304,9 @@ mod tests {
     #[test]
     fn bad_settings_are_errors() {
         let (target, draft) = models();
-        let s = |k| Speculative::new(&target, &draft, Sampler::new(SamplerConfig::greedy(), 0), k).err();
+        let s = |k| Speculative::new(target.clone(), draft.clone(), Sampler::new(SamplerConfig::greedy(), 0), k).err();
         assert!(s(0).is_some() && s(16).is_some() && s(15).is_none());
         let other = Gpt::new(Cpu, ModelConfig { vocab_size: 12, ..draft.cfg.clone() }, 0);
-        assert!(Speculative::new(&target, &other, Sampler::new(SamplerConfig::greedy(), 0), 2).is_err());
+        assert!(Speculative::new(target.clone(), Arc::new(other), Sampler::new(SamplerConfig::greedy(), 0), 2).is_err());
     }
 }

@@ -194,3 +194,42 @@ impl<B: Backend> KvCache<B> {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::cpu::Cpu;
+    use crate::model::{Activations, Recompute};
+
+    /// Logits of the last position from a full forward over `ctx`.
+    fn full_logits(model: &Gpt<Cpu>, ctx: &[u32]) -> Vec<f32> {
+        let mut acts = Activations::<Cpu>::new(&model.be, &model.cfg, 1, ctx.len(), Recompute::None);
+        model.forward(&mut acts, ctx, None, None, Dropout::OFF);
+        let (pv, v) = (model.cfg.padded_vocab, model.cfg.vocab_size);
+        let mut logits = acts.logits[(ctx.len() - 1) * pv..(ctx.len() - 1) * pv + v].to_vec();
+        if let Some(cap) = model.cfg.logit_softcap {
+            logits.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
+        }
+        logits
+    }
+
+    #[test]
+    fn kv_cache_logits_match_full_recompute_for_every_architecture() {
+        for cfg in crate::model::config::test_variants() {
+            let model = Gpt::new(Cpu, cfg.clone(), 9);
+            let mut cache = KvCache::new(&model, 1);
+            let ctx = [3u32, 1, 4, 1, 5, 9, 2, 6];
+            // Prefill 3 tokens, then one at a time.
+            let mut got = cache.forward(&model, 0, &ctx[..3]);
+            for t in 3..=ctx.len() {
+                let want = full_logits(&model, &ctx[..t]);
+                for (a, b) in got.iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-4, "{cfg:?}: position {t}: {a} vs {b}");
+                }
+                if t < ctx.len() {
+                    got = cache.forward(&model, 0, &ctx[t..t + 1]);
+                }
+            }
+        }
+    }
+}
