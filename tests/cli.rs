@@ -196,6 +196,7 @@ fn bad_options_are_clear_errors() {
     tr(&["--config", &p(&dir.join("typo.toml"))], "unknown config key 'n_layers'");
     fails(&["train", "--resume", &p(&dir.join("nothing"))], "does not exist");
     fails(&["bench", "--steps", "0"], "steps");
+    fails(&["info", "--device", "tpu"], "unknown device 'tpu' (available: cpu)");
 }
 
 #[test]

@@ -72,34 +72,39 @@ fn run(fixture: &str) {
     let layout = Layout::new(&cfg);
     let names: Vec<String> = layout.specs.iter().map(|s| s.name.clone()).collect();
     let params: Vec<Vec<f32>> = names.iter().map(|n| fx.f32s(&format!("param.{n}"))).collect();
-    let mut model = Gpt::from_host(Cpu, cfg.clone(), &params);
+    let mut model = Gpt::from_host(Cpu, cfg.clone(), &params).unwrap();
     let (x, y) = (fx.u32s("inputs"), fx.u32s("targets"));
-    let mut acts = Activations::<Cpu>::new(&model.be, &cfg, b, t, Recompute::None);
+    let mut acts = Activations::<Cpu>::new(&model.be, &cfg, b, t, Recompute::None).unwrap();
 
     // Forward: logits of the real vocabulary (padding columns are never
     // computed: nothing reads them) and loss.
-    let loss = model.forward(&mut acts, &x, Some(&y), None, Dropout::OFF).unwrap();
+    let loss = model.forward(&mut acts, &x, Some(&y), None, Dropout::OFF).unwrap().unwrap();
     let (v, pv) = (cfg.vocab_size, cfg.padded_vocab);
     let real = |l: &[f32]| l.chunks_exact(pv).flat_map(|row| row[..v].to_vec()).collect::<Vec<f32>>();
-    assert_close("logits", &real(&model.be.to_host(&acts.logits)), &real(&fx.f32s("logits")), 1e-5);
+    assert_close("logits", &real(&model.be.to_host(&acts.logits).unwrap()), &real(&fx.f32s("logits")), 1e-5);
     let want_loss = fx.f32s("loss")[0];
     assert!((loss - want_loss).abs() <= 1e-5 * want_loss.abs(), "loss {loss} vs {want_loss}");
 
     // Backward: every parameter's gradient.
-    let mut opt = AdamW::new(&model);
+    let mut opt = AdamW::new(&model).unwrap();
     let scale = 1.0 / (b * t) as f32;
     let step = |model: &mut Gpt<Cpu>, opt: &mut AdamW<Cpu>, acts: &mut Activations<Cpu>| {
         opt.zero_grad(&model.be);
-        let l = model.forward(acts, &x, Some(&y), Some(scale), Dropout::OFF).unwrap();
+        let l = model.forward(acts, &x, Some(&y), Some(scale), Dropout::OFF).unwrap().unwrap();
         model.backward(acts, &mut opt.grads, &x, Dropout::OFF);
         l
     };
     step(&mut model, &mut opt, &mut acts);
     for (i, n) in names.iter().enumerate() {
-        assert_close(&format!("grad {n}"), &model.be.to_host(&opt.grads[i]), &fx.f32s(&format!("grad.{n}")), 1e-4);
+        assert_close(
+            &format!("grad {n}"),
+            &model.be.to_host(&opt.grads[i]).unwrap(),
+            &fx.f32s(&format!("grad.{n}")),
+            1e-4,
+        );
     }
     let norm1: f64 = fx.meta("grad_norm_step1").parse().unwrap();
-    assert!((opt.grad_norm(&model.be) - norm1).abs() < 1e-5 * norm1);
+    assert!((opt.grad_norm(&model.be).unwrap() - norm1).abs() < 1e-5 * norm1);
 
     // Two clipped AdamW updates.
     let h = Hyper {
@@ -110,17 +115,17 @@ fn run(fixture: &str) {
         weight_decay: num("weight_decay") as f32,
         grad_clip: num("grad_clip") as f32,
     };
-    opt.step(&mut model, &h);
+    opt.step(&mut model, &h).unwrap();
     for (i, n) in names.iter().enumerate() {
-        let (got, want) = (model.be.to_host(&model.params[i]), fx.f32s(&format!("step1.{n}")));
+        let (got, want) = (model.be.to_host(&model.params[i]).unwrap(), fx.f32s(&format!("step1.{n}")));
         assert_params_close(&format!("step 1 {n}"), &got, &want, h.lr);
     }
     let loss2 = step(&mut model, &mut opt, &mut acts);
     let want2: f32 = fx.meta("loss_step2").parse().unwrap();
     assert!((loss2 - want2).abs() <= 1e-5 * want2, "loss after one step {loss2} vs {want2}");
-    opt.step(&mut model, &h);
+    opt.step(&mut model, &h).unwrap();
     for (i, n) in names.iter().enumerate() {
-        let (got, want) = (model.be.to_host(&model.params[i]), fx.f32s(&format!("step2.{n}")));
+        let (got, want) = (model.be.to_host(&model.params[i]).unwrap(), fx.f32s(&format!("step2.{n}")));
         assert_params_close(&format!("step 2 {n}"), &got, &want, h.lr);
     }
 }

@@ -155,7 +155,7 @@ pub struct Loaded<B: Backend> {
 pub fn load_model<B: Backend>(be: B, dir: &Path) -> Result<Loaded<B>> {
     let dir = resolve_dir(dir, Prefer::Best)?;
     let ck = load(&dir, param_specs, false)?;
-    let model = Gpt::from_host(be, ck.config.model.clone(), &ck.params);
+    let model = Gpt::from_host(be, ck.config.model.clone(), &ck.params)?;
     Ok(Loaded { model, config: ck.config, state: ck.state, dir })
 }
 

@@ -4,9 +4,7 @@
 
 use super::RunArgs;
 use crate::data::{Dataset, Tokenizer};
-use crate::engine::cpu::Cpu;
-use crate::engine::profile::Profiled;
-use crate::engine::Backend;
+use crate::engine::{profile, Backend, Device, OnDevice};
 use crate::model::ModelConfig;
 use crate::train::{config, TrainConfig, Trainer};
 use anyhow::{bail, Result};
@@ -32,7 +30,20 @@ pub struct BenchArgs {
     profile: bool,
 }
 
-pub fn run(a: &BenchArgs) -> Result<()> {
+pub fn run(a: &BenchArgs, device: Device) -> Result<()> {
+    device.run(Bench(a))
+}
+
+struct Bench<'a>(&'a BenchArgs);
+
+impl OnDevice for Bench<'_> {
+    type Output = ();
+    fn run<B: Backend>(self, be: B) -> Result<()> {
+        bench(self.0, be)
+    }
+}
+
+fn bench<B: Backend>(a: &BenchArgs, be: B) -> Result<()> {
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
@@ -46,13 +57,14 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let (train, val) = (random(len), random(len));
     let data = Dataset::from_tokens(train.clone(), val.clone(), 1.0);
     let (trainer, mut times) = if a.profile {
-        let (t, _) = time_steps(Profiled::new(Cpu), &cfg, data, a, Profiled::reset)?;
-        print_profile(&t.model.be, a.steps);
+        time_steps(be.clone(), &cfg, data, a, || profile::enable(true))?;
+        profile::enable(false);
+        print_profile(a.steps);
         // Report throughput from an unprofiled run: timing every op costs time.
         let data = Dataset::from_tokens(train, val, 1.0);
-        time_steps(Cpu, &cfg, data, a, |_| ())?
+        time_steps(be, &cfg, data, a, || ())?
     } else {
-        time_steps(Cpu, &cfg, data, a, |_| ())?
+        time_steps(be, &cfg, data, a, || ())?
     };
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
@@ -102,16 +114,19 @@ fn time_steps<B: Backend>(
     cfg: &TrainConfig,
     data: Dataset,
     a: &BenchArgs,
-    on_start: impl Fn(&B),
+    on_start: impl Fn(),
 ) -> Result<(Trainer<B>, Vec<f64>)> {
     let mut trainer = Trainer::from_parts(be, cfg.clone(), Tokenizer::Byte, data)?;
     let mut times = Vec::with_capacity(a.steps);
     for i in 0..a.warmup + a.steps {
         if i == a.warmup {
-            on_start(&trainer.model.be);
+            trainer.model.be.synchronize()?;
+            on_start();
         }
         let t0 = Instant::now();
-        trainer.step();
+        trainer.step()?;
+        // Wait for the device: a step's time is the time its work took.
+        trainer.model.be.synchronize()?;
         if i >= a.warmup {
             times.push(t0.elapsed().as_secs_f64());
         }
@@ -119,8 +134,8 @@ fn time_steps<B: Backend>(
     Ok((trainer, times))
 }
 
-fn print_profile(p: &Profiled<Cpu>, steps: usize) {
-    let report = p.report();
+fn print_profile(steps: usize) {
+    let report = profile::report();
     let total: f64 = report.iter().map(|r| r.1.as_secs_f64()).sum();
     println!("{:<36} {:>10} {:>7} {:>8}", "operation (per step)", "ms", "share", "calls");
     for (name, t, calls) in report {

@@ -3,7 +3,7 @@
 
 use super::sampling::SamplingArgs;
 use crate::checkpoint;
-use crate::engine::cpu::Cpu;
+use crate::engine::{Backend, Device, OnDevice};
 use crate::generate::chat::{ChatTemplate, Conversation, Turn};
 use crate::generate::{Batch, Event, Prompt, Request, SamplerConfig};
 use anyhow::{bail, Context, Result};
@@ -44,8 +44,21 @@ struct Settings {
     seed: u64,
 }
 
-pub fn run(a: &ChatArgs) -> Result<()> {
-    let checkpoint::Loaded { model, config: ck, dir, .. } = checkpoint::load_model(Cpu, &a.checkpoint)?;
+pub fn run(a: &ChatArgs, device: Device) -> Result<()> {
+    device.run(Chat(a))
+}
+
+struct Chat<'a>(&'a ChatArgs);
+
+impl OnDevice for Chat<'_> {
+    type Output = ();
+    fn run<B: Backend>(self, be: B) -> Result<()> {
+        chat(self.0, be)
+    }
+}
+
+fn chat<B: Backend>(a: &ChatArgs, be: B) -> Result<()> {
+    let checkpoint::Loaded { model, config: ck, dir, .. } = checkpoint::load_model(be, &a.checkpoint)?;
     let (model, tok) = (Arc::new(model), Arc::new(ck.tokenizer.clone()));
     let template = ck.chat_template.clone().unwrap_or_else(ChatTemplate::dolly);
     let system = a.system.clone().unwrap_or_else(ChatTemplate::default_system);

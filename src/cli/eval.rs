@@ -4,7 +4,7 @@
 use crate::checkpoint::{self, CheckpointConfig, Loaded};
 use crate::data::dataset::read_corpus;
 use crate::data::{Dataset, Split};
-use crate::engine::cpu::Cpu;
+use crate::engine::{Backend, Device, OnDevice};
 use crate::eval::{attention_stats, evaluate, sampled_loss, EvalReport, HeadStats};
 use crate::model::{Activations, Recompute};
 use anyhow::{bail, Result};
@@ -89,11 +89,24 @@ fn dataset(path: &Path, ck: &CheckpointConfig, train_frac: f64, seq: usize) -> R
     Dataset::new(&text, &ck.tokenizer, train_frac, seq)
 }
 
-pub fn run(a: &EvalArgs) -> Result<()> {
+pub fn run(a: &EvalArgs, device: Device) -> Result<()> {
+    device.run(Eval(a))
+}
+
+struct Eval<'a>(&'a EvalArgs);
+
+impl OnDevice for Eval<'_> {
+    type Output = ();
+    fn run<B: Backend>(self, be: B) -> Result<()> {
+        eval(self.0, be)
+    }
+}
+
+fn eval<B: Backend>(a: &EvalArgs, be: B) -> Result<()> {
     if a.batch_size == 0 || a.attention_windows == 0 || a.tokens == Some(0) {
         bail!("--batch-size, --attention-windows and --tokens must be at least 1");
     }
-    let loaded = checkpoint::load_model(Cpu, &a.checkpoint)?;
+    let loaded = checkpoint::load_model(be, &a.checkpoint)?;
     if a.like_training {
         return like_training(a, loaded);
     }
@@ -114,11 +127,11 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     if stream.len() < 2 {
         bail!("the {} split of {} has fewer than 2 tokens", a.split, path.display());
     }
-    let report = evaluate(&model, &stream, &tok.token_bytes(), a.batch_size, a.tokens);
+    let report = evaluate(&model, &stream, &tok.token_bytes(), a.batch_size, a.tokens)?;
     let heads = if a.attention {
         let t = model.cfg.block_size.min(stream.len());
         let windows: Vec<Vec<u32>> = stream.chunks_exact(t).take(a.attention_windows).map(<[u32]>::to_vec).collect();
-        Some(attention_stats(&model, &windows))
+        Some(attention_stats(&model, &windows)?)
     } else {
         None
     };
@@ -144,16 +157,16 @@ pub fn run(a: &EvalArgs) -> Result<()> {
 
 /// The training run's own evaluation at the checkpoint's step: the same
 /// random batches, so the same numbers as its log.
-fn like_training(a: &EvalArgs, loaded: Loaded<Cpu>) -> Result<()> {
+fn like_training<B: Backend>(a: &EvalArgs, loaded: Loaded<B>) -> Result<()> {
     let Loaded { model, config: ck, state, .. } = loaded;
     let run = TrainedOn::of(&ck)?;
     let seq = model.cfg.block_size;
     let data = dataset(&run.path(a.data.as_ref())?, &ck, run.train_frac, seq)?;
-    let mut acts = Activations::<Cpu>::new(&model.be, &model.cfg, run.batch_size, seq, Recompute::None);
+    let mut acts = Activations::<B>::new(&model.be, &model.cfg, run.batch_size, seq, Recompute::None)?;
     let step = state.step;
     let mut loss =
         |split| sampled_loss(&model, &mut acts, &data, split, (run.eval_iters, run.batch_size, seq), (run.seed, step));
-    let (train_loss, val_loss) = (loss(Split::Train), loss(Split::Val));
+    let (train_loss, val_loss) = (loss(Split::Train)?, loss(Split::Val)?);
     let val_bpb = val_loss / std::f64::consts::LN_2 / data.bytes_per_token(Split::Val);
     if a.json {
         println!("{}", json!({"step": step, "train_loss": train_loss, "val_loss": val_loss, "val_bpb": val_bpb}));

@@ -11,6 +11,7 @@ mod sampling;
 mod tokenizer;
 mod train;
 
+use crate::engine::Device;
 use crate::train::config::{self, TrainConfig, PRESETS};
 use anyhow::Result;
 use clap::{Arg, ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -19,6 +20,9 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(name = "ferrite", version, about = "Train, sample and own GPT-style language models, with our own engine.")]
 struct Cli {
+    /// Where the math runs: `cpu` (this machine's cores).
+    #[arg(long, global = true, default_value = "cpu", value_name = "DEVICE")]
+    device: Device,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -144,16 +148,17 @@ pub fn run() -> Result<()> {
         .mut_subcommand("info", |c| c.args(config_args()).after_help(help.clone()));
     let matches = command.try_get_matches().unwrap_or_else(|e| exit_with_clap_error(e));
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| exit_with_clap_error(e));
+    let device = cli.device;
     match cli.command.unwrap_or(Command::Train(RunArgs::default())) {
         Command::Train(mut args) => {
             if let Some(("train", m)) = matches.subcommand() {
                 args.collect_overrides(m);
             }
-            train::run(&args)
+            train::run(&args, device)
         }
-        Command::Sample(args) => sample::run(&args),
-        Command::Chat(args) => chat::run(&args),
-        Command::Eval(args) => eval::run(&args),
+        Command::Sample(args) => sample::run(&args, device),
+        Command::Chat(args) => chat::run(&args, device),
+        Command::Eval(args) => eval::run(&args, device),
         Command::Plot(args) => plot::run(&args),
         Command::Tokenizer(args) => tokenizer::run(&args),
         Command::Data(args) => data::run(&args),
@@ -161,7 +166,7 @@ pub fn run() -> Result<()> {
             if let Some(("bench", m)) = matches.subcommand() {
                 args.run.collect_overrides(m);
             }
-            bench::run(&args)
+            bench::run(&args, device)
         }
         Command::Info(mut args) => {
             if let Some(("info", m)) = matches.subcommand() {

@@ -5,8 +5,7 @@
 use super::sampling::SamplingArgs;
 use crate::checkpoint::{self, Loaded};
 use crate::data::Tokenizer;
-use crate::engine::cpu::Cpu;
-use crate::engine::Backend;
+use crate::engine::{Backend, Device, OnDevice};
 use crate::generate::{complete, Batch, Draft, Event, Finish, Prompt, Request, SeqId};
 use crate::model::Gpt;
 use anyhow::{bail, Context, Result};
@@ -50,8 +49,21 @@ pub struct SampleArgs {
     stats: bool,
 }
 
-pub fn run(a: &SampleArgs) -> Result<()> {
-    let Loaded { model, config: ck, .. } = checkpoint::load_model(Cpu, &a.checkpoint)?;
+pub fn run(a: &SampleArgs, device: Device) -> Result<()> {
+    device.run(Sample(a))
+}
+
+struct Sample<'a>(&'a SampleArgs);
+
+impl OnDevice for Sample<'_> {
+    type Output = ();
+    fn run<B: Backend>(self, be: B) -> Result<()> {
+        sample(self.0, be)
+    }
+}
+
+fn sample<B: Backend>(a: &SampleArgs, be: B) -> Result<()> {
+    let Loaded { model, config: ck, .. } = checkpoint::load_model(be.clone(), &a.checkpoint)?;
     let (model, tok) = (Arc::new(model), Arc::new(ck.tokenizer));
     a.sampling.config()?;
     if let Some(file) = &a.prompts {
@@ -63,7 +75,7 @@ pub fn run(a: &SampleArgs) -> Result<()> {
     let draft = match &a.draft {
         None => None,
         Some(dir) => {
-            let d = checkpoint::load_model(Cpu, dir)?;
+            let d = checkpoint::load_model(be, dir)?;
             if d.config.tokenizer != *tok {
                 bail!("the draft checkpoint {} uses a different tokenizer than the model", dir.display());
             }

@@ -2,14 +2,26 @@
 
 use super::RunArgs;
 use crate::data::Split;
-use crate::engine::cpu::Cpu;
-use crate::engine::Backend;
+use crate::engine::{Backend, Device, OnDevice};
 use crate::generate::{complete, Prompt, Request};
 use crate::train::{config, Trainer};
 use anyhow::Result;
 use std::sync::Arc;
 
-pub fn run(args: &RunArgs) -> Result<()> {
+pub fn run(args: &RunArgs, device: Device) -> Result<()> {
+    device.run(Train(args))
+}
+
+struct Train<'a>(&'a RunArgs);
+
+impl OnDevice for Train<'_> {
+    type Output = ();
+    fn run<B: Backend>(self, be: B) -> Result<()> {
+        train(self.0, be)
+    }
+}
+
+fn train<B: Backend>(args: &RunArgs, be: B) -> Result<()> {
     let mut trainer = match &args.resume {
         Some(dir) => {
             if args.preset.is_some() {
@@ -18,9 +30,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 );
             }
             // The checkpoint's configuration takes the place of a preset.
-            Trainer::resume(Cpu, dir, |saved| config::resolve(&saved, args.config.as_deref(), &args.overrides))?
+            Trainer::resume(be, dir, |saved| config::resolve(&saved, args.config.as_deref(), &args.overrides))?
         }
-        None => Trainer::new(Cpu, args.resolve()?)?,
+        None => Trainer::new(be, args.resolve()?)?,
     };
     print_summary(&trainer);
     let last = trainer.run()?;

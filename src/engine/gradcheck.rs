@@ -50,27 +50,27 @@ pub fn check_matmul<B: Backend>(be: &B) {
         let mut b = rand_vec(k * n, 2);
         let r = rand_vec(m * n, 3);
         let fwd = |a: &[f32], b: &[f32]| {
-            let mut out = be.zeros(m * n);
-            be.matmul(&mut out, &be.upload(a), &be.upload(b), m, n, k, ta, tb, false);
-            dot(&be.to_host(&out), &r)
+            let mut out = be.zeros(m * n).unwrap();
+            be.matmul(&mut out, &be.upload(a).unwrap(), &be.upload(b).unwrap(), m, n, k, ta, tb, false);
+            dot(&be.to_host(&out).unwrap(), &r)
         };
         // dA = R · op(B)^T, dB = op(A)^T · R, expressed with the same kernel.
-        let rb = be.upload(&r);
-        let mut da = be.zeros(m * k);
+        let rb = be.upload(&r).unwrap();
+        let mut da = be.zeros(m * k).unwrap();
         if ta {
             // A stored [k,m]: dA_stored = op(B) · R^T  -> [k, m]
-            be.matmul(&mut da, &be.upload(&b), &rb, k, m, n, tb, true, false);
+            be.matmul(&mut da, &be.upload(&b).unwrap(), &rb, k, m, n, tb, true, false);
         } else {
-            be.matmul(&mut da, &rb, &be.upload(&b), m, k, n, false, !tb, false);
+            be.matmul(&mut da, &rb, &be.upload(&b).unwrap(), m, k, n, false, !tb, false);
         }
-        let mut db = be.zeros(k * n);
+        let mut db = be.zeros(k * n).unwrap();
         if tb {
             // B stored [n,k]: dB_stored = R^T · op(A) -> [n, k]
-            be.matmul(&mut db, &rb, &be.upload(&a), n, k, m, true, ta, false);
+            be.matmul(&mut db, &rb, &be.upload(&a).unwrap(), n, k, m, true, ta, false);
         } else {
-            be.matmul(&mut db, &be.upload(&a), &rb, k, n, m, !ta, false, false);
+            be.matmul(&mut db, &be.upload(&a).unwrap(), &rb, k, n, m, !ta, false, false);
         }
-        let (da, db) = (be.to_host(&da), be.to_host(&db));
+        let (da, db) = (be.to_host(&da).unwrap(), be.to_host(&db).unwrap());
         let bc = b.clone();
         check("matmul dA", &mut a, &da, |a| fwd(a, &bc));
         let ac = a.clone();
@@ -80,12 +80,12 @@ pub fn check_matmul<B: Backend>(be: &B) {
     let (rows, cols) = (4, 9);
     let mut bias = rand_vec(cols, 4);
     let r = rand_vec(rows * cols, 5);
-    let mut dbias = be.zeros(cols);
-    be.bias_backward(&mut dbias, &be.upload(&r), rows, cols);
-    check("bias", &mut bias, &be.to_host(&dbias), |b| {
-        let mut out = be.zeros(rows * cols);
-        be.add_bias(&mut out, &be.upload(b), rows, cols);
-        dot(&be.to_host(&out), &r)
+    let mut dbias = be.zeros(cols).unwrap();
+    be.bias_backward(&mut dbias, &be.upload(&r).unwrap(), rows, cols);
+    check("bias", &mut bias, &be.to_host(&dbias).unwrap(), |b| {
+        let mut out = be.zeros(rows * cols).unwrap();
+        be.add_bias(&mut out, &be.upload(b).unwrap(), rows, cols);
+        dot(&be.to_host(&out).unwrap(), &r)
     });
 }
 
@@ -96,35 +96,36 @@ pub fn check_layernorm<B: Backend>(be: &B, with_bias: bool) {
     let mut bias = rand_vec(c, 12);
     let r = rand_vec(rows * c, 13);
     let fwd = |x: &[f32], w: &[f32], bias: &[f32]| {
-        let (mut out, mut mean, mut rstd) = (be.zeros(rows * c), be.zeros(rows), be.zeros(rows));
-        let bb = be.upload(bias);
+        let (mut out, mut mean, mut rstd) =
+            (be.zeros(rows * c).unwrap(), be.zeros(rows).unwrap(), be.zeros(rows).unwrap());
+        let bb = be.upload(bias).unwrap();
         let bopt = if with_bias { Some(&bb) } else { None };
-        be.layernorm_fwd(&mut out, &mut mean, &mut rstd, &be.upload(x), &be.upload(w), bopt, rows, c);
+        be.layernorm_fwd(&mut out, &mut mean, &mut rstd, &be.upload(x).unwrap(), &be.upload(w).unwrap(), bopt, rows, c);
         (out, mean, rstd)
     };
     let (_, mean, rstd) = fwd(&x, &w, &bias);
-    let mut dx = be.upload(&vec![0.5; rows * c]); // accumulates onto existing values
-    let (mut dw, mut db) = (be.zeros(c), be.zeros(c));
+    let mut dx = be.upload(&vec![0.5; rows * c]).unwrap(); // accumulates onto existing values
+    let (mut dw, mut db) = (be.zeros(c).unwrap(), be.zeros(c).unwrap());
     be.layernorm_bwd(
         &mut dx,
         &mut dw,
         if with_bias { Some(&mut db) } else { None },
-        &be.upload(&r),
-        &be.upload(&x),
-        &be.upload(&w),
+        &be.upload(&r).unwrap(),
+        &be.upload(&x).unwrap(),
+        &be.upload(&w).unwrap(),
         &mean,
         &rstd,
         rows,
         c,
     );
-    let dx: Vec<f32> = be.to_host(&dx).iter().map(|v| v - 0.5).collect();
-    let loss = |x: &[f32], w: &[f32], b: &[f32]| dot(&be.to_host(&fwd(x, w, b).0), &r);
+    let dx: Vec<f32> = be.to_host(&dx).unwrap().iter().map(|v| v - 0.5).collect();
+    let loss = |x: &[f32], w: &[f32], b: &[f32]| dot(&be.to_host(&fwd(x, w, b).0).unwrap(), &r);
     let (wc, bc) = (w.clone(), bias.clone());
     check("layernorm dx", &mut x, &dx, |x| loss(x, &wc, &bc));
     let xc = x.clone();
-    check("layernorm dw", &mut w, &be.to_host(&dw), |w| loss(&xc, w, &bc));
+    check("layernorm dw", &mut w, &be.to_host(&dw).unwrap(), |w| loss(&xc, w, &bc));
     if with_bias {
-        check("layernorm db", &mut bias, &be.to_host(&db), |b| loss(&xc, &wc, b));
+        check("layernorm db", &mut bias, &be.to_host(&db).unwrap(), |b| loss(&xc, &wc, b));
     }
 }
 
@@ -133,12 +134,12 @@ pub fn check_activation<B: Backend>(be: &B, act: Activation) {
     // Away from 0 for ReLU², where the derivative has a kink.
     let mut x: Vec<f32> = rand_vec(n, 20).iter().map(|v| 3.0 * v + if v.abs() < 0.05 { 0.3 } else { 0.0 }).collect();
     let r = rand_vec(n, 21);
-    let mut dx = be.zeros(n);
-    be.activation_bwd(&mut dx, &be.upload(&x), &be.upload(&r), n, act);
-    check(&format!("{act:?}"), &mut x, &be.to_host(&dx), |x| {
-        let mut out = be.zeros(n);
-        be.activation_fwd(&mut out, &be.upload(x), n, act);
-        dot(&be.to_host(&out), &r)
+    let mut dx = be.zeros(n).unwrap();
+    be.activation_bwd(&mut dx, &be.upload(&x).unwrap(), &be.upload(&r).unwrap(), n, act);
+    check(&format!("{act:?}"), &mut x, &be.to_host(&dx).unwrap(), |x| {
+        let mut out = be.zeros(n).unwrap();
+        be.activation_fwd(&mut out, &be.upload(x).unwrap(), n, act);
+        dot(&be.to_host(&out).unwrap(), &r)
     });
 }
 
@@ -146,12 +147,12 @@ pub fn check_swiglu<B: Backend>(be: &B) {
     let (rows, hidden) = (3, 7);
     let mut x: Vec<f32> = rand_vec(rows * 2 * hidden, 22).iter().map(|v| 2.0 * v).collect();
     let r = rand_vec(rows * hidden, 23);
-    let mut dx = be.upload(&vec![5.0; rows * 2 * hidden]); // must be overwritten
-    be.swiglu_bwd(&mut dx, &be.upload(&x), &be.upload(&r), rows, hidden);
-    check("swiglu", &mut x, &be.to_host(&dx), |x| {
-        let mut out = be.zeros(rows * hidden);
-        be.swiglu_fwd(&mut out, &be.upload(x), rows, hidden);
-        dot(&be.to_host(&out), &r)
+    let mut dx = be.upload(&vec![5.0; rows * 2 * hidden]).unwrap(); // must be overwritten
+    be.swiglu_bwd(&mut dx, &be.upload(&x).unwrap(), &be.upload(&r).unwrap(), rows, hidden);
+    check("swiglu", &mut x, &be.to_host(&dx).unwrap(), |x| {
+        let mut out = be.zeros(rows * hidden).unwrap();
+        be.swiglu_fwd(&mut out, &be.upload(x).unwrap(), rows, hidden);
+        dot(&be.to_host(&out).unwrap(), &r)
     });
 }
 
@@ -161,19 +162,28 @@ pub fn check_rmsnorm<B: Backend>(be: &B) {
     let mut w: Vec<f32> = rand_vec(c, 15).iter().map(|v| 1.0 + 0.3 * v).collect();
     let r = rand_vec(rows * c, 16);
     let fwd = |x: &[f32], w: &[f32]| {
-        let (mut out, mut rstd) = (be.zeros(rows * c), be.zeros(rows));
-        be.rmsnorm_fwd(&mut out, &mut rstd, &be.upload(x), &be.upload(w), rows, c);
+        let (mut out, mut rstd) = (be.zeros(rows * c).unwrap(), be.zeros(rows).unwrap());
+        be.rmsnorm_fwd(&mut out, &mut rstd, &be.upload(x).unwrap(), &be.upload(w).unwrap(), rows, c);
         (out, rstd)
     };
     let (_, rstd) = fwd(&x, &w);
-    let mut dx = be.upload(&vec![0.5; rows * c]); // accumulates onto existing values
-    let mut dw = be.zeros(c);
-    be.rmsnorm_bwd(&mut dx, &mut dw, &be.upload(&r), &be.upload(&x), &be.upload(&w), &rstd, rows, c);
-    let dx: Vec<f32> = be.to_host(&dx).iter().map(|v| v - 0.5).collect();
+    let mut dx = be.upload(&vec![0.5; rows * c]).unwrap(); // accumulates onto existing values
+    let mut dw = be.zeros(c).unwrap();
+    be.rmsnorm_bwd(
+        &mut dx,
+        &mut dw,
+        &be.upload(&r).unwrap(),
+        &be.upload(&x).unwrap(),
+        &be.upload(&w).unwrap(),
+        &rstd,
+        rows,
+        c,
+    );
+    let dx: Vec<f32> = be.to_host(&dx).unwrap().iter().map(|v| v - 0.5).collect();
     let wc = w.clone();
-    check("rmsnorm dx", &mut x, &dx, |x| dot(&be.to_host(&fwd(x, &wc).0), &r));
+    check("rmsnorm dx", &mut x, &dx, |x| dot(&be.to_host(&fwd(x, &wc).0).unwrap(), &r));
     let xc = x.clone();
-    check("rmsnorm dw", &mut w, &be.to_host(&dw), |w| dot(&be.to_host(&fwd(&xc, w).0), &r));
+    check("rmsnorm dw", &mut w, &be.to_host(&dw).unwrap(), |w| dot(&be.to_host(&fwd(&xc, w).0).unwrap(), &r));
 }
 
 /// A grouped-query shape: 4 query heads sharing 2 key/value heads.
@@ -186,14 +196,14 @@ pub fn check_qk_norm<B: Backend>(be: &B) {
     let mut x = rand_vec(n, 17);
     let r = rand_vec(n, 18);
     let fwd = |x: &[f32]| {
-        let (mut out, mut rstd) = (be.zeros(n), be.zeros(rows * (s.heads + s.kv_heads)));
-        be.qk_norm_fwd(&mut out, &mut rstd, &be.upload(x), s, rows);
+        let (mut out, mut rstd) = (be.zeros(n).unwrap(), be.zeros(rows * (s.heads + s.kv_heads)).unwrap());
+        be.qk_norm_fwd(&mut out, &mut rstd, &be.upload(x).unwrap(), s, rows);
         (out, rstd)
     };
     let (_, rstd) = fwd(&x);
-    let mut dx = be.upload(&vec![9.0; n]); // must be overwritten
-    be.qk_norm_bwd(&mut dx, &be.upload(&r), &be.upload(&x), &rstd, s, rows);
-    check("qk-norm", &mut x, &be.to_host(&dx), |x| dot(&be.to_host(&fwd(x).0), &r));
+    let mut dx = be.upload(&vec![9.0; n]).unwrap(); // must be overwritten
+    be.qk_norm_bwd(&mut dx, &be.upload(&r).unwrap(), &be.upload(&x).unwrap(), &rstd, s, rows);
+    check("qk-norm", &mut x, &be.to_host(&dx).unwrap(), |x| dot(&be.to_host(&fwd(x).0).unwrap(), &r));
 }
 
 pub fn check_rope<B: Backend>(be: &B) {
@@ -201,17 +211,17 @@ pub fn check_rope<B: Backend>(be: &B) {
     let rows = s.batch * s.seq;
     let n = rows * s.qkv_width();
     let (cos, sin) = crate::model::positions::rope_tables(s.seq + 3, s.head_dim, 100.0);
-    let (cos, sin) = (be.upload(&cos), be.upload(&sin));
+    let (cos, sin) = (be.upload(&cos).unwrap(), be.upload(&sin).unwrap());
     let mut x = rand_vec(n, 19);
     let r = rand_vec(n, 24);
     // The backward is the inverse rotation applied to the output gradient.
     let positions: Vec<u32> = (0..rows as u32).map(|r| 3 + r % s.seq as u32).collect();
-    let mut dx = be.upload(&r);
+    let mut dx = be.upload(&r).unwrap();
     be.rope(&mut dx, &cos, &sin, s, &positions, true);
-    check("rope", &mut x, &be.to_host(&dx), |x| {
-        let mut y = be.upload(x);
+    check("rope", &mut x, &be.to_host(&dx).unwrap(), |x| {
+        let mut y = be.upload(x).unwrap();
         be.rope(&mut y, &cos, &sin, s, &positions, false);
-        dot(&be.to_host(&y), &r)
+        dot(&be.to_host(&y).unwrap(), &r)
     });
 }
 
@@ -221,15 +231,15 @@ pub fn check_attention<B: Backend>(be: &B, s: AttnShape, drop: Dropout) {
     let mut qkv = rand_vec(n, 30);
     let r = rand_vec(on, 31);
     let fwd = |qkv: &[f32]| {
-        let mut out = be.zeros(on);
-        let mut stats = be.zeros(s.stats_len());
-        be.attention_fwd(&mut out, &mut stats, &be.upload(qkv), s, drop);
+        let mut out = be.zeros(on).unwrap();
+        let mut stats = be.zeros(s.stats_len()).unwrap();
+        be.attention_fwd(&mut out, &mut stats, &be.upload(qkv).unwrap(), s, drop);
         (out, stats)
     };
     let (_, stats) = fwd(&qkv);
-    let mut dqkv = be.upload(&vec![9.0; n]); // must be overwritten
-    be.attention_bwd(&mut dqkv, &be.upload(&r), &be.upload(&qkv), &stats, s, drop);
-    check("attention", &mut qkv, &be.to_host(&dqkv), |q| dot(&be.to_host(&fwd(q).0), &r));
+    let mut dqkv = be.upload(&vec![9.0; n]).unwrap(); // must be overwritten
+    be.attention_bwd(&mut dqkv, &be.upload(&r).unwrap(), &be.upload(&qkv).unwrap(), &stats, s, drop);
+    check("attention", &mut qkv, &be.to_host(&dqkv).unwrap(), |q| dot(&be.to_host(&fwd(q).0).unwrap(), &r));
 }
 
 pub fn check_cross_entropy<B: Backend>(be: &B, softcap: Option<f32>) {
@@ -238,14 +248,14 @@ pub fn check_cross_entropy<B: Backend>(be: &B, softcap: Option<f32>) {
     let targets = [3u32, 0, 9, 3];
     let scale = 0.25;
     let loss = |l: &[f32]| {
-        let mut losses = be.zeros(rows);
-        be.cross_entropy(&mut losses, &mut be.upload(l), &targets, rows, vocab, padded, softcap, None);
-        be.to_host(&losses).iter().map(|&v| v as f64 * scale as f64).sum::<f64>()
+        let mut losses = be.zeros(rows).unwrap();
+        be.cross_entropy(&mut losses, &mut be.upload(l).unwrap(), &targets, rows, vocab, padded, softcap, None);
+        be.to_host(&losses).unwrap().iter().map(|&v| v as f64 * scale as f64).sum::<f64>()
     };
-    let mut grad = be.upload(&logits);
-    let mut losses = be.zeros(rows);
+    let mut grad = be.upload(&logits).unwrap();
+    let mut losses = be.zeros(rows).unwrap();
     be.cross_entropy(&mut losses, &mut grad, &targets, rows, vocab, padded, softcap, Some(scale));
-    let grad = be.to_host(&grad);
+    let grad = be.to_host(&grad).unwrap();
     for r in 0..rows {
         assert!(grad[r * padded + vocab..(r + 1) * padded].iter().all(|&g| g == 0.0));
     }
@@ -260,18 +270,18 @@ pub fn check_embedding<B: Backend>(be: &B, with_positions: bool) {
     let mut wpe = rand_vec(block * c, 51);
     let r = rand_vec(tokens.len() * c, 52);
     let fwd = |wte: &[f32], wpe: &[f32]| {
-        let mut out = be.zeros(tokens.len() * c);
-        let wpe = be.upload(wpe);
-        be.embedding_fwd(&mut out, &be.upload(wte), with_positions.then_some(&wpe), &tokens, &positions, c);
-        dot(&be.to_host(&out), &r)
+        let mut out = be.zeros(tokens.len() * c).unwrap();
+        let wpe = be.upload(wpe).unwrap();
+        be.embedding_fwd(&mut out, &be.upload(wte).unwrap(), with_positions.then_some(&wpe), &tokens, &positions, c);
+        dot(&be.to_host(&out).unwrap(), &r)
     };
-    let (mut dwte, mut dwpe) = (be.zeros(vocab * c), be.zeros(block * c));
-    be.embedding_bwd(&mut dwte, with_positions.then_some(&mut dwpe), &be.upload(&r), &tokens, &positions, c);
+    let (mut dwte, mut dwpe) = (be.zeros(vocab * c).unwrap(), be.zeros(block * c).unwrap());
+    be.embedding_bwd(&mut dwte, with_positions.then_some(&mut dwpe), &be.upload(&r).unwrap(), &tokens, &positions, c);
     let wpec = wpe.clone();
-    check("embedding wte", &mut wte, &be.to_host(&dwte), |w| fwd(w, &wpec));
+    check("embedding wte", &mut wte, &be.to_host(&dwte).unwrap(), |w| fwd(w, &wpec));
     if with_positions {
         let wtec = wte.clone();
-        check("embedding wpe", &mut wpe, &be.to_host(&dwpe), |w| fwd(&wtec, w));
+        check("embedding wpe", &mut wpe, &be.to_host(&dwpe).unwrap(), |w| fwd(&wtec, w));
     }
 }
 
@@ -281,12 +291,12 @@ pub fn check_dropout<B: Backend>(be: &B) {
     let drop = Dropout { p: 0.3, seed: 7 };
     let mut x = rand_vec(n, 60);
     let r = rand_vec(n, 61);
-    let mut g = be.upload(&r);
+    let mut g = be.upload(&r).unwrap();
     be.dropout(&mut g, drop);
-    check("dropout", &mut x, &be.to_host(&g), |x| {
-        let mut b = be.upload(x);
+    check("dropout", &mut x, &be.to_host(&g).unwrap(), |x| {
+        let mut b = be.upload(x).unwrap();
         be.dropout(&mut b, drop);
-        dot(&be.to_host(&b), &r)
+        dot(&be.to_host(&b).unwrap(), &r)
     });
 }
 
@@ -352,10 +362,10 @@ mod tests {
             let s = AttnShape { batch: 2, seq: 7, heads: 3, kv_heads, head_dim: 4 };
             let (w, ow, kvw, cap) = (s.qkv_width(), s.q_width(), s.kv_width(), 8);
             let qkv = rand_vec(s.batch * s.seq * w, 70);
-            let mut want = be.zeros(s.batch * s.seq * ow);
-            let mut stats = be.zeros(s.stats_len());
+            let mut want = be.zeros(s.batch * s.seq * ow).unwrap();
+            let mut stats = be.zeros(s.stats_len()).unwrap();
             be.attention_fwd(&mut want, &mut stats, &qkv, s, Dropout::OFF);
-            let (mut kc, mut vc) = (be.zeros(2 * cap * kvw), be.zeros(2 * cap * kvw));
+            let (mut kc, mut vc) = (be.zeros(2 * cap * kvw).unwrap(), be.zeros(2 * cap * kvw).unwrap());
             let mut got = vec![0.0; s.batch * s.seq * ow];
             let row = |b: usize, t: usize| b * s.seq + t;
             // Prefill 4 rows of sequence 0 and 2 of sequence 1 in one call...
@@ -364,7 +374,7 @@ mod tests {
                 let q: Vec<f32> =
                     batch.iter().flat_map(|&(b, t)| qkv[row(b, t) * w..(row(b, t) + 1) * w].to_vec()).collect();
                 let rows: Vec<CacheRow> = batch.iter().map(|&(b, t)| CacheRow { slot: b, pos: t }).collect();
-                let mut out = be.zeros(batch.len() * ow);
+                let mut out = be.zeros(batch.len() * ow).unwrap();
                 be.attention_cached(&mut out, &q, kc, vc, &rows, cap, s);
                 for (i, &(b, t)) in batch.iter().enumerate() {
                     got[row(b, t) * ow..(row(b, t) + 1) * ow].copy_from_slice(&out[i * ow..(i + 1) * ow]);

@@ -1,15 +1,19 @@
 //! The engine: device-neutral tensor operations with explicit forward and
 //! backward kernels (llm.c style). Model and training code only talk to the
 //! [`Backend`] trait, so a CUDA backend slots in beside [`cpu::Cpu`] without
-//! touching them.
+//! touching them; [`Device`] is the one place a backend is chosen.
 
+use anyhow::Result;
 use std::borrow::Cow;
 
 pub mod cpu;
+pub mod device;
 pub mod fastmath;
 #[cfg(test)]
 pub mod gradcheck;
 pub mod profile;
+
+pub use device::{Device, OnDevice};
 
 /// Shape of a causal self-attention call over a fused `qkv` buffer laid out
 /// `[batch, seq, (heads + 2 * kv_heads) * head_dim]`: all query heads, then
@@ -143,7 +147,17 @@ pub struct AdamWStep {
 /// Conventions: `*_fwd` overwrite their outputs; parameter gradients are
 /// always accumulated (`+=`) so gradient accumulation needs no extra pass;
 /// activation gradients are overwritten unless the doc says otherwise.
-pub trait Backend: Send + Sync {
+///
+/// Failures: what can fail on a device returns `Result`: allocation (out of
+/// memory), upload, download and [`Backend::synchronize`]. Kernels do not:
+/// on a GPU they are queued without waiting, so a failed launch can only be
+/// seen later; a backend records it and returns it from the next download
+/// or synchronisation (as CUDA itself reports errors). Callers therefore
+/// learn of a failure at the latest when they read a result.
+///
+/// A backend is a cheap handle (`Clone`): a model and its draft, or a
+/// server's threads, each hold one.
+pub trait Backend: Clone + Send + Sync + 'static {
     type Buf: Send + Sync;
 
     fn name(&self) -> String;
@@ -157,17 +171,22 @@ pub trait Backend: Send + Sync {
     }
 
     // ---- memory ----
-    fn zeros(&self, len: usize) -> Self::Buf;
-    fn upload(&self, data: &[f32]) -> Self::Buf;
-    fn to_host(&self, buf: &Self::Buf) -> Vec<f32>;
+    /// A buffer of `len` zeros; an error when the device has no room.
+    fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
+    fn to_host(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     /// The buffer's values on the host: borrowed where the backend's memory
     /// is host memory (no copy of a large model when saving it), else copied.
-    fn view<'a>(&self, buf: &'a Self::Buf) -> Cow<'a, [f32]> {
-        Cow::Owned(self.to_host(buf))
+    fn view<'a>(&self, buf: &'a Self::Buf) -> Result<Cow<'a, [f32]>> {
+        Ok(Cow::Owned(self.to_host(buf)?))
     }
     /// Copies `len` values starting at `offset` back to the host.
-    fn read_range(&self, buf: &Self::Buf, offset: usize, len: usize) -> Vec<f32>;
-    fn write(&self, buf: &mut Self::Buf, data: &[f32]);
+    fn read_range(&self, buf: &Self::Buf, offset: usize, len: usize) -> Result<Vec<f32>>;
+    fn write(&self, buf: &mut Self::Buf, data: &[f32]) -> Result<()>;
+    /// Waits for the queued kernels; reports the first that failed.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
     fn len(&self, buf: &Self::Buf) -> usize;
     fn fill(&self, buf: &mut Self::Buf, value: f32);
     fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf);
@@ -177,8 +196,9 @@ pub trait Backend: Send + Sync {
     fn add(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, n: usize);
     /// `dst += src` on the first `n` elements.
     fn add_assign(&self, dst: &mut Self::Buf, src: &Self::Buf, n: usize);
-    /// Sum of squares, accumulated in f64 (for the global gradient norm).
-    fn sum_squares(&self, buf: &Self::Buf) -> f64;
+    /// Sum of squares, accumulated in f64 (for the global gradient norm):
+    /// a value on the host, so like a download it can report a failure.
+    fn sum_squares(&self, buf: &Self::Buf) -> Result<f64>;
     /// In-place inverted dropout; the same call is its own backward.
     fn dropout(&self, buf: &mut Self::Buf, drop: Dropout);
 

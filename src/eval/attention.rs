@@ -4,6 +4,7 @@
 
 use crate::engine::{Backend, Dropout};
 use crate::model::{Activations, Gpt, Recompute};
+use anyhow::Result;
 use serde::Serialize;
 
 #[derive(Clone, Debug, Serialize)]
@@ -40,19 +41,19 @@ fn bin_of(d: usize) -> usize {
 /// Attention statistics over `windows` (each `seq` tokens long). Training
 /// attention keeps no probabilities, so they are recomputed here (in f64)
 /// from the queries and keys the forward pass stored.
-pub fn attention_stats<B: Backend>(model: &Gpt<B>, windows: &[Vec<u32>]) -> Vec<HeadStats> {
+pub fn attention_stats<B: Backend>(model: &Gpt<B>, windows: &[Vec<u32>]) -> Result<Vec<HeadStats>> {
     let (batch, seq) = (windows.len(), windows[0].len());
     let cfg = &model.cfg;
-    let mut acts = Activations::<B>::new(&model.be, cfg, batch, seq, Recompute::None);
+    let mut acts = Activations::<B>::new(&model.be, cfg, batch, seq, Recompute::None)?;
     let x: Vec<u32> = windows.iter().flatten().copied().collect();
-    model.forward(&mut acts, &x, None, None, Dropout::OFF);
+    model.forward(&mut acts, &x, None, None, Dropout::OFF)?;
     let shape = cfg.attn_shape(batch, seq);
     let (w, hd) = (shape.qkv_width(), shape.head_dim);
     let scale = 1.0 / (hd as f64).sqrt();
     let bins = distance_bins(seq);
     let mut out = Vec::new();
     for l in 0..cfg.n_layer {
-        let qkv = model.be.to_host(&acts.blocks[l].qkv);
+        let qkv = model.be.to_host(&acts.blocks[l].qkv)?;
         for h in 0..cfg.n_head {
             let (qo, ko, _) = shape.offsets(h);
             let (mut entropy, mut distance) = (0.0, 0.0);
@@ -89,7 +90,7 @@ pub fn attention_stats<B: Backend>(model: &Gpt<B>, windows: &[Vec<u32>]) -> Vec<
             });
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -107,8 +108,8 @@ mod tests {
         let cfg = ModelConfig::gpt2(11, 8, 2, 2, 8);
         let zeros: Vec<Vec<f32>> =
             crate::model::params::Layout::new(&cfg).specs.iter().map(|s| vec![0.0; s.numel()]).collect();
-        let model = Gpt::from_host(Cpu, cfg, &zeros);
-        let stats = attention_stats(&model, &[vec![1, 2, 3, 4, 5, 6, 7, 8]]);
+        let model = Gpt::from_host(Cpu, cfg, &zeros).unwrap();
+        let stats = attention_stats(&model, &[vec![1, 2, 3, 4, 5, 6, 7, 8]]).unwrap();
         assert_eq!(stats.len(), 4);
         let want_entropy = (0..8).map(|t| ((t + 1) as f64).log2()).sum::<f64>() / 8.0;
         for s in &stats {

@@ -3,6 +3,7 @@
 
 use crate::engine::{Backend, Dropout};
 use crate::model::{Activations, Gpt, Recompute};
+use anyhow::Result;
 use serde::Serialize;
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -31,28 +32,28 @@ pub fn evaluate<B: Backend>(
     token_bytes: &[usize],
     batch: usize,
     max_tokens: Option<usize>,
-) -> EvalReport {
+) -> Result<EvalReport> {
     let block = model.cfg.block_size;
     let targets = (tokens.len().saturating_sub(1)).min(max_tokens.unwrap_or(usize::MAX));
     let starts: Vec<usize> = (0..targets).step_by(block).collect();
     let (full, tail): (Vec<usize>, Vec<usize>) = starts.into_iter().partition(|&s| s + block <= targets);
     let mut sums = Sums::default();
-    let mut acts = Activations::<B>::new(&model.be, &model.cfg, batch, block, Recompute::None);
+    let mut acts = Activations::<B>::new(&model.be, &model.cfg, batch, block, Recompute::None)?;
     for group in full.chunks(batch) {
         if group.len() < batch {
             // The last, smaller group of full windows.
-            let mut a = Activations::<B>::new(&model.be, &model.cfg, group.len(), block, Recompute::None);
-            score(model, &mut a, tokens, group, block, token_bytes, &mut sums);
+            let mut a = Activations::<B>::new(&model.be, &model.cfg, group.len(), block, Recompute::None)?;
+            score(model, &mut a, tokens, group, block, token_bytes, &mut sums)?;
         } else {
-            score(model, &mut acts, tokens, group, block, token_bytes, &mut sums);
+            score(model, &mut acts, tokens, group, block, token_bytes, &mut sums)?;
         }
     }
     if let Some(&s) = tail.first() {
         let len = targets - s;
-        let mut a = Activations::<B>::new(&model.be, &model.cfg, 1, len, Recompute::None);
-        score(model, &mut a, tokens, &[s], len, token_bytes, &mut sums);
+        let mut a = Activations::<B>::new(&model.be, &model.cfg, 1, len, Recompute::None)?;
+        score(model, &mut a, tokens, &[s], len, token_bytes, &mut sums)?;
     }
-    sums.report()
+    Ok(sums.report())
 }
 
 #[derive(Default)]
@@ -92,14 +93,14 @@ fn score<B: Backend>(
     seq: usize,
     token_bytes: &[usize],
     sums: &mut Sums,
-) {
+) -> Result<()> {
     let x: Vec<u32> = starts.iter().flat_map(|&s| tokens[s..s + seq].iter().copied()).collect();
     let y: Vec<u32> = starts.iter().flat_map(|&s| tokens[s + 1..s + 1 + seq].iter().copied()).collect();
-    model.forward(acts, &x, Some(&y), None, Dropout::OFF);
+    model.forward(acts, &x, Some(&y), None, Dropout::OFF)?;
     let be = &model.be;
     let (v, pv) = (model.cfg.vocab_size, model.cfg.padded_vocab);
-    let losses = be.to_host(&acts.losses);
-    let logits = be.read_range(&acts.logits, 0, y.len() * pv);
+    let losses = be.to_host(&acts.losses)?;
+    let logits = be.read_range(&acts.logits, 0, y.len() * pv)?;
     for (i, &t) in y.iter().enumerate() {
         let row = &logits[i * pv..i * pv + v];
         let target = row[t as usize];
@@ -111,6 +112,7 @@ fn score<B: Backend>(
         sums.bytes += token_bytes[t as usize];
     }
     sums.tokens += y.len();
+    Ok(())
 }
 
 #[cfg(test)]
@@ -121,20 +123,20 @@ mod tests {
 
     #[test]
     fn windows_cover_every_prediction_once() {
-        let model = Gpt::new(Cpu, ModelConfig::gpt2(11, 8, 1, 2, 8), 1);
+        let model = Gpt::new(Cpu, ModelConfig::gpt2(11, 8, 1, 2, 8), 1).unwrap();
         let tokens: Vec<u32> = (0..30).map(|i| (i * 7 % 11) as u32).collect();
         let bytes = vec![1; 11];
-        let all = evaluate(&model, &tokens, &bytes, 2, None);
+        let all = evaluate(&model, &tokens, &bytes, 2, None).unwrap();
         assert_eq!(all.tokens, 29);
         // Batching does not change the numbers.
-        let one = evaluate(&model, &tokens, &bytes, 1, None);
+        let one = evaluate(&model, &tokens, &bytes, 1, None).unwrap();
         assert!((all.loss - one.loss).abs() < 1e-6);
         // An untrained model is near chance: loss ~ ln(11), top-5 ~ 5/11.
         assert!((all.loss - 11f64.ln()).abs() < 0.5, "{}", all.loss);
         assert!((all.bits_per_byte - all.bits_per_token).abs() < 1e-12);
-        assert_eq!(evaluate(&model, &tokens, &bytes, 2, Some(10)).tokens, 10);
+        assert_eq!(evaluate(&model, &tokens, &bytes, 2, Some(10)).unwrap().tokens, 10);
         // Two-byte tokens halve the bits per byte.
-        let two = evaluate(&model, &tokens, &[2; 11], 2, None);
+        let two = evaluate(&model, &tokens, &[2; 11], 2, None).unwrap();
         assert!((two.bits_per_byte * 2.0 - all.bits_per_token).abs() < 1e-9);
     }
 }

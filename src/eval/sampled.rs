@@ -6,6 +6,7 @@ use crate::data::{Dataset, Split};
 use crate::engine::fastmath::derive_seed;
 use crate::engine::{Backend, Dropout};
 use crate::model::{Activations, Gpt};
+use anyhow::Result;
 
 /// The stream of randomness evaluation batches are drawn from (training's
 /// batches and dropout use others).
@@ -21,13 +22,13 @@ pub fn sampled_loss<B: Backend>(
     split: Split,
     (count, batch, seq): (usize, usize, usize),
     (seed, step): (u64, usize),
-) -> f64 {
+) -> Result<f64> {
     let (mut x, mut y) = (Vec::new(), Vec::new());
     let mut total = 0.0;
     for i in 0..count {
         let seed = derive_seed(seed, &[SEED_EVAL, step as u64, split as u64, i as u64]);
         data.batch(split, batch, seq, seed, &mut x, &mut y);
-        total += model.forward(acts, &x, Some(&y), None, Dropout::OFF).expect("targets") as f64;
+        total += model.forward(acts, &x, Some(&y), None, Dropout::OFF)?.expect("targets") as f64;
     }
-    total / count as f64
+    Ok(total / count as f64)
 }

@@ -112,7 +112,7 @@ impl<B: Backend> Batch<B> {
         if tokenizer.vocab_size() != model.cfg.vocab_size {
             bail!("the tokenizer has {} symbols but the model {}", tokenizer.vocab_size(), model.cfg.vocab_size);
         }
-        let cache = KvCache::new(&model, slots);
+        let cache = KvCache::new(&model, slots)?;
         Ok(Batch {
             model,
             tokenizer,
@@ -195,23 +195,40 @@ impl<B: Backend> Batch<B> {
     /// One step: prefills the sequences that joined, then gives every
     /// sequence its next token (a speculative one up to `draft tokens + 1`).
     /// Returns the events, in slot order; a finished sequence's slot is free
-    /// for the next [`Self::add`].
+    /// for the next [`Self::add`]. If the device fails, every sequence
+    /// still decoding finishes with the error.
     pub fn step(&mut self) -> Vec<(SeqId, Event)> {
         let mut events = Vec::new();
-        self.prefill();
+        if let Err(e) = self.try_step(&mut events) {
+            let reason = FinishReason::Error(format!("{e:#}"));
+            for slot in 0..self.slots.len() {
+                if let Some(mut p) = self.slots[slot].take() {
+                    self.cache.truncate(slot, 0);
+                    p.seq.end(reason.clone(), &mut events);
+                }
+            }
+            for mut d in self.drafted.drain(..) {
+                d.seq.end(reason.clone(), &mut events);
+            }
+        }
+        events
+    }
+
+    fn try_step(&mut self, events: &mut Vec<(SeqId, Event)>) -> Result<()> {
+        self.prefill()?;
         let cap = self.cache.capacity;
         let mut feed = Vec::new();
         for slot in 0..self.slots.len() {
             let Some(p) = self.slots[slot].as_mut() else { continue };
             if p.seq.generated >= p.seq.max_tokens {
-                p.seq.end(FinishReason::Length, &mut events);
+                p.seq.end(FinishReason::Length, events);
                 self.slots[slot] = None;
                 continue;
             }
             let logits = p.logits.as_ref().expect("prefilled");
             let t = p.sampler.sample(logits, &p.tokens);
             p.tokens.push(t);
-            if p.seq.token(t, &mut events) {
+            if p.seq.token(t, events) {
                 self.slots[slot] = None;
             } else if self.cache.len(slot) < cap {
                 feed.push((slot, t));
@@ -222,21 +239,28 @@ impl<B: Backend> Batch<B> {
                 let keep = (cap / 2).max(1);
                 self.cache.truncate(slot, 0);
                 let window = &p.tokens[p.tokens.len() - keep..];
-                p.logits = Some(self.cache.forward(&self.model, slot, window));
+                p.logits = Some(self.cache.forward(&self.model, slot, window)?);
             }
         }
         if !feed.is_empty() {
-            for (&(slot, _), logits) in feed.iter().zip(self.cache.step(&self.model, &feed)) {
+            for (&(slot, _), logits) in feed.iter().zip(self.cache.step(&self.model, &feed)?) {
                 self.slots[slot].as_mut().expect("fed").logits = Some(logits);
             }
         }
-        self.drafted.retain_mut(|d| !d.step(&mut events));
-        events
+        let mut i = 0;
+        while i < self.drafted.len() {
+            if self.drafted[i].step(events)? {
+                self.drafted.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
     }
 
     /// Prefills the prompts of the sequences that joined since the last
     /// step (their last `block_size` tokens), several per forward pass.
-    fn prefill(&mut self) {
+    fn prefill(&mut self) -> Result<()> {
         let cap = self.cache.capacity;
         let waiting: Vec<(usize, &[u32])> = self
             .slots
@@ -246,32 +270,33 @@ impl<B: Backend> Batch<B> {
             .map(|(i, t)| (i, &t[t.len().saturating_sub(cap)..]))
             .collect();
         if waiting.is_empty() {
-            return;
+            return Ok(());
         }
         let slots: Vec<usize> = waiting.iter().map(|w| w.0).collect();
-        let logits = self.cache.prefill_many(&self.model, &waiting);
+        let logits = self.cache.prefill_many(&self.model, &waiting)?;
         for (slot, l) in slots.into_iter().zip(logits) {
             self.slots[slot].as_mut().expect("waiting").logits = Some(l);
         }
+        Ok(())
     }
 }
 
 impl<B: Backend> Drafted<B> {
     /// One speculative round; true when the sequence is over.
-    fn step(&mut self, events: &mut Vec<(SeqId, Event)>) -> bool {
+    fn step(&mut self, events: &mut Vec<(SeqId, Event)>) -> Result<bool> {
         let start = events.len();
         let over = if self.seq.generated >= self.seq.max_tokens {
             self.seq.end(FinishReason::Length, events);
             true
         } else {
-            self.spec.next_tokens().into_iter().any(|t| self.seq.token(t, events))
+            self.spec.next_tokens()?.into_iter().any(|t| self.seq.token(t, events))
         };
         if over {
             if let Some((_, Event::Finish(f))) = events[start..].last_mut() {
                 f.speculative = Some(self.spec.stats);
             }
         }
-        over
+        Ok(over)
     }
 }
 
@@ -348,8 +373,8 @@ mod tests {
 
     /// Logits of the last position from a full forward over `ctx`.
     fn full_logits(model: &Gpt<Cpu>, ctx: &[u32]) -> Vec<f32> {
-        let mut acts = Activations::<Cpu>::new(&model.be, &model.cfg, 1, ctx.len(), Recompute::None);
-        model.forward(&mut acts, ctx, None, None, Dropout::OFF);
+        let mut acts = Activations::<Cpu>::new(&model.be, &model.cfg, 1, ctx.len(), Recompute::None).unwrap();
+        model.forward(&mut acts, ctx, None, None, Dropout::OFF).unwrap();
         let (pv, v) = (model.cfg.padded_vocab, model.cfg.vocab_size);
         let mut logits = acts.logits[(ctx.len() - 1) * pv..(ctx.len() - 1) * pv + v].to_vec();
         if let Some(cap) = model.cfg.logit_softcap {
@@ -362,7 +387,7 @@ mod tests {
     fn greedy_generation_matches_full_recompute_with_sliding_window() {
         let tok = chars();
         for cfg in test_variants() {
-            let model = Arc::new(Gpt::new(Cpu, cfg, 5));
+            let model = Arc::new(Gpt::new(Cpu, cfg, 5).unwrap());
             let prompt = [1u32, 2, 3];
             let (got, finish) = alone(&model, &tok, request(&prompt, SamplerConfig::greedy(), 0, 30));
             assert_eq!((finish.reason, finish.prompt_tokens, finish.completion_tokens), (FinishReason::Length, 3, 30));
@@ -382,11 +407,11 @@ mod tests {
 
     #[test]
     fn long_prompt_is_cropped_and_bad_prompts_fail() {
-        let (model, tok) = (Arc::new(Gpt::new(Cpu, test_variants().remove(0), 5)), chars());
+        let (model, tok) = (Arc::new(Gpt::new(Cpu, test_variants().remove(0), 5).unwrap()), chars());
         let mut batch = Batch::new(model.clone(), tok.clone(), 1).unwrap();
         let prompt: Vec<u32> = (0..20).map(|i| i % 11).collect();
         batch.add(request(&prompt, SamplerConfig::default(), 0, 5)).unwrap();
-        batch.prefill();
+        batch.prefill().unwrap();
         assert_eq!(batch.cache.len(0), model.cfg.block_size);
         assert!(batch.add(request(&[1], SamplerConfig::default(), 0, 5)).unwrap_err().to_string().contains("full"));
         let mut batch = Batch::new(model.clone(), tok.clone(), 1).unwrap();
@@ -406,7 +431,7 @@ mod tests {
         let tok = chars();
         let sampling = SamplerConfig { temperature: 1.0, top_k: 0, ..SamplerConfig::default() };
         for cfg in test_variants() {
-            let model = Arc::new(Gpt::new(Cpu, cfg, 3));
+            let model = Arc::new(Gpt::new(Cpu, cfg, 3).unwrap());
             // Different lengths, one longer than the block size (8), and
             // enough new tokens that every sequence slides at least once.
             let prompts: Vec<Vec<u32>> = vec![vec![1], vec![2, 3, 4], (0..11).map(|i| i % 11).collect(), vec![5, 5]];
@@ -439,7 +464,7 @@ mod tests {
 
     #[test]
     fn cancelling_frees_the_slot() {
-        let (model, tok) = (Arc::new(Gpt::new(Cpu, test_variants().remove(1), 3)), chars());
+        let (model, tok) = (Arc::new(Gpt::new(Cpu, test_variants().remove(1), 3).unwrap()), chars());
         let mut batch = Batch::new(model.clone(), tok.clone(), 1).unwrap();
         let a = batch.add(request(&[1, 2], SamplerConfig::default(), 1, 50)).unwrap();
         batch.step();
@@ -454,6 +479,30 @@ mod tests {
         drain(&mut batch, &mut out);
         let (want, _) = alone(&model, &tok, request(&[3], SamplerConfig::default(), 2, 12));
         assert_eq!(tok.encode(&out[&b].0).unwrap(), want);
+    }
+
+    #[test]
+    fn a_device_failure_finishes_every_sequence_with_the_error() {
+        let (model, tok) = (Arc::new(Gpt::new(Cpu, test_variants().remove(0), 3).unwrap()), chars());
+        let mut batch = Batch::new(model, tok, 2).unwrap();
+        let ids = [0, 1].map(|i| batch.add(request(&[1 + i], SamplerConfig::default(), i as u64, 20)).unwrap());
+        batch.step();
+        crate::engine::cpu::faults::fail_downloads(true);
+        let events = batch.step();
+        crate::engine::cpu::faults::fail_downloads(false);
+        for id in ids {
+            let finish = events.iter().find_map(|(i, e)| match e {
+                Event::Finish(f) if *i == id => Some(f),
+                _ => None,
+            });
+            let reason = finish.expect("a finish for each sequence").reason.clone();
+            assert_eq!(reason, FinishReason::Error("simulated device failure".into()));
+        }
+        assert_eq!((batch.active(), batch.free_slots()), (0, 2));
+        batch.add(request(&[1], SamplerConfig::default(), 0, 3)).unwrap();
+        let mut out = Outputs::new();
+        drain(&mut batch, &mut out);
+        assert!(out.values().all(|o| o.1.as_ref().unwrap().reason == FinishReason::Length));
     }
 
     /// A one-layer model that writes a fixed cycle of bytes greedily: token
@@ -486,7 +535,7 @@ mod tests {
                 p
             })
             .collect::<Vec<_>>();
-        Arc::new(Gpt::from_host(Cpu, cfg, &params))
+        Arc::new(Gpt::from_host(Cpu, cfg, &params).unwrap())
     }
 
     #[test]
@@ -538,7 +587,8 @@ mod tests {
         let tok = chars();
         let target_cfg = ModelConfig { block_size: 32, ..test_variants().remove(1) };
         let draft_cfg = ModelConfig { n_layer: 1, n_embd: 8, n_head: 2, n_kv_head: None, ..target_cfg.clone() };
-        let (target, draft) = (Arc::new(Gpt::new(Cpu, target_cfg, 1)), Arc::new(Gpt::new(Cpu, draft_cfg, 2)));
+        let (target, draft) =
+            (Arc::new(Gpt::new(Cpu, target_cfg, 1).unwrap()), Arc::new(Gpt::new(Cpu, draft_cfg, 2).unwrap()));
         let plain = |max| request(&[1, 2, 3], SamplerConfig::greedy(), 0, max);
         let (want, _) = alone(&target, &tok, plain(25));
         let drafted = Request { draft: Some(Draft { model: draft, tokens: 3 }), ..plain(25) };
@@ -561,17 +611,17 @@ mod tests {
     #[test]
     fn a_batch_step_gives_each_sequence_its_own_logits() {
         for cfg in test_variants() {
-            let model = Gpt::new(Cpu, cfg, 5);
+            let model = Gpt::new(Cpu, cfg, 5).unwrap();
             let prompts: Vec<Vec<u32>> = (0..70u32).map(|i| (0..1 + i % 3).map(|t| (i + t) % 11).collect()).collect();
-            let mut batch = KvCache::new(&model, prompts.len());
+            let mut batch = KvCache::new(&model, prompts.len()).unwrap();
             let slots: Vec<(usize, &[u32])> = prompts.iter().enumerate().map(|(i, p)| (i, &p[..])).collect();
-            batch.prefill_many(&model, &slots);
+            batch.prefill_many(&model, &slots).unwrap();
             let next: Vec<(usize, u32)> = (0..prompts.len()).map(|i| (i, (i % 11) as u32)).collect();
-            let together = batch.step(&model, &next);
+            let together = batch.step(&model, &next).unwrap();
             for (i, p) in prompts.iter().enumerate() {
-                let mut one = KvCache::new(&model, 1);
-                one.forward(&model, 0, p);
-                let alone = one.forward(&model, 0, &[next[i].1]);
+                let mut one = KvCache::new(&model, 1).unwrap();
+                one.forward(&model, 0, p).unwrap();
+                let alone = one.forward(&model, 0, &[next[i].1]).unwrap();
                 if Cpu.batch_invariant_rows().is_some() {
                     assert_eq!(alone, together[i], "sequence {i}");
                 } else {

@@ -40,16 +40,17 @@ struct Side<B: Backend> {
 }
 
 impl<B: Backend> Side<B> {
-    fn new(model: Arc<Gpt<B>>) -> Self {
-        let cache = KvCache::new(&model, 1);
-        Side { model, cache, pending: Vec::new(), logits: Vec::new() }
+    fn new(model: Arc<Gpt<B>>) -> Result<Self> {
+        let cache = KvCache::new(&model, 1)?;
+        Ok(Side { model, cache, pending: Vec::new(), logits: Vec::new() })
     }
 
-    fn catch_up(&mut self) {
+    fn catch_up(&mut self) -> Result<()> {
         if !self.pending.is_empty() {
-            self.logits = self.cache.forward(&self.model, 0, &self.pending);
+            self.logits = self.cache.forward(&self.model, 0, &self.pending)?;
             self.pending.clear();
         }
+        Ok(())
     }
 }
 
@@ -77,8 +78,8 @@ impl<B: Backend> Speculative<B> {
             bail!("draft tokens must be between 1 and {} (under half the block size {cap})", (cap - 1) / 2);
         }
         Ok(Speculative {
-            target: Side::new(target),
-            draft: Side::new(draft),
+            target: Side::new(target)?,
+            draft: Side::new(draft)?,
             sampler,
             k,
             tokens: Vec::new(),
@@ -122,7 +123,7 @@ impl<B: Backend> Speculative<B> {
     }
 
     /// Generates the next tokens (at least one, at most `k + 1`) and returns them.
-    pub fn next_tokens(&mut self) -> Vec<u32> {
+    pub fn next_tokens(&mut self) -> Result<Vec<u32>> {
         assert!(!self.tokens.is_empty(), "prefill before sampling");
         // Room for the pending tokens and a whole draft, or slide the window.
         let cap = self.capacity();
@@ -130,7 +131,7 @@ impl<B: Backend> Speculative<B> {
         if need(&self.target) > cap || need(&self.draft) > cap {
             self.restart_window(false);
         }
-        self.draft.catch_up();
+        self.draft.catch_up()?;
         let d0 = self.draft.cache.len(0);
 
         // The draft proposes k tokens, keeping each one's distribution q.
@@ -144,7 +145,7 @@ impl<B: Backend> Speculative<B> {
             history.push(x);
             q.push(dist);
             if j + 1 < self.k {
-                self.draft.logits = self.draft.cache.forward(&self.draft.model, 0, &[x]);
+                self.draft.logits = self.draft.cache.forward(&self.draft.model, 0, &[x])?;
             }
         }
         // One target pass over its pending tokens and every proposal: the
@@ -153,7 +154,7 @@ impl<B: Backend> Speculative<B> {
         let pending = std::mem::take(&mut self.target.pending);
         let t0 = self.target.cache.len(0) + pending.len();
         let fed: Vec<u32> = pending.iter().chain(&proposal).copied().collect();
-        let mut after = self.target.cache.forward_from(&self.target.model, 0, &fed, pending.len() - 1).into_iter();
+        let mut after = self.target.cache.forward_from(&self.target.model, 0, &fed, pending.len() - 1)?.into_iter();
         self.stats.target_passes += 1;
         self.stats.proposed += self.k;
         let mut out = Vec::with_capacity(self.k + 1);
@@ -195,7 +196,7 @@ impl<B: Backend> Speculative<B> {
         self.target.pending = vec![out[kept]];
         self.draft.pending = out[kept.min(self.k - 1)..].to_vec();
         self.tokens.extend(&out);
-        out
+        Ok(out)
     }
 }
 
@@ -216,18 +217,18 @@ mod tests {
     fn models() -> (Arc<Gpt<Cpu>>, Arc<Gpt<Cpu>>) {
         let target_cfg = ModelConfig { block_size: 32, ..test_variants().remove(1) };
         let draft_cfg = ModelConfig { n_layer: 1, n_embd: 8, n_head: 2, n_kv_head: None, ..target_cfg.clone() };
-        (Arc::new(Gpt::new(Cpu, target_cfg, 1)), Arc::new(Gpt::new(Cpu, draft_cfg, 2)))
+        (Arc::new(Gpt::new(Cpu, target_cfg, 1).unwrap()), Arc::new(Gpt::new(Cpu, draft_cfg, 2).unwrap()))
     }
 
     #[test]
     fn greedy_output_is_the_targets_greedy_output() {
         let (target, draft) = models();
-        let mut cache = KvCache::new(&target, 1);
-        let mut logits = cache.forward(&target, 0, &[1, 2, 3]);
+        let mut cache = KvCache::new(&target, 1).unwrap();
+        let mut logits = cache.forward(&target, 0, &[1, 2, 3]).unwrap();
         let want: Vec<u32> = (0..25)
             .map(|_| {
                 let t = argmax(&logits);
-                logits = cache.forward(&target, 0, &[t]);
+                logits = cache.forward(&target, 0, &[t]).unwrap();
                 t
             })
             .collect();
@@ -236,7 +237,7 @@ mod tests {
                 Speculative::new(target.clone(), draft.clone(), Sampler::new(SamplerConfig::greedy(), 0), k).unwrap();
             s.prefill(&[1, 2, 3]).unwrap();
             while s.tokens.len() < 3 + 25 {
-                s.next_tokens();
+                s.next_tokens().unwrap();
             }
             assert_eq!(&s.tokens[3..28], &want[..], "k = {k}");
         }
@@ -246,7 +247,7 @@ mod tests {
             Speculative::new(target.clone(), target.clone(), Sampler::new(SamplerConfig::default(), 5), 4).unwrap();
         s.prefill(&[1, 2, 3]).unwrap();
         for _ in 0..4 {
-            assert_eq!(s.next_tokens().len(), 5);
+            assert_eq!(s.next_tokens().unwrap().len(), 5);
         }
         assert_eq!((s.stats.accepted, s.stats.proposed, s.stats.target_passes), (16, 16, 4));
     }
@@ -256,14 +257,14 @@ mod tests {
     fn exact_two_tokens(target: &Gpt<Cpu>, cfg: SamplerConfig, prompt: &[u32]) -> (Vec<f64>, Vec<f64>) {
         let v = target.cfg.vocab_size;
         let mut sampler = Sampler::new(cfg, 0);
-        let mut cache = KvCache::new(target, 1);
-        let p0 = sampler.distribution(&cache.forward(target, 0, prompt), prompt).to_vec();
+        let mut cache = KvCache::new(target, 1).unwrap();
+        let p0 = sampler.distribution(&cache.forward(target, 0, prompt).unwrap(), prompt).to_vec();
         let (mut first, mut second) = (vec![0.0; v], vec![0.0; v]);
         for &(x, px) in &p0 {
             first[x as usize] = px;
             cache.truncate(0, prompt.len());
             let ctx: Vec<u32> = prompt.iter().copied().chain([x]).collect();
-            for &(y, py) in sampler.distribution(&cache.forward(target, 0, &[x]), &ctx) {
+            for &(y, py) in sampler.distribution(&cache.forward(target, 0, &[x]).unwrap(), &ctx) {
                 second[y as usize] += px * py;
             }
         }
@@ -283,7 +284,7 @@ mod tests {
             let mut s = Speculative::new(target.clone(), draft.clone(), Sampler::new(cfg, seed), 2).unwrap();
             s.prefill(&prompt).unwrap();
             while s.tokens.len() < prompt.len() + 2 {
-                s.next_tokens();
+                s.next_tokens().unwrap();
             }
             c1[s.tokens[2] as usize] += 1;
             c2[s.tokens[3] as usize] += 1;
@@ -306,7 +307,7 @@ mod tests {
         let (target, draft) = models();
         let s = |k| Speculative::new(target.clone(), draft.clone(), Sampler::new(SamplerConfig::greedy(), 0), k).err();
         assert!(s(0).is_some() && s(16).is_some() && s(15).is_none());
-        let other = Gpt::new(Cpu, ModelConfig { vocab_size: 12, ..draft.cfg.clone() }, 0);
+        let other = Gpt::new(Cpu, ModelConfig { vocab_size: 12, ..draft.cfg.clone() }, 0).unwrap();
         assert!(Speculative::new(target.clone(), Arc::new(other), Sampler::new(SamplerConfig::greedy(), 0), 2).is_err());
     }
 }

@@ -3,6 +3,7 @@
 
 use super::config::ModelConfig;
 use crate::engine::Backend;
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 /// Activation recomputation: what the forward pass stores for the backward
@@ -43,23 +44,28 @@ pub struct BlockActs<T> {
 
 impl<T> BlockActs<T> {
     /// Buffers for `rows` rows, with `stats` floats of attention statistics.
-    pub fn build(cfg: &ModelConfig, rows: usize, stats: usize, alloc: &mut impl FnMut(usize) -> T) -> Self {
+    pub fn build(
+        cfg: &ModelConfig,
+        rows: usize,
+        stats: usize,
+        alloc: &mut impl FnMut(usize) -> Result<T>,
+    ) -> Result<Self> {
         let (n, c, w) = (rows, cfg.n_embd, cfg.qkv_width());
         let qk = if cfg.qk_norm { 1 } else { 0 };
-        BlockActs {
-            ln1: alloc(n * c),
-            ln1_mean: alloc(n),
-            ln1_rstd: alloc(n),
-            qkv_raw: alloc(qk * n * w),
-            qk_rstd: alloc(qk * n * (cfg.n_head + cfg.kv_heads())),
-            qkv: alloc(n * w),
-            att_stats: alloc(stats),
-            atty: alloc(n * c),
-            res_attn: alloc(n * c),
-            ln2: alloc(n * c),
-            ln2_mean: alloc(n),
-            ln2_rstd: alloc(n),
-        }
+        Ok(BlockActs {
+            ln1: alloc(n * c)?,
+            ln1_mean: alloc(n)?,
+            ln1_rstd: alloc(n)?,
+            qkv_raw: alloc(qk * n * w)?,
+            qk_rstd: alloc(qk * n * (cfg.n_head + cfg.kv_heads()))?,
+            qkv: alloc(n * w)?,
+            att_stats: alloc(stats)?,
+            atty: alloc(n * c)?,
+            res_attn: alloc(n * c)?,
+            ln2: alloc(n * c)?,
+            ln2_mean: alloc(n)?,
+            ln2_rstd: alloc(n)?,
+        })
     }
 }
 
@@ -70,8 +76,8 @@ pub struct MlpActs<T> {
 }
 
 impl<T> MlpActs<T> {
-    pub fn build(cfg: &ModelConfig, rows: usize, alloc: &mut impl FnMut(usize) -> T) -> Self {
-        MlpActs { fc: alloc(rows * cfg.fc_width()), act: alloc(rows * cfg.hidden()) }
+    pub fn build(cfg: &ModelConfig, rows: usize, alloc: &mut impl FnMut(usize) -> Result<T>) -> Result<Self> {
+        Ok(MlpActs { fc: alloc(rows * cfg.fc_width())?, act: alloc(rows * cfg.hidden())? })
     }
 }
 
@@ -119,39 +125,39 @@ impl<T> Acts<T> {
         batch: usize,
         seq: usize,
         recompute: Recompute,
-        mut alloc: impl FnMut(usize) -> T,
-    ) -> Self {
+        mut alloc: impl FnMut(usize) -> Result<T>,
+    ) -> Result<Self> {
         let n = batch * seq;
         let (c, w) = (cfg.n_embd, cfg.qkv_width());
         let qk = if cfg.qk_norm { 1 } else { 0 };
         let stored_blocks = if recompute == Recompute::Block { 1 } else { cfg.n_layer };
         let stored_mlps = if recompute == Recompute::None { cfg.n_layer } else { 1 };
         let stats = cfg.attn_shape(batch, seq).stats_len();
-        let blocks = (0..stored_blocks).map(|_| BlockActs::build(cfg, n, stats, &mut alloc)).collect();
-        let mlps = (0..stored_mlps).map(|_| MlpActs::build(cfg, n, &mut alloc)).collect();
-        Acts {
+        let blocks = (0..stored_blocks).map(|_| BlockActs::build(cfg, n, stats, &mut alloc)).collect::<Result<_>>()?;
+        let mlps = (0..stored_mlps).map(|_| MlpActs::build(cfg, n, &mut alloc)).collect::<Result<_>>()?;
+        Ok(Acts {
             batch,
             seq,
             recompute,
             positions: (0..n).map(|i| (i % seq) as u32).collect(),
-            encoded: alloc(n * c),
-            outputs: (0..cfg.n_layer).map(|_| alloc(n * c)).collect(),
+            encoded: alloc(n * c)?,
+            outputs: (0..cfg.n_layer).map(|_| alloc(n * c)).collect::<Result<_>>()?,
             blocks,
             mlps,
-            lnf: alloc(n * c),
-            lnf_mean: alloc(n),
-            lnf_rstd: alloc(n),
-            logits: alloc(n * cfg.padded_vocab),
-            losses: alloc(n),
-            proj: alloc(n * c),
-            d_res: alloc(n * c),
-            d_c: alloc(n * c),
-            d_c2: alloc(n * c),
-            d_qkv: alloc(n * w),
-            d_qkv2: alloc(qk * n * w),
-            d_h: alloc(n * cfg.hidden()),
-            d_h2: alloc(n * cfg.fc_width()),
-        }
+            lnf: alloc(n * c)?,
+            lnf_mean: alloc(n)?,
+            lnf_rstd: alloc(n)?,
+            logits: alloc(n * cfg.padded_vocab)?,
+            losses: alloc(n)?,
+            proj: alloc(n * c)?,
+            d_res: alloc(n * c)?,
+            d_c: alloc(n * c)?,
+            d_c2: alloc(n * c)?,
+            d_qkv: alloc(n * w)?,
+            d_qkv2: alloc(qk * n * w)?,
+            d_h: alloc(n * cfg.hidden())?,
+            d_h2: alloc(n * cfg.fc_width())?,
+        })
     }
 
     /// Index of block `l`'s stored activations.
@@ -175,7 +181,13 @@ impl<T> Acts<T> {
 
 impl<T> Acts<T> {
     /// Allocates the buffers on a backend.
-    pub fn new<B: Backend<Buf = T>>(be: &B, cfg: &ModelConfig, batch: usize, seq: usize, recompute: Recompute) -> Self {
+    pub fn new<B: Backend<Buf = T>>(
+        be: &B,
+        cfg: &ModelConfig,
+        batch: usize,
+        seq: usize,
+        recompute: Recompute,
+    ) -> Result<Self> {
         Acts::build(cfg, batch, seq, recompute, |len| be.zeros(len))
     }
 }
@@ -183,7 +195,11 @@ impl<T> Acts<T> {
 /// Number of f32 values all the activation buffers hold.
 pub fn activation_floats(cfg: &ModelConfig, batch: usize, seq: usize, recompute: Recompute) -> usize {
     let mut total = 0;
-    Acts::build(cfg, batch, seq, recompute, |len| total += len);
+    let counted = Acts::build(cfg, batch, seq, recompute, |len| {
+        total += len;
+        Ok(())
+    });
+    counted.expect("counting cannot fail");
     total
 }
 

@@ -8,6 +8,7 @@
 use super::activations::{BlockActs, MlpActs};
 use super::gpt::{Attend, Gpt, NormStats};
 use crate::engine::{Backend, CacheRow, Dropout};
+use anyhow::Result;
 
 pub struct KvCache<B: Backend> {
     /// Per layer: `[slots, capacity, kv_width]`.
@@ -34,7 +35,7 @@ pub struct KvCache<B: Backend> {
 
 impl<B: Backend> KvCache<B> {
     /// A cache for `slots` sequences of up to `block_size` positions each.
-    pub fn new(model: &Gpt<B>, slots: usize) -> Self {
+    pub fn new(model: &Gpt<B>, slots: usize) -> Result<Self> {
         let be = &model.be;
         let cfg = &model.cfg;
         let (cap, c) = (cfg.block_size, cfg.n_embd);
@@ -42,22 +43,22 @@ impl<B: Backend> KvCache<B> {
         // Scratch rows: a whole prompt of one sequence, or one row per sequence.
         let rows = cap.max(slots);
         let mut alloc = |len| be.zeros(len);
-        KvCache {
-            k: (0..cfg.n_layer).map(|_| alloc(slots * cap * kv)).collect(),
-            v: (0..cfg.n_layer).map(|_| alloc(slots * cap * kv)).collect(),
+        Ok(KvCache {
+            k: (0..cfg.n_layer).map(|_| alloc(slots * cap * kv)).collect::<Result<_>>()?,
+            v: (0..cfg.n_layer).map(|_| alloc(slots * cap * kv)).collect::<Result<_>>()?,
             lens: vec![0; slots],
             capacity: cap,
-            x: alloc(rows * c),
-            y: alloc(rows * c),
-            block: BlockActs::build(cfg, rows, 0, &mut alloc),
-            mlp: MlpActs::build(cfg, rows, &mut alloc),
-            proj: alloc(rows * c),
-            last: alloc(rows * c),
-            last_ln: alloc(rows * c),
-            mean: alloc(rows),
-            rstd: alloc(rows),
-            logits: alloc(rows * cfg.padded_vocab),
-        }
+            x: alloc(rows * c)?,
+            y: alloc(rows * c)?,
+            block: BlockActs::build(cfg, rows, 0, &mut alloc)?,
+            mlp: MlpActs::build(cfg, rows, &mut alloc)?,
+            proj: alloc(rows * c)?,
+            last: alloc(rows * c)?,
+            last_ln: alloc(rows * c)?,
+            mean: alloc(rows)?,
+            rstd: alloc(rows)?,
+            logits: alloc(rows * cfg.padded_vocab)?,
+        })
     }
 
     pub fn slots(&self) -> usize {
@@ -76,14 +77,14 @@ impl<B: Backend> KvCache<B> {
 
     /// Feeds `tokens` to sequence `slot` at its next positions and returns
     /// the logits after the last of them.
-    pub fn forward(&mut self, model: &Gpt<B>, slot: usize, tokens: &[u32]) -> Vec<f32> {
+    pub fn forward(&mut self, model: &Gpt<B>, slot: usize, tokens: &[u32]) -> Result<Vec<f32>> {
         let rows = self.sequence_rows(slot, tokens.len());
-        self.run(model, tokens, &rows, &[tokens.len() - 1]).pop().expect("one row of logits")
+        Ok(self.run(model, tokens, &rows, &[tokens.len() - 1])?.pop().expect("one row of logits"))
     }
 
     /// Like [`Self::forward`], but returns the logits after each of
     /// `tokens[first..]` (speculative decoding checks a whole draft in one pass).
-    pub fn forward_from(&mut self, model: &Gpt<B>, slot: usize, tokens: &[u32], first: usize) -> Vec<Vec<f32>> {
+    pub fn forward_from(&mut self, model: &Gpt<B>, slot: usize, tokens: &[u32], first: usize) -> Result<Vec<Vec<f32>>> {
         let rows = self.sequence_rows(slot, tokens.len());
         let want: Vec<usize> = (first..tokens.len()).collect();
         self.run(model, tokens, &rows, &want)
@@ -91,7 +92,7 @@ impl<B: Backend> KvCache<B> {
 
     /// One decoding step of a batch: one `(slot, token)` per sequence, all
     /// through the model together. Returns each sequence's next logits.
-    pub fn step(&mut self, model: &Gpt<B>, batch: &[(usize, u32)]) -> Vec<Vec<f32>> {
+    pub fn step(&mut self, model: &Gpt<B>, batch: &[(usize, u32)]) -> Result<Vec<Vec<f32>>> {
         let rows: Vec<CacheRow> = batch.iter().map(|&(slot, _)| CacheRow { slot, pos: self.lens[slot] }).collect();
         let mut seen = vec![false; self.slots()];
         for r in &rows {
@@ -105,7 +106,7 @@ impl<B: Backend> KvCache<B> {
     /// Feeds several sequences their prompts (`(slot, tokens)`, each at most
     /// `capacity` tokens) in as few forward passes as the scratch allows, and
     /// returns each one's logits after its last token.
-    pub fn prefill_many(&mut self, model: &Gpt<B>, prompts: &[(usize, &[u32])]) -> Vec<Vec<f32>> {
+    pub fn prefill_many(&mut self, model: &Gpt<B>, prompts: &[(usize, &[u32])]) -> Result<Vec<Vec<f32>>> {
         let max_rows = self.capacity.max(self.slots());
         let mut out = Vec::with_capacity(prompts.len());
         let mut i = 0;
@@ -120,9 +121,9 @@ impl<B: Backend> KvCache<B> {
                 want.push(tokens.len() - 1);
                 i += 1;
             }
-            out.extend(self.run(model, &tokens, &rows, &want));
+            out.extend(self.run(model, &tokens, &rows, &want)?);
         }
-        out
+        Ok(out)
     }
 
     fn sequence_rows(&self, slot: usize, n: usize) -> Vec<CacheRow> {
@@ -134,7 +135,7 @@ impl<B: Backend> KvCache<B> {
     /// vocabulary, soft-capped if the model caps them) of the rows in `want`
     /// (ascending). Passes hold at most the backend's batch-invariant row
     /// count, so no row's logits depend on which rows went with it.
-    fn run(&mut self, model: &Gpt<B>, tokens: &[u32], rows: &[CacheRow], want: &[usize]) -> Vec<Vec<f32>> {
+    fn run(&mut self, model: &Gpt<B>, tokens: &[u32], rows: &[CacheRow], want: &[usize]) -> Result<Vec<Vec<f32>>> {
         assert!(want.windows(2).all(|p| p[0] < p[1]), "wanted rows ascend");
         let per_pass = model.be.batch_invariant_rows().unwrap_or(usize::MAX).max(1);
         if tokens.len() <= per_pass {
@@ -144,13 +145,13 @@ impl<B: Backend> KvCache<B> {
         for start in (0..tokens.len()).step_by(per_pass) {
             let end = (start + per_pass).min(tokens.len());
             let here: Vec<usize> = want.iter().filter(|&&r| (start..end).contains(&r)).map(|&r| r - start).collect();
-            out.extend(self.pass(model, &tokens[start..end], &rows[start..end], &here));
+            out.extend(self.pass(model, &tokens[start..end], &rows[start..end], &here)?);
         }
-        out
+        Ok(out)
     }
 
     /// One forward pass of [`Self::run`].
-    fn pass(&mut self, model: &Gpt<B>, tokens: &[u32], rows: &[CacheRow], want: &[usize]) -> Vec<Vec<f32>> {
+    fn pass(&mut self, model: &Gpt<B>, tokens: &[u32], rows: &[CacheRow], want: &[usize]) -> Result<Vec<Vec<f32>>> {
         let (be, cfg, lay) = (&model.be, &model.cfg, &model.layout);
         let (n, c) = (tokens.len(), cfg.n_embd);
         assert!(n > 0 && n <= self.capacity.max(self.slots()), "too many rows for the cache's scratch");
@@ -169,21 +170,23 @@ impl<B: Backend> KvCache<B> {
             self.lens[r.slot] = self.lens[r.slot].max(r.pos + 1);
         }
         if want.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         // The final norm and the head only for the rows whose logits are wanted.
         let gathered: Vec<f32> = if want.len() == n && want.iter().enumerate().all(|(i, &r)| i == r) {
-            be.read_range(&self.x, 0, n * c)
+            be.read_range(&self.x, 0, n * c)?
         } else {
-            want.iter().flat_map(|&r| be.read_range(&self.x, r * c, c)).collect()
+            let rows = want.iter().map(|&r| be.read_range(&self.x, r * c, c)).collect::<Result<Vec<_>>>()?;
+            rows.concat()
         };
         let m = want.len();
-        be.write(&mut self.last, &gathered);
+        be.write(&mut self.last, &gathered)?;
         model.norm(&mut self.last_ln, NormStats { mean: &mut self.mean, rstd: &mut self.rstd }, &self.last, lay.lnf, m);
         model.head(&mut self.logits, &self.last_ln, m);
         let (v, pv) = (cfg.vocab_size, cfg.padded_vocab);
-        let all = be.read_range(&self.logits, 0, m * pv);
-        all.chunks_exact(pv)
+        let all = be.read_range(&self.logits, 0, m * pv)?;
+        Ok(all
+            .chunks_exact(pv)
             .map(|row| {
                 let mut logits = row[..v].to_vec();
                 if let Some(cap) = cfg.logit_softcap {
@@ -191,7 +194,7 @@ impl<B: Backend> KvCache<B> {
                 }
                 logits
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -203,8 +206,8 @@ mod tests {
 
     /// Logits of the last position from a full forward over `ctx`.
     fn full_logits(model: &Gpt<Cpu>, ctx: &[u32]) -> Vec<f32> {
-        let mut acts = Activations::<Cpu>::new(&model.be, &model.cfg, 1, ctx.len(), Recompute::None);
-        model.forward(&mut acts, ctx, None, None, Dropout::OFF);
+        let mut acts = Activations::<Cpu>::new(&model.be, &model.cfg, 1, ctx.len(), Recompute::None).unwrap();
+        model.forward(&mut acts, ctx, None, None, Dropout::OFF).unwrap();
         let (pv, v) = (model.cfg.padded_vocab, model.cfg.vocab_size);
         let mut logits = acts.logits[(ctx.len() - 1) * pv..(ctx.len() - 1) * pv + v].to_vec();
         if let Some(cap) = model.cfg.logit_softcap {
@@ -216,18 +219,18 @@ mod tests {
     #[test]
     fn kv_cache_logits_match_full_recompute_for_every_architecture() {
         for cfg in crate::model::config::test_variants() {
-            let model = Gpt::new(Cpu, cfg.clone(), 9);
-            let mut cache = KvCache::new(&model, 1);
+            let model = Gpt::new(Cpu, cfg.clone(), 9).unwrap();
+            let mut cache = KvCache::new(&model, 1).unwrap();
             let ctx = [3u32, 1, 4, 1, 5, 9, 2, 6];
             // Prefill 3 tokens, then one at a time.
-            let mut got = cache.forward(&model, 0, &ctx[..3]);
+            let mut got = cache.forward(&model, 0, &ctx[..3]).unwrap();
             for t in 3..=ctx.len() {
                 let want = full_logits(&model, &ctx[..t]);
                 for (a, b) in got.iter().zip(&want) {
                     assert!((a - b).abs() < 1e-4, "{cfg:?}: position {t}: {a} vs {b}");
                 }
                 if t < ctx.len() {
-                    got = cache.forward(&model, 0, &ctx[t..t + 1]);
+                    got = cache.forward(&model, 0, &ctx[t..t + 1]).unwrap();
                 }
             }
         }

@@ -11,6 +11,7 @@ use super::params::{init_params, BlockIdx, Layout, LinearIdx, NormIdx};
 use super::positions;
 use crate::engine::fastmath::mix64;
 use crate::engine::{AttnShape, Backend, CacheRow, Dropout, Matmul, IGNORE_TARGET};
+use anyhow::Result;
 
 /// A model: configuration, parameter layout, parameter buffers and the
 /// fixed (untrained) tables some position encodings need.
@@ -51,30 +52,35 @@ pub(crate) fn dropout_sites(drop: Dropout) -> impl Fn(usize, u64) -> Dropout + C
 
 impl<B: Backend> Gpt<B> {
     /// A freshly initialised model (GPT-2 initialisation) from a seed.
-    pub fn new(be: B, cfg: ModelConfig, seed: u64) -> Self {
+    pub fn new(be: B, cfg: ModelConfig, seed: u64) -> Result<Self> {
         let layout = Layout::new(&cfg);
         let host = init_params(&layout.specs, seed);
         Self::from_host(be, cfg, &host)
     }
 
-    pub fn from_host(be: B, cfg: ModelConfig, host: &[Vec<f32>]) -> Self {
+    pub fn from_host(be: B, cfg: ModelConfig, host: &[Vec<f32>]) -> Result<Self> {
         let layout = Layout::new(&cfg);
         assert_eq!(host.len(), layout.specs.len());
-        let params = host.iter().map(|p| be.upload(p)).collect();
-        let sinusoid =
-            (cfg.pos == PosEncoding::Sinusoidal).then(|| be.upload(&positions::sinusoidal(cfg.block_size, cfg.n_embd)));
-        let rope = (cfg.pos == PosEncoding::Rope).then(|| {
-            let (cos, sin) = positions::rope_tables(cfg.block_size, cfg.head_dim(), cfg.rope_base);
-            (be.upload(&cos), be.upload(&sin))
-        });
-        Gpt { be, cfg, layout, params, sinusoid, rope }
+        let params = host.iter().map(|p| be.upload(p)).collect::<Result<_>>()?;
+        let sinusoid = match cfg.pos {
+            PosEncoding::Sinusoidal => Some(be.upload(&positions::sinusoidal(cfg.block_size, cfg.n_embd))?),
+            _ => None,
+        };
+        let rope = match cfg.pos {
+            PosEncoding::Rope => {
+                let (cos, sin) = positions::rope_tables(cfg.block_size, cfg.head_dim(), cfg.rope_base);
+                Some((be.upload(&cos)?, be.upload(&sin)?))
+            }
+            _ => None,
+        };
+        Ok(Gpt { be, cfg, layout, params, sinusoid, rope })
     }
 
-    pub fn params_to_host(&self) -> Vec<Vec<f32>> {
+    pub fn params_to_host(&self) -> Result<Vec<Vec<f32>>> {
         self.params.iter().map(|p| self.be.to_host(p)).collect()
     }
 
-    pub fn zeros_like_params(&self) -> Vec<B::Buf> {
+    pub fn zeros_like_params(&self) -> Result<Vec<B::Buf>> {
         self.layout.specs.iter().map(|s| self.be.zeros(s.numel())).collect()
     }
 
@@ -190,7 +196,8 @@ impl<B: Backend> Gpt<B> {
     }
 
     /// Forward pass over `tokens` (`[batch, seq]`). With `targets`, writes
-    /// per-position losses and returns their mean; with `grad_scale` too, the
+    /// per-position losses and returns their mean (downloading them: a
+    /// device failure surfaces here); with `grad_scale` too, the
     /// logits buffer is replaced by the loss gradient, ready for
     /// [`Self::backward`]. `drop` is this step's dropout rate and seed
     /// ([`Dropout::OFF`] to evaluate).
@@ -201,7 +208,7 @@ impl<B: Backend> Gpt<B> {
         targets: Option<&[u32]>,
         grad_scale: Option<f32>,
         drop: Dropout,
-    ) -> Option<f32> {
+    ) -> Result<Option<f32>> {
         let (be, cfg) = (&self.be, &self.cfg);
         let (bsz, t) = (acts.batch, acts.seq);
         let n = bsz * t;
@@ -227,7 +234,7 @@ impl<B: Backend> Gpt<B> {
             n,
         );
         self.head(&mut acts.logits, &acts.lnf, n);
-        let targets = targets?;
+        let Some(targets) = targets else { return Ok(None) };
         be.cross_entropy(
             &mut acts.losses,
             &mut acts.logits,
@@ -238,10 +245,10 @@ impl<B: Backend> Gpt<B> {
             cfg.logit_softcap,
             grad_scale,
         );
-        let losses = be.to_host(&acts.losses);
+        let losses = be.to_host(&acts.losses)?;
         // The mean over the targets trained on (all, unless some are ignored).
         let counted = targets[..n].iter().filter(|&&t| t != IGNORE_TARGET).count().max(1);
-        Some((losses[..n].iter().map(|&x| x as f64).sum::<f64>() / counted as f64) as f32)
+        Ok(Some((losses[..n].iter().map(|&x| x as f64).sum::<f64>() / counted as f64) as f32))
     }
 
     /// Backward pass after a training forward with the same `drop`;
@@ -474,14 +481,14 @@ mod tests {
                 }
             })
             .collect();
-        Gpt::from_host(Cpu, cfg, &host)
+        Gpt::from_host(Cpu, cfg, &host).unwrap()
     }
 
     fn grads(model: &Gpt<Cpu>, recompute: Recompute, drop: Dropout) -> Vec<Vec<f32>> {
         let (x, y) = batch(&model.cfg);
-        let mut acts = Activations::<Cpu>::new(&model.be, &model.cfg, B, T, recompute);
-        let mut g = model.zeros_like_params();
-        model.forward(&mut acts, &x, Some(&y), Some(1.0), drop);
+        let mut acts = Activations::<Cpu>::new(&model.be, &model.cfg, B, T, recompute).unwrap();
+        let mut g = model.zeros_like_params().unwrap();
+        model.forward(&mut acts, &x, Some(&y), Some(1.0), drop).unwrap();
         model.backward(&mut acts, &mut g, &x, drop);
         g
     }
@@ -492,14 +499,14 @@ mod tests {
             let mut model = random_model(cfg.clone());
             let analytic = grads(&model, Recompute::None, Dropout::OFF);
             let (x, y) = batch(&cfg);
-            let mut acts = Activations::<Cpu>::new(&model.be, &cfg, B, T, Recompute::None);
+            let mut acts = Activations::<Cpu>::new(&model.be, &cfg, B, T, Recompute::None).unwrap();
             for (i, grad) in analytic.iter().enumerate() {
                 let name = format!("{:?} {}", cfg.pos, model.layout.specs[i].name);
                 let mut p = model.params[i].clone();
                 check(&name, &mut p, grad, |v| {
                     model.params[i].copy_from_slice(v);
                     // Summed (not mean) loss, as the gradient above (scale 1).
-                    model.forward(&mut acts, &x, Some(&y), None, Dropout::OFF).unwrap() as f64 * (B * T) as f64
+                    model.forward(&mut acts, &x, Some(&y), None, Dropout::OFF).unwrap().unwrap() as f64 * (B * T) as f64
                 });
                 model.params[i] = p;
             }
@@ -509,7 +516,7 @@ mod tests {
     #[test]
     fn recompute_gives_bit_identical_gradients() {
         for cfg in test_variants() {
-            let model = Gpt::new(Cpu, ModelConfig { dropout: 0.2, ..cfg }, 7);
+            let model = Gpt::new(Cpu, ModelConfig { dropout: 0.2, ..cfg }, 7).unwrap();
             let drop = Dropout { p: 0.2, seed: 11 };
             let none = grads(&model, Recompute::None, drop);
             assert_eq!(none, grads(&model, Recompute::Mlp, drop));

@@ -2,6 +2,7 @@
 
 use crate::engine::{AdamWStep, Backend};
 use crate::model::Gpt;
+use anyhow::Result;
 
 pub struct AdamW<B: Backend> {
     pub grads: Vec<B::Buf>,
@@ -22,8 +23,9 @@ pub struct Hyper {
 }
 
 impl<B: Backend> AdamW<B> {
-    pub fn new(model: &Gpt<B>) -> Self {
-        AdamW { grads: model.zeros_like_params(), m: model.zeros_like_params(), v: model.zeros_like_params(), t: 0 }
+    pub fn new(model: &Gpt<B>) -> Result<Self> {
+        let zeros = || model.zeros_like_params();
+        Ok(AdamW { grads: zeros()?, m: zeros()?, v: zeros()?, t: 0 })
     }
 
     pub fn zero_grad(&mut self, be: &B) {
@@ -33,14 +35,18 @@ impl<B: Backend> AdamW<B> {
     }
 
     /// Global L2 norm of all gradients.
-    pub fn grad_norm(&self, be: &B) -> f64 {
-        self.grads.iter().map(|g| be.sum_squares(g)).sum::<f64>().sqrt()
+    pub fn grad_norm(&self, be: &B) -> Result<f64> {
+        let mut total = 0.0;
+        for g in &self.grads {
+            total += be.sum_squares(g)?;
+        }
+        Ok(total.sqrt())
     }
 
     /// Clips (as `torch.nn.utils.clip_grad_norm_`) and applies one update.
     /// Returns the gradient norm before clipping.
-    pub fn step(&mut self, model: &mut Gpt<B>, h: &Hyper) -> f64 {
-        let norm = self.grad_norm(&model.be);
+    pub fn step(&mut self, model: &mut Gpt<B>, h: &Hyper) -> Result<f64> {
+        let norm = self.grad_norm(&model.be)?;
         let scale = if h.grad_clip > 0.0 { (h.grad_clip as f64 / (norm + 1e-6)).min(1.0) } else { 1.0 };
         self.t += 1;
         for (i, spec) in model.layout.specs.iter().enumerate() {
@@ -55,6 +61,6 @@ impl<B: Backend> AdamW<B> {
             };
             model.be.adamw(&mut model.params[i], &self.grads[i], &mut self.m[i], &mut self.v[i], s);
         }
-        norm
+        Ok(norm)
     }
 }

@@ -59,10 +59,10 @@ impl<B: Backend> Trainer<B> {
     pub fn from_parts(be: B, cfg: TrainConfig, tokenizer: Tokenizer, data: Dataset) -> Result<Self> {
         let model_cfg = cfg.model_for_vocab(tokenizer.vocab_size());
         model_cfg.validate()?;
-        let model = Gpt::new(be, model_cfg, cfg.seed);
-        let opt = AdamW::new(&model);
+        let model = Gpt::new(be, model_cfg, cfg.seed)?;
+        let opt = AdamW::new(&model)?;
         let state = TrainState { step: 0, best_val_loss: None, tokens_seen: 0 };
-        Ok(Self::assemble(cfg, model, opt, tokenizer, data, state))
+        Self::assemble(cfg, model, opt, tokenizer, data, state)
     }
 
     /// Continues a run from a checkpoint (or run directory: its `last`).
@@ -78,15 +78,15 @@ impl<B: Backend> Trainer<B> {
             bail!("model options cannot change when resuming (the architecture, block_size and dropout come from the checkpoint)");
         }
         let (_, data) = load_data(&cfg, Some(&ck.config.tokenizer))?;
-        let model = Gpt::from_host(be, ck.config.model.clone(), &ck.params);
-        let mut opt = AdamW::new(&model);
+        let model = Gpt::from_host(be, ck.config.model.clone(), &ck.params)?;
+        let mut opt = AdamW::new(&model)?;
         let (m, v) = ck.moments.expect("loaded with optimizer");
         for i in 0..m.len() {
-            model.be.write(&mut opt.m[i], &m[i]);
-            model.be.write(&mut opt.v[i], &v[i]);
+            model.be.write(&mut opt.m[i], &m[i])?;
+            model.be.write(&mut opt.v[i], &v[i])?;
         }
         opt.t = ck.state.step as u64;
-        Ok(Self::assemble(cfg, model, opt, ck.config.tokenizer, data, ck.state))
+        Self::assemble(cfg, model, opt, ck.config.tokenizer, data, ck.state)
     }
 
     fn assemble(
@@ -96,10 +96,10 @@ impl<B: Backend> Trainer<B> {
         tokenizer: Tokenizer,
         data: Dataset,
         state: TrainState,
-    ) -> Self {
-        let acts = Activations::<B>::new(&model.be, &model.cfg, cfg.batch_size, cfg.model.block_size, cfg.recompute);
+    ) -> Result<Self> {
+        let acts = Activations::<B>::new(&model.be, &model.cfg, cfg.batch_size, cfg.model.block_size, cfg.recompute)?;
         let run_dir = PathBuf::from(&cfg.out_dir);
-        Trainer { cfg, model, opt, tokenizer, data, state, acts, run_dir, x: vec![], y: vec![] }
+        Ok(Trainer { cfg, model, opt, tokenizer, data, state, acts, run_dir, x: vec![], y: vec![] })
     }
 
     pub fn tokens_per_step(&self) -> usize {
@@ -107,7 +107,7 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// One optimizer update (with gradient accumulation). Returns (mean loss, lr, grad norm).
-    pub fn step(&mut self) -> (f64, f64, f64) {
+    pub fn step(&mut self) -> Result<(f64, f64, f64)> {
         let it = self.state.step;
         let (b, t, accum) = (self.cfg.batch_size, self.cfg.model.block_size, self.cfg.grad_accum);
         self.opt.zero_grad(&self.model.be);
@@ -121,7 +121,7 @@ impl<B: Backend> Trainer<B> {
             let scale = 1.0 / (counted * accum) as f32;
             let seed = derive_seed(self.cfg.seed, &[SEED_DROPOUT, it as u64, micro as u64]);
             let drop = Dropout { p: self.cfg.dropout_at(it), seed };
-            let l = self.model.forward(&mut self.acts, &self.x, Some(&self.y), Some(scale), drop);
+            let l = self.model.forward(&mut self.acts, &self.x, Some(&self.y), Some(scale), drop)?;
             loss += l.expect("targets given") as f64 / accum as f64;
             self.model.backward(&mut self.acts, &mut self.opt.grads, &self.x, drop);
         }
@@ -134,24 +134,24 @@ impl<B: Backend> Trainer<B> {
             weight_decay: self.cfg.weight_decay as f32,
             grad_clip: self.cfg.grad_clip as f32,
         };
-        let norm = self.opt.step(&mut self.model, &h);
+        let norm = self.opt.step(&mut self.model, &h)?;
         self.state.step += 1;
         self.state.tokens_seen += self.tokens_per_step() as u64;
-        (loss, lr, norm)
+        Ok((loss, lr, norm))
     }
 
     /// Mean loss over `eval_iters` random batches of a split (no dropout).
-    pub fn eval_split(&mut self, split: Split) -> f64 {
+    pub fn eval_split(&mut self, split: Split) -> Result<f64> {
         let (c, step) = (&self.cfg, self.state.step);
         let batches = (c.eval_iters, c.batch_size, c.model.block_size);
         sampled_loss(&self.model, &mut self.acts, &self.data, split, batches, (c.seed, step))
     }
 
-    pub fn evaluate(&mut self) -> EvalResult {
-        let train_loss = self.eval_split(Split::Train);
-        let val_loss = self.eval_split(Split::Val);
+    pub fn evaluate(&mut self) -> Result<EvalResult> {
+        let train_loss = self.eval_split(Split::Train)?;
+        let val_loss = self.eval_split(Split::Val)?;
         let val_bpb = val_loss / std::f64::consts::LN_2 / self.data.bytes_per_token(Split::Val);
-        EvalResult { train_loss, val_loss, val_bpb }
+        Ok(EvalResult { train_loss, val_loss, val_bpb })
     }
 
     pub fn checkpoint_config(&self) -> CheckpointConfig {
@@ -168,7 +168,7 @@ impl<B: Backend> Trainer<B> {
     pub fn save(&self, name: &str) -> Result<PathBuf> {
         let dir = self.run_dir.join(name);
         let be = &self.model.be;
-        let (params, m, v) = (views(be, &self.model.params), views(be, &self.opt.m), views(be, &self.opt.v));
+        let (params, m, v) = (views(be, &self.model.params)?, views(be, &self.opt.m)?, views(be, &self.opt.v)?);
         checkpoint::save(
             &dir,
             &self.checkpoint_config(),
@@ -198,7 +198,7 @@ impl<B: Backend> Trainer<B> {
             let step = self.state.step;
             let at_end = step >= max;
             if (step.is_multiple_of(self.cfg.eval_interval) || at_end) && resumed_at != Some(step) {
-                let e = self.evaluate();
+                let e = self.evaluate()?;
                 let improved = self.state.best_val_loss.is_none_or(|b| e.val_loss < b);
                 if improved {
                     self.state.best_val_loss = Some(e.val_loss);
@@ -227,7 +227,7 @@ impl<B: Backend> Trainer<B> {
             if at_end {
                 break;
             }
-            let (loss, lr, norm) = self.step();
+            let (loss, lr, norm) = self.step()?;
             window_tokens += self.tokens_per_step();
             let step = self.state.step;
             if step.is_multiple_of(self.cfg.log_interval) || step == max {
@@ -250,7 +250,7 @@ impl<B: Backend> Trainer<B> {
 }
 
 /// Host views of buffers (borrowed on the CPU backend).
-fn views<'a, B: Backend>(be: &B, bufs: &'a [B::Buf]) -> Vec<Cow<'a, [f32]>> {
+fn views<'a, B: Backend>(be: &B, bufs: &'a [B::Buf]) -> Result<Vec<Cow<'a, [f32]>>> {
     bufs.iter().map(|b| be.view(b)).collect()
 }
 

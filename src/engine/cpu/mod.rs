@@ -13,11 +13,49 @@ mod rope;
 mod scratch;
 mod skinny;
 
-use super::{fastmath, Activation, AdamWStep, AttnShape, Backend, CacheRow, Dropout, Matmul};
+use super::{fastmath, profile, Activation, AdamWStep, AttnShape, Backend, CacheRow, Dropout, Matmul};
+use anyhow::Result;
 use rayon::prelude::*;
 use std::borrow::Cow;
 
 const CHUNK: usize = 8192;
+
+/// Simulated device failures, for testing what callers do with them.
+#[cfg(test)]
+pub mod faults {
+    use std::cell::Cell;
+
+    thread_local! {
+        static FAIL: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Makes this thread's downloads (`read_range`) fail until switched off.
+    pub fn fail_downloads(on: bool) {
+        FAIL.with(|f| f.set(on));
+    }
+
+    pub(super) fn check() -> anyhow::Result<()> {
+        if FAIL.with(|f| f.get()) {
+            anyhow::bail!("simulated device failure");
+        }
+        Ok(())
+    }
+}
+
+fn matmul_name(mm: Matmul) -> String {
+    let t = |x: bool| if x { 'T' } else { 'N' };
+    format!("matmul {}x{}x{} {}{}", mm.m, mm.n, mm.k, t(mm.trans_a), t(mm.trans_b))
+}
+
+/// Room for `len` floats, or an error saying how much did not fit (where
+/// `vec!` would abort the process).
+fn allocate(len: usize) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| {
+        anyhow::anyhow!("out of memory: cannot allocate {:.1} MiB", len as f64 * 4.0 / (1u64 << 20) as f64)
+    })?;
+    Ok(v)
+}
 
 /// The CPU backend. Buffers are plain `Vec<f32>`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -33,74 +71,128 @@ impl Backend for Cpu {
         skinny::BATCH_INVARIANT.then_some(*skinny::ROWS.end())
     }
 
-    fn zeros(&self, len: usize) -> Vec<f32> {
-        vec![0.0; len]
+    fn zeros(&self, len: usize) -> Result<Vec<f32>> {
+        let mut v = allocate(len)?;
+        v.resize(len, 0.0);
+        Ok(v)
     }
-    fn upload(&self, data: &[f32]) -> Vec<f32> {
-        data.to_vec()
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
+        let mut v = allocate(data.len())?;
+        v.extend_from_slice(data);
+        Ok(v)
     }
-    fn to_host(&self, buf: &Vec<f32>) -> Vec<f32> {
-        buf.clone()
+    fn to_host(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
+        self.upload(buf)
     }
-    fn view<'a>(&self, buf: &'a Vec<f32>) -> Cow<'a, [f32]> {
-        Cow::Borrowed(buf)
+    fn view<'a>(&self, buf: &'a Vec<f32>) -> Result<Cow<'a, [f32]>> {
+        Ok(Cow::Borrowed(buf))
     }
-    fn read_range(&self, buf: &Vec<f32>, offset: usize, len: usize) -> Vec<f32> {
-        buf[offset..offset + len].to_vec()
+    fn read_range(&self, buf: &Vec<f32>, offset: usize, len: usize) -> Result<Vec<f32>> {
+        #[cfg(test)]
+        faults::check()?;
+        self.upload(&buf[offset..offset + len])
     }
-    fn write(&self, buf: &mut Vec<f32>, data: &[f32]) {
+    fn write(&self, buf: &mut Vec<f32>, data: &[f32]) -> Result<()> {
         buf[..data.len()].copy_from_slice(data);
+        Ok(())
     }
     fn len(&self, buf: &Vec<f32>) -> usize {
         buf.len()
     }
     fn fill(&self, buf: &mut Vec<f32>, value: f32) {
-        buf.par_chunks_mut(CHUNK).for_each(|c| c.fill(value));
+        profile::time(
+            || "fill".into(),
+            || {
+                buf.par_chunks_mut(CHUNK).for_each(|c| c.fill(value));
+            },
+        )
     }
     fn copy(&self, dst: &mut Vec<f32>, src: &Vec<f32>) {
-        dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
+        profile::time(
+            || "copy".into(),
+            || {
+                dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
+            },
+        )
     }
 
     fn add(&self, out: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>, n: usize) {
-        out[..n].par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((o, a), b)| {
-            for i in 0..o.len() {
-                o[i] = a[i] + b[i];
-            }
-        });
+        profile::time(
+            || "residual add".into(),
+            || {
+                out[..n].par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(
+                    |((o, a), b)| {
+                        for i in 0..o.len() {
+                            o[i] = a[i] + b[i];
+                        }
+                    },
+                );
+            },
+        )
     }
     fn add_assign(&self, dst: &mut Vec<f32>, src: &Vec<f32>, n: usize) {
-        dst[..n].par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| {
-            for i in 0..d.len() {
-                d[i] += s[i];
-            }
-        });
+        profile::time(
+            || "add_assign".into(),
+            || {
+                dst[..n].par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| {
+                    for i in 0..d.len() {
+                        d[i] += s[i];
+                    }
+                });
+            },
+        )
     }
-    fn sum_squares(&self, buf: &Vec<f32>) -> f64 {
-        // Per-chunk partial sums combined in order: deterministic.
-        let partial: Vec<f64> = buf.par_chunks(CHUNK).map(fastmath::sum_squares_f64).collect();
-        partial.iter().sum()
+    fn sum_squares(&self, buf: &Vec<f32>) -> Result<f64> {
+        profile::time(
+            || "grad norm".into(),
+            || {
+                // Per-chunk partial sums combined in order: deterministic.
+                let partial: Vec<f64> = buf.par_chunks(CHUNK).map(fastmath::sum_squares_f64).collect();
+                Ok(partial.iter().sum())
+            },
+        )
     }
     fn dropout(&self, buf: &mut Vec<f32>, drop: Dropout) {
-        if !drop.active() {
-            return;
-        }
-        let scale = 1.0 / (1.0 - drop.p);
-        buf.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, c)| {
-            for (i, x) in c.iter_mut().enumerate() {
-                let idx = (ci * CHUNK + i) as u64;
-                *x = if fastmath::keep(drop.seed, idx, drop.p) { *x * scale } else { 0.0 };
-            }
-        });
+        profile::time(
+            || "dropout".into(),
+            || {
+                if !drop.active() {
+                    return;
+                }
+                let scale = 1.0 / (1.0 - drop.p);
+                buf.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, c)| {
+                    for (i, x) in c.iter_mut().enumerate() {
+                        let idx = (ci * CHUNK + i) as u64;
+                        *x = if fastmath::keep(drop.seed, idx, drop.p) { *x * scale } else { 0.0 };
+                    }
+                });
+            },
+        )
     }
 
     fn matmul_strided(&self, out: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>, mm: Matmul) {
-        matmul::matmul(out, a, b, mm);
+        profile::time(
+            || matmul_name(mm),
+            || {
+                matmul::matmul(out, a, b, mm);
+            },
+        )
     }
     fn add_bias(&self, out: &mut Vec<f32>, bias: &Vec<f32>, rows: usize, cols: usize) {
-        matmul::add_bias(out, bias, rows, cols);
+        profile::time(
+            || "bias".into(),
+            || {
+                matmul::add_bias(out, bias, rows, cols);
+            },
+        )
     }
     fn bias_backward(&self, dbias: &mut Vec<f32>, dout: &Vec<f32>, rows: usize, cols: usize) {
-        matmul::bias_backward(dbias, dout, rows, cols);
+        profile::time(
+            || "bias backward".into(),
+            || {
+                matmul::bias_backward(dbias, dout, rows, cols);
+            },
+        )
     }
 
     fn embedding_fwd(
@@ -112,7 +204,12 @@ impl Backend for Cpu {
         positions: &[u32],
         channels: usize,
     ) {
-        embedding::embedding_fwd(out, wte, wpe.map(|w| &w[..]), tokens, positions, channels);
+        profile::time(
+            || "embedding".into(),
+            || {
+                embedding::embedding_fwd(out, wte, wpe.map(|w| &w[..]), tokens, positions, channels);
+            },
+        )
     }
     fn embedding_bwd(
         &self,
@@ -123,7 +220,12 @@ impl Backend for Cpu {
         positions: &[u32],
         channels: usize,
     ) {
-        embedding::embedding_bwd(dwte, dwpe.map(|w| &mut w[..]), dout, tokens, positions, channels);
+        profile::time(
+            || "embedding backward".into(),
+            || {
+                embedding::embedding_bwd(dwte, dwpe.map(|w| &mut w[..]), dout, tokens, positions, channels);
+            },
+        )
     }
 
     fn layernorm_fwd(
@@ -137,7 +239,12 @@ impl Backend for Cpu {
         rows: usize,
         channels: usize,
     ) {
-        norm::layernorm_fwd(out, mean, rstd, inp, weight, bias.map(|b| &b[..]), rows, channels);
+        profile::time(
+            || "layernorm".into(),
+            || {
+                norm::layernorm_fwd(out, mean, rstd, inp, weight, bias.map(|b| &b[..]), rows, channels);
+            },
+        )
     }
     fn layernorm_bwd(
         &self,
@@ -152,7 +259,23 @@ impl Backend for Cpu {
         rows: usize,
         channels: usize,
     ) {
-        norm::layernorm_bwd(dinp, dweight, dbias.map(|b| &mut b[..]), dout, inp, weight, mean, rstd, rows, channels);
+        profile::time(
+            || "layernorm backward".into(),
+            || {
+                norm::layernorm_bwd(
+                    dinp,
+                    dweight,
+                    dbias.map(|b| &mut b[..]),
+                    dout,
+                    inp,
+                    weight,
+                    mean,
+                    rstd,
+                    rows,
+                    channels,
+                );
+            },
+        )
     }
     fn rmsnorm_fwd(
         &self,
@@ -163,7 +286,12 @@ impl Backend for Cpu {
         rows: usize,
         channels: usize,
     ) {
-        norm::rmsnorm_fwd(out, rstd, inp, weight, rows, channels);
+        profile::time(
+            || "rmsnorm".into(),
+            || {
+                norm::rmsnorm_fwd(out, rstd, inp, weight, rows, channels);
+            },
+        )
     }
     fn rmsnorm_bwd(
         &self,
@@ -176,10 +304,20 @@ impl Backend for Cpu {
         rows: usize,
         channels: usize,
     ) {
-        norm::rmsnorm_bwd(dinp, dweight, dout, inp, weight, rstd, rows, channels);
+        profile::time(
+            || "rmsnorm backward".into(),
+            || {
+                norm::rmsnorm_bwd(dinp, dweight, dout, inp, weight, rstd, rows, channels);
+            },
+        )
     }
     fn qk_norm_fwd(&self, out: &mut Vec<f32>, rstd: &mut Vec<f32>, qkv: &Vec<f32>, shape: AttnShape, rows: usize) {
-        norm::qk_norm_fwd(out, rstd, qkv, shape, rows);
+        profile::time(
+            || "qk-norm".into(),
+            || {
+                norm::qk_norm_fwd(out, rstd, qkv, shape, rows);
+            },
+        )
     }
     fn qk_norm_bwd(
         &self,
@@ -190,7 +328,12 @@ impl Backend for Cpu {
         shape: AttnShape,
         rows: usize,
     ) {
-        norm::qk_norm_bwd(dqkv, dout, qkv, rstd, shape, rows);
+        profile::time(
+            || "qk-norm backward".into(),
+            || {
+                norm::qk_norm_bwd(dqkv, dout, qkv, rstd, shape, rows);
+            },
+        )
     }
 
     fn rope(
@@ -202,24 +345,54 @@ impl Backend for Cpu {
         positions: &[u32],
         inverse: bool,
     ) {
-        rope::rope(qkv, cos, sin, shape, positions, inverse);
+        profile::time(
+            || if inverse { "rope backward" } else { "rope" }.into(),
+            || {
+                rope::rope(qkv, cos, sin, shape, positions, inverse);
+            },
+        )
     }
 
     fn activation_fwd(&self, out: &mut Vec<f32>, inp: &Vec<f32>, n: usize, act: Activation) {
-        activation::activation_fwd(&mut out[..n], &inp[..n], act);
+        profile::time(
+            || format!("{act:?}"),
+            || {
+                activation::activation_fwd(&mut out[..n], &inp[..n], act);
+            },
+        )
     }
     fn activation_bwd(&self, dinp: &mut Vec<f32>, inp: &Vec<f32>, dout: &Vec<f32>, n: usize, act: Activation) {
-        activation::activation_bwd(&mut dinp[..n], &inp[..n], &dout[..n], act);
+        profile::time(
+            || format!("{act:?} backward"),
+            || {
+                activation::activation_bwd(&mut dinp[..n], &inp[..n], &dout[..n], act);
+            },
+        )
     }
     fn swiglu_fwd(&self, out: &mut Vec<f32>, inp: &Vec<f32>, rows: usize, hidden: usize) {
-        activation::swiglu_fwd(out, inp, rows, hidden);
+        profile::time(
+            || "swiglu".into(),
+            || {
+                activation::swiglu_fwd(out, inp, rows, hidden);
+            },
+        )
     }
     fn swiglu_bwd(&self, dinp: &mut Vec<f32>, inp: &Vec<f32>, dout: &Vec<f32>, rows: usize, hidden: usize) {
-        activation::swiglu_bwd(dinp, inp, dout, rows, hidden);
+        profile::time(
+            || "swiglu backward".into(),
+            || {
+                activation::swiglu_bwd(dinp, inp, dout, rows, hidden);
+            },
+        )
     }
 
     fn attention_fwd(&self, out: &mut Vec<f32>, stats: &mut Vec<f32>, qkv: &Vec<f32>, shape: AttnShape, drop: Dropout) {
-        attention::attention_fwd(out, stats, qkv, shape, drop);
+        profile::time(
+            || "attention".into(),
+            || {
+                attention::attention_fwd(out, stats, qkv, shape, drop);
+            },
+        )
     }
     fn attention_bwd(
         &self,
@@ -230,7 +403,12 @@ impl Backend for Cpu {
         shape: AttnShape,
         drop: Dropout,
     ) {
-        attention::attention_bwd(dqkv, dout, qkv, stats, shape, drop);
+        profile::time(
+            || "attention backward".into(),
+            || {
+                attention::attention_bwd(dqkv, dout, qkv, stats, shape, drop);
+            },
+        )
     }
     fn attention_cached(
         &self,
@@ -242,7 +420,12 @@ impl Backend for Cpu {
         capacity: usize,
         shape: AttnShape,
     ) {
-        attention::attention_cached(out, qkv, k_cache, v_cache, rows, capacity, shape);
+        profile::time(
+            || "attention (cached)".into(),
+            || {
+                attention::attention_cached(out, qkv, k_cache, v_cache, rows, capacity, shape);
+            },
+        )
     }
 
     fn cross_entropy(
@@ -256,10 +439,31 @@ impl Backend for Cpu {
         softcap: Option<f32>,
         grad_scale: Option<f32>,
     ) {
-        loss::cross_entropy(losses, logits, targets, rows, vocab, padded_vocab, softcap, grad_scale);
+        profile::time(
+            || "cross-entropy".into(),
+            || {
+                loss::cross_entropy(losses, logits, targets, rows, vocab, padded_vocab, softcap, grad_scale);
+            },
+        )
     }
 
     fn adamw(&self, param: &mut Vec<f32>, grad: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, step: AdamWStep) {
-        optim::adamw(param, grad, m, v, step);
+        profile::time(
+            || "adamw".into(),
+            || {
+                optim::adamw(param, grad, m, v, step);
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_failure_is_an_error() {
+        let err = Cpu.zeros(usize::MAX / 8).unwrap_err().to_string();
+        assert!(err.contains("out of memory"), "{err}");
     }
 }
