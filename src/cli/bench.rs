@@ -4,7 +4,7 @@
 
 use super::RunArgs;
 use crate::data::{Dataset, Tokenizer};
-use crate::engine::{profile, Backend, Device, OnDevice};
+use crate::engine::{profile, Backend};
 use crate::model::ModelConfig;
 use crate::train::{config, TrainConfig, Trainer};
 use anyhow::{bail, Result};
@@ -30,18 +30,7 @@ pub struct BenchArgs {
     profile: bool,
 }
 
-pub fn run(a: &BenchArgs, device: Device) -> Result<()> {
-    device.run(Bench(a))
-}
-
-struct Bench<'a>(&'a BenchArgs);
-
-impl OnDevice for Bench<'_> {
-    type Output = ();
-    fn run<B: Backend>(self, be: B) -> Result<()> {
-        bench(self.0, be)
-    }
-}
+super::on_device!(BenchArgs, bench);
 
 fn bench<B: Backend>(a: &BenchArgs, be: B) -> Result<()> {
     if a.steps == 0 {

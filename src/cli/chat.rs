@@ -3,7 +3,7 @@
 
 use super::sampling::SamplingArgs;
 use crate::checkpoint;
-use crate::engine::{Backend, Device, OnDevice};
+use crate::engine::Backend;
 use crate::generate::chat::{ChatTemplate, Conversation, Turn};
 use crate::generate::{Batch, Event, Prompt, Request, SamplerConfig};
 use anyhow::{bail, Context, Result};
@@ -44,18 +44,7 @@ struct Settings {
     seed: u64,
 }
 
-pub fn run(a: &ChatArgs, device: Device) -> Result<()> {
-    device.run(Chat(a))
-}
-
-struct Chat<'a>(&'a ChatArgs);
-
-impl OnDevice for Chat<'_> {
-    type Output = ();
-    fn run<B: Backend>(self, be: B) -> Result<()> {
-        chat(self.0, be)
-    }
-}
+super::on_device!(ChatArgs, chat);
 
 fn chat<B: Backend>(a: &ChatArgs, be: B) -> Result<()> {
     let checkpoint::Loaded { model, config: ck, dir, .. } = checkpoint::load_model(be, &a.checkpoint)?;

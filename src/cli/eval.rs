@@ -4,7 +4,7 @@
 use crate::checkpoint::{self, CheckpointConfig, Loaded};
 use crate::data::dataset::read_corpus;
 use crate::data::{Dataset, Split};
-use crate::engine::{Backend, Device, OnDevice};
+use crate::engine::Backend;
 use crate::eval::{attention_stats, evaluate, sampled_loss, EvalReport, HeadStats};
 use crate::model::{Activations, Recompute};
 use anyhow::{bail, Result};
@@ -89,18 +89,7 @@ fn dataset(path: &Path, ck: &CheckpointConfig, train_frac: f64, seq: usize) -> R
     Dataset::new(&text, &ck.tokenizer, train_frac, seq)
 }
 
-pub fn run(a: &EvalArgs, device: Device) -> Result<()> {
-    device.run(Eval(a))
-}
-
-struct Eval<'a>(&'a EvalArgs);
-
-impl OnDevice for Eval<'_> {
-    type Output = ();
-    fn run<B: Backend>(self, be: B) -> Result<()> {
-        eval(self.0, be)
-    }
-}
+super::on_device!(EvalArgs, eval);
 
 fn eval<B: Backend>(a: &EvalArgs, be: B) -> Result<()> {
     if a.batch_size == 0 || a.attention_windows == 0 || a.tokens == Some(0) {

@@ -1,5 +1,23 @@
 //! The `ferrite` command line: argument parsing and one module per command.
 
+/// Defines `pub fn run(args, device)` for a command written once, generic
+/// over the backend, as `fn body<B: Backend>(&Args, B) -> Result<()>`.
+macro_rules! on_device {
+    ($args:ty, $body:ident) => {
+        pub fn run(args: &$args, device: crate::engine::Device) -> anyhow::Result<()> {
+            struct Job<'a>(&'a $args);
+            impl crate::engine::OnDevice for Job<'_> {
+                type Output = ();
+                fn run<B: crate::engine::Backend>(self, be: B) -> anyhow::Result<()> {
+                    $body(self.0, be)
+                }
+            }
+            device.run(Job(args))
+        }
+    };
+}
+use on_device;
+
 mod bench;
 mod chat;
 mod data;

@@ -5,7 +5,7 @@
 use super::sampling::SamplingArgs;
 use crate::checkpoint::{self, Loaded};
 use crate::data::Tokenizer;
-use crate::engine::{Backend, Device, OnDevice};
+use crate::engine::Backend;
 use crate::generate::{complete, Batch, Draft, Event, Finish, Prompt, Request, SeqId};
 use crate::model::Gpt;
 use anyhow::{bail, Context, Result};
@@ -49,18 +49,7 @@ pub struct SampleArgs {
     stats: bool,
 }
 
-pub fn run(a: &SampleArgs, device: Device) -> Result<()> {
-    device.run(Sample(a))
-}
-
-struct Sample<'a>(&'a SampleArgs);
-
-impl OnDevice for Sample<'_> {
-    type Output = ();
-    fn run<B: Backend>(self, be: B) -> Result<()> {
-        sample(self.0, be)
-    }
-}
+super::on_device!(SampleArgs, sample);
 
 fn sample<B: Backend>(a: &SampleArgs, be: B) -> Result<()> {
     let Loaded { model, config: ck, .. } = checkpoint::load_model(be.clone(), &a.checkpoint)?;

@@ -2,24 +2,13 @@
 
 use super::RunArgs;
 use crate::data::Split;
-use crate::engine::{Backend, Device, OnDevice};
+use crate::engine::Backend;
 use crate::generate::{complete, Prompt, Request};
 use crate::train::{config, Trainer};
 use anyhow::Result;
 use std::sync::Arc;
 
-pub fn run(args: &RunArgs, device: Device) -> Result<()> {
-    device.run(Train(args))
-}
-
-struct Train<'a>(&'a RunArgs);
-
-impl OnDevice for Train<'_> {
-    type Output = ();
-    fn run<B: Backend>(self, be: B) -> Result<()> {
-        train(self.0, be)
-    }
-}
+super::on_device!(RunArgs, train);
 
 fn train<B: Backend>(args: &RunArgs, be: B) -> Result<()> {
     let mut trainer = match &args.resume {

@@ -324,12 +324,12 @@ pub fn complete<B: Backend>(
 mod tests {
     use super::*;
     use crate::engine::cpu::Cpu;
-    use crate::engine::Dropout;
     use crate::generate::request::Draft;
     use crate::generate::sampler::{argmax, SamplerConfig};
     use crate::model::config::test_variants;
+    use crate::model::decode::full_logits;
     use crate::model::params::Layout;
-    use crate::model::{Activations, ModelConfig, Recompute};
+    use crate::model::ModelConfig;
 
     /// Eleven characters for the eleven-token test models.
     fn chars() -> Arc<Tokenizer> {
@@ -369,18 +369,6 @@ mod tests {
         while batch.active() > 0 {
             step(batch, out);
         }
-    }
-
-    /// Logits of the last position from a full forward over `ctx`.
-    fn full_logits(model: &Gpt<Cpu>, ctx: &[u32]) -> Vec<f32> {
-        let mut acts = Activations::<Cpu>::new(&model.be, &model.cfg, 1, ctx.len(), Recompute::None).unwrap();
-        model.forward(&mut acts, ctx, None, None, Dropout::OFF).unwrap();
-        let (pv, v) = (model.cfg.padded_vocab, model.cfg.vocab_size);
-        let mut logits = acts.logits[(ctx.len() - 1) * pv..(ctx.len() - 1) * pv + v].to_vec();
-        if let Some(cap) = model.cfg.logit_softcap {
-            logits.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
-        }
-        logits
     }
 
     #[test]

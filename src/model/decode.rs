@@ -198,23 +198,25 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
+/// Logits of the last position from a full forward over `ctx` (what the
+/// cache must reproduce), for tests.
+#[cfg(test)]
+pub(crate) fn full_logits<B: Backend>(model: &Gpt<B>, ctx: &[u32]) -> Vec<f32> {
+    use super::{Activations, Recompute};
+    let mut acts = Activations::<B>::new(&model.be, &model.cfg, 1, ctx.len(), Recompute::None).unwrap();
+    model.forward(&mut acts, ctx, None, None, Dropout::OFF).unwrap();
+    let (pv, v) = (model.cfg.padded_vocab, model.cfg.vocab_size);
+    let mut logits = model.be.read_range(&acts.logits, (ctx.len() - 1) * pv, v).unwrap();
+    if let Some(cap) = model.cfg.logit_softcap {
+        logits.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
+    }
+    logits
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::cpu::Cpu;
-    use crate::model::{Activations, Recompute};
-
-    /// Logits of the last position from a full forward over `ctx`.
-    fn full_logits(model: &Gpt<Cpu>, ctx: &[u32]) -> Vec<f32> {
-        let mut acts = Activations::<Cpu>::new(&model.be, &model.cfg, 1, ctx.len(), Recompute::None).unwrap();
-        model.forward(&mut acts, ctx, None, None, Dropout::OFF).unwrap();
-        let (pv, v) = (model.cfg.padded_vocab, model.cfg.vocab_size);
-        let mut logits = acts.logits[(ctx.len() - 1) * pv..(ctx.len() - 1) * pv + v].to_vec();
-        if let Some(cap) = model.cfg.logit_softcap {
-            logits.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
-        }
-        logits
-    }
 
     #[test]
     fn kv_cache_logits_match_full_recompute_for_every_architecture() {
