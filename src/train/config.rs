@@ -145,7 +145,9 @@ fn model_keys() -> Vec<String> {
 impl TrainConfig {
     /// The flat keys: the training fields and the model's options side by side.
     pub fn to_keys(&self) -> Map<String, Value> {
-        let mut map = object(serde_json::to_value(self).expect("serialisable"));
+        // Through text: `to_value` would widen an f32 like 0.1 to 0.10000000149011612.
+        let text = serde_json::to_string(self).expect("serialisable");
+        let mut map = object(serde_json::from_str(&text).expect("valid JSON"));
         let model = object(map.remove("model").expect("a model field"));
         for (k, v) in model {
             if !DERIVED_MODEL_KEYS.contains(&k.as_str()) {
