@@ -117,6 +117,8 @@ def main():
             val = text[int(0.9 * len(text)) :]
             gap = (len(val) - 8) // 32
             prompts = [val[i * gap : i * gap + 8].replace("\n", " ") for i in range(32)]
+            # A blank line is no prompt: keep all 32.
+            prompts = [p if p.strip() else "the " for p in prompts]
             path = os.path.join(tempfile.mkdtemp(prefix="ferrite_versions_"), "prompts.txt")
             with open(path, "w", encoding="utf-8") as f:
                 f.write("\n".join(prompts) + "\n")

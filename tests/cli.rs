@@ -244,6 +244,16 @@ fn bad_checkpoints_and_sample_options_are_clear_errors() {
     let other = copy("other");
     std::fs::write(other.join("config.json"), r#"{"model": "gpt2", "framework": "pytorch"}"#).unwrap();
     fails(&["sample", "--checkpoint", &p(&other)], "config.json");
+    // A model with no record of its training run still samples and evaluates
+    // on given data; only --like-training needs the record.
+    let bare = copy("bare");
+    let mut cfg = json(&std::fs::read_to_string(bare.join("config.json")).unwrap());
+    cfg["train"] = serde_json::json!({});
+    std::fs::write(bare.join("config.json"), cfg.to_string()).unwrap();
+    ok(&["sample", "--checkpoint", &p(&bare), "--max-new-tokens", "5"]);
+    let report = json(&ok(&["eval", "--checkpoint", &p(&bare), "--data", &data, "--split", "all", "--json"]));
+    assert!(report["metrics"]["tokens"].as_u64().unwrap() > 0, "{report}");
+    fails(&["eval", "--checkpoint", &p(&bare), "--data", &data, "--like-training"], "does not record");
 }
 
 fn strs(v: &[String]) -> Vec<&str> {

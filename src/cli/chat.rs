@@ -5,7 +5,7 @@ use super::sampling::SamplingArgs;
 use crate::checkpoint;
 use crate::engine::Backend;
 use crate::generate::chat::{ChatTemplate, Conversation, Turn};
-use crate::generate::{Batch, Event, Prompt, Request, SamplerConfig};
+use crate::generate::{Batch, Event, Finish, FinishReason, Prompt, Request, SamplerConfig};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -116,7 +116,10 @@ fn chat<B: Backend>(a: &ChatArgs, be: B) -> Result<()> {
         let mut answer = String::new();
         'answer: loop {
             if INTERRUPTED.swap(false, Ordering::SeqCst) {
-                batch.cancel(id);
+                if let Some((held, _)) = batch.cancel(id) {
+                    answer.push_str(&held);
+                    stdout.write_all(held.as_bytes())?;
+                }
                 break;
             }
             for (_, event) in batch.step() {
@@ -126,6 +129,7 @@ fn chat<B: Backend>(a: &ChatArgs, be: B) -> Result<()> {
                         stdout.write_all(text.as_bytes())?;
                         stdout.flush()?;
                     }
+                    Event::Finish(Finish { reason: FinishReason::Error(e), .. }) => bail!("{e}"),
                     Event::Finish(_) => break 'answer,
                 }
             }

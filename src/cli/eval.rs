@@ -48,20 +48,30 @@ pub struct EvalArgs {
 }
 
 /// What evaluation needs to know of the training run (keys of its saved
-/// configuration).
+/// configuration; a checkpoint older than a key, or one not trained by
+/// ferrite, lacks some).
 #[derive(Deserialize)]
+#[serde(default)]
 struct TrainedOn {
     data: String,
     dataset: String,
     train_frac: f64,
-    seed: u64,
-    eval_iters: usize,
-    batch_size: usize,
+    // The run's own evaluation, for --like-training.
+    seed: Option<u64>,
+    eval_iters: Option<usize>,
+    batch_size: Option<usize>,
+}
+
+impl Default for TrainedOn {
+    fn default() -> Self {
+        let (data, dataset) = (String::new(), String::new());
+        TrainedOn { data, dataset, train_frac: 0.9, seed: None, eval_iters: None, batch_size: None }
+    }
 }
 
 impl TrainedOn {
     fn of(ck: &CheckpointConfig) -> Result<TrainedOn> {
-        ck.training().map_err(|e| anyhow::anyhow!("{e:#} (was it trained by ferrite?)"))
+        ck.training()
     }
 
     /// The text file or prepared dataset: `--data`, else the run's own.
@@ -149,18 +159,20 @@ fn eval<B: Backend>(a: &EvalArgs, be: B) -> Result<()> {
 fn like_training<B: Backend>(a: &EvalArgs, loaded: Loaded<B>) -> Result<()> {
     let Loaded { model, config: ck, state, .. } = loaded;
     let run = TrainedOn::of(&ck)?;
+    let (Some(seed), Some(eval_iters), Some(batch)) = (run.seed, run.eval_iters, run.batch_size) else {
+        bail!("the checkpoint does not record how its training run evaluated (seed, eval_iters, batch_size)");
+    };
     let seq = model.cfg.block_size;
     let data = dataset(&run.path(a.data.as_ref())?, &ck, run.train_frac, seq)?;
-    let mut acts = Activations::<B>::new(&model.be, &model.cfg, run.batch_size, seq, Recompute::None)?;
+    let mut acts = Activations::<B>::new(&model.be, &model.cfg, batch, seq, Recompute::None)?;
     let step = state.step;
-    let mut loss =
-        |split| sampled_loss(&model, &mut acts, &data, split, (run.eval_iters, run.batch_size, seq), (run.seed, step));
+    let mut loss = |split| sampled_loss(&model, &mut acts, &data, split, (eval_iters, batch, seq), (seed, step));
     let (train_loss, val_loss) = (loss(Split::Train)?, loss(Split::Val)?);
     let val_bpb = val_loss / std::f64::consts::LN_2 / data.bytes_per_token(Split::Val);
     if a.json {
         println!("{}", json!({"step": step, "train_loss": train_loss, "val_loss": val_loss, "val_bpb": val_bpb}));
     } else {
-        println!("the training run's evaluation at step {step} ({} batches per split):", run.eval_iters);
+        println!("the training run's evaluation at step {step} ({eval_iters} batches per split):");
         println!("  train loss {train_loss:.4}, val loss {val_loss:.4}, val bpb {val_bpb:.4}");
     }
     Ok(())

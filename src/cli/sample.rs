@@ -6,7 +6,7 @@ use super::sampling::SamplingArgs;
 use crate::checkpoint::{self, Loaded};
 use crate::data::Tokenizer;
 use crate::engine::Backend;
-use crate::generate::{complete, Batch, Draft, Event, Finish, Prompt, Request, SeqId};
+use crate::generate::{complete, Batch, Draft, Event, Finish, FinishReason, Prompt, Request, SeqId};
 use crate::model::Gpt;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -142,6 +142,9 @@ fn run_batch<B: Backend>(a: &SampleArgs, model: &Arc<Gpt<B>>, tok: &Arc<Tokenize
         range
             .map(|i| {
                 let prompt = tok.encode(&texts[i]).with_context(|| format!("prompt {}", i + 1))?;
+                if prompt.is_empty() {
+                    bail!("prompt {} is empty: give at least one token of context", i + 1);
+                }
                 Ok(Request { prompt: Prompt::Tokens(prompt), ..request(a, i)? })
             })
             .collect()
@@ -192,6 +195,7 @@ fn decode_together<B: Backend>(
         for (id, event) in batch.step() {
             match event {
                 Event::Text(t) => texts.entry(id).or_default().push_str(&t),
+                Event::Finish(Finish { reason: FinishReason::Error(e), .. }) => bail!("{e}"),
                 Event::Finish(f) => {
                     finishes.insert(id, f);
                 }

@@ -83,7 +83,7 @@ impl Seq {
     /// Ends the sequence: what was held back, then its finish.
     fn end(&mut self, reason: FinishReason, events: &mut Vec<(SeqId, Event)>) {
         let rest = self.text.finish();
-        if !rest.is_empty() && reason != FinishReason::Cancelled {
+        if !rest.is_empty() {
             events.push((self.id, Event::Text(rest)));
         }
         events.push((self.id, Event::Finish(self.finish(reason))));
@@ -103,12 +103,10 @@ impl Seq {
 }
 
 impl<B: Backend> Batch<B> {
-    /// A batch of up to `slots` sequences decoding together (requests with a
-    /// draft model do not take a slot).
+    /// A batch of up to `slots` sequences decoding together. Requests with a
+    /// draft model take no slot (they have caches of their own): a batch of
+    /// 0 slots takes only those.
     pub fn new(model: Arc<Gpt<B>>, tokenizer: Arc<Tokenizer>, slots: usize) -> Result<Self> {
-        if slots == 0 {
-            bail!("a batch needs at least one slot");
-        }
         if tokenizer.vocab_size() != model.cfg.vocab_size {
             bail!("the tokenizer has {} symbols but the model {}", tokenizer.vocab_size(), model.cfg.vocab_size);
         }
@@ -175,21 +173,29 @@ impl<B: Backend> Batch<B> {
         Ok(id)
     }
 
-    /// Stops a sequence and frees its slot; its finish (reason
-    /// `Cancelled`), or none if no such sequence is decoding.
-    pub fn cancel(&mut self, id: SeqId) -> Option<Finish> {
+    /// Stops a sequence and frees its slot. Returns the text it was holding
+    /// back (an incomplete character, a possible start of a stop sequence)
+    /// and its finish (reason `Cancelled`); none if no such sequence is
+    /// decoding.
+    pub fn cancel(&mut self, id: SeqId) -> Option<(String, Finish)> {
         let mut events = Vec::new();
         if let Some(slot) = self.slots.iter().position(|s| s.as_ref().is_some_and(|p| p.seq.id == id)) {
             let mut plain = self.slots[slot].take().expect("found");
             self.cache.truncate(slot, 0);
             plain.seq.end(FinishReason::Cancelled, &mut events);
         } else if let Some(i) = self.drafted.iter().position(|d| d.seq.id == id) {
-            self.drafted.remove(i).seq.end(FinishReason::Cancelled, &mut events);
+            let mut d = self.drafted.remove(i);
+            d.seq.end(FinishReason::Cancelled, &mut events);
+            d.attach_stats(&mut events);
         }
-        match events.pop() {
-            Some((_, Event::Finish(f))) => Some(f),
-            _ => None,
+        let mut held = String::new();
+        for (_, event) in events {
+            match event {
+                Event::Text(t) => held.push_str(&t),
+                Event::Finish(f) => return Some((held, f)),
+            }
         }
+        None
     }
 
     /// One step: prefills the sequences that joined, then gives every
@@ -266,7 +272,10 @@ impl<B: Backend> Batch<B> {
             .slots
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| s.as_ref().filter(|p| p.logits.is_none()).map(|p| (i, &p.tokens[..])))
+            // (A request for no tokens finishes without a forward pass.)
+            .filter_map(|(i, s)| {
+                s.as_ref().filter(|p| p.logits.is_none() && p.seq.max_tokens > 0).map(|p| (i, &p.tokens[..]))
+            })
             .map(|(i, t)| (i, &t[t.len().saturating_sub(cap)..]))
             .collect();
         if waiting.is_empty() {
@@ -292,28 +301,37 @@ impl<B: Backend> Drafted<B> {
             self.spec.next_tokens()?.into_iter().any(|t| self.seq.token(t, events))
         };
         if over {
-            if let Some((_, Event::Finish(f))) = events[start..].last_mut() {
-                f.speculative = Some(self.spec.stats);
-            }
+            self.attach_stats(&mut events[start..]);
         }
         Ok(over)
+    }
+
+    /// Puts the acceptance counts into the finish among `events`.
+    fn attach_stats(&self, events: &mut [(SeqId, Event)]) {
+        if let Some((_, Event::Finish(f))) = events.last_mut() {
+            f.speculative = Some(self.spec.stats);
+        }
     }
 }
 
 /// Runs one request to its end, handing each text piece to `on_text`;
-/// returns its finish. The simplest use of [`Batch`]: one slot.
+/// returns its finish (a device failure is an error). The simplest use of
+/// [`Batch`]: one slot.
 pub fn complete<B: Backend>(
     model: &Arc<Gpt<B>>,
     tokenizer: &Arc<Tokenizer>,
     req: Request<B>,
     mut on_text: impl FnMut(&str) -> Result<()>,
 ) -> Result<Finish> {
-    let mut batch = Batch::new(model.clone(), tokenizer.clone(), 1)?;
+    // A request with a draft needs no slot in the batch's own cache.
+    let slots = if req.draft.is_some() { 0 } else { 1 };
+    let mut batch = Batch::new(model.clone(), tokenizer.clone(), slots)?;
     batch.add(req)?;
     loop {
         for (_, event) in batch.step() {
             match event {
                 Event::Text(text) => on_text(&text)?,
+                Event::Finish(Finish { reason: FinishReason::Error(e), .. }) => bail!("{e}"),
                 Event::Finish(f) => return Ok(f),
             }
         }
@@ -457,7 +475,7 @@ mod tests {
         let a = batch.add(request(&[1, 2], SamplerConfig::default(), 1, 50)).unwrap();
         batch.step();
         batch.step();
-        let finish = batch.cancel(a).expect("a was decoding");
+        let (_, finish) = batch.cancel(a).expect("a was decoding");
         assert_eq!((finish.reason, finish.completion_tokens), (FinishReason::Cancelled, 2));
         assert_eq!((batch.active(), batch.free_slots()), (0, 1));
         assert!(batch.cancel(a).is_none());
@@ -491,6 +509,20 @@ mod tests {
         let mut out = Outputs::new();
         drain(&mut batch, &mut out);
         assert!(out.values().all(|o| o.1.as_ref().unwrap().reason == FinishReason::Length));
+        // `complete` reports it as an error, not as a finished request.
+        let (model, tok) = (batch.model.clone(), batch.tokenizer.clone());
+        crate::engine::cpu::faults::fail_downloads(true);
+        let result = complete(&model, &tok, request(&[1], SamplerConfig::default(), 0, 3), |_| Ok(()));
+        crate::engine::cpu::faults::fail_downloads(false);
+        assert!(result.unwrap_err().to_string().contains("simulated device failure"));
+    }
+
+    #[test]
+    fn a_request_for_no_tokens_finishes_at_once() {
+        let (model, tok) = (Arc::new(Gpt::new(Cpu, test_variants().remove(0), 3).unwrap()), chars());
+        let (tokens, finish) = alone(&model, &tok, request(&[1, 2], SamplerConfig::default(), 0, 0));
+        assert!(tokens.is_empty());
+        assert_eq!((finish.reason, finish.prompt_tokens, finish.completion_tokens), (FinishReason::Length, 2, 0));
     }
 
     /// A one-layer model that writes a fixed cycle of bytes greedily: token
@@ -529,7 +561,13 @@ mod tests {
     #[test]
     fn text_is_whole_characters_and_stops_across_tokens() {
         let cycle: Vec<u8> = [b"a".as_slice(), "🦀".as_bytes(), b"END"].concat();
+        // Cancelled after two of the crab's bytes: they are given back, as U+FFFD.
         let (model, tok) = (scripted(&cycle), Arc::new(Tokenizer::Byte));
+        let mut batch = Batch::new(model.clone(), tok.clone(), 1).unwrap();
+        let id = batch.add(request(b"a".map(u32::from).as_slice(), SamplerConfig::greedy(), 0, 9)).unwrap();
+        assert!(batch.step().is_empty() && batch.step().is_empty(), "half a character shows nothing");
+        let (held, finish) = batch.cancel(id).unwrap();
+        assert_eq!((held.as_str(), finish.completion_tokens), ("\u{fffd}", 2));
         let mut pieces = Vec::new();
         let req = |stop: &[&str], max| Request {
             stop: stop.iter().map(|s| s.to_string()).collect(),

@@ -96,7 +96,7 @@ pub struct Finish {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    /// New text: always whole UTF-8 characters, never part of a stop sequence.
+    /// New text: always whole UTF-8 characters; never contains a stop sequence.
     Text(String),
     /// The last event of a sequence.
     Finish(Finish),

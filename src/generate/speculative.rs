@@ -17,8 +17,10 @@ use std::sync::Arc;
 /// Acceptance counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct SpecStats {
-    /// Draft tokens proposed and kept.
+    /// Draft tokens proposed.
     pub proposed: usize,
+    /// ... and kept (also those past a stop or the length limit, which the
+    /// caller drops: the counts are the decoder's work).
     pub accepted: usize,
     /// Target forward passes (each checks a whole draft).
     pub target_passes: usize,

@@ -225,7 +225,8 @@ impl ModelConfig {
 
     /// Training FLOPs per token: 6 per matmul weight (forward 2, backward 4)
     /// plus three times the forward attention products: the standard 6N +
-    /// attention estimate.
+    /// attention estimate. Model FLOPs, as MFU counts them: the scores that
+    /// attention's backward recomputes (instead of storing) are not counted.
     pub fn train_flops_per_token(&self, seq: usize) -> f64 {
         6.0 * self.matmul_params() as f64 + 3.0 * self.attn_flops_per_token(seq)
     }

@@ -40,8 +40,9 @@ impl<B: Backend> KvCache<B> {
         let cfg = &model.cfg;
         let (cap, c) = (cfg.block_size, cfg.n_embd);
         let kv = cfg.attn_shape(1, 1).kv_width();
-        // Scratch rows: a whole prompt of one sequence, or one row per sequence.
-        let rows = cap.max(slots);
+        // Scratch rows: a whole prompt of one sequence, or one row per
+        // sequence; none for a cache of no sequences.
+        let rows = if slots == 0 { 0 } else { cap.max(slots) };
         let mut alloc = |len| be.zeros(len);
         Ok(KvCache {
             k: (0..cfg.n_layer).map(|_| alloc(slots * cap * kv)).collect::<Result<_>>()?,

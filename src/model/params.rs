@@ -1,5 +1,5 @@
 //! The parameter layout (nanoGPT's names, so checkpoints read naturally from
-//! PyTorch), initialisation, and safetensors I/O.
+//! PyTorch) and initialisation (files: [`crate::checkpoint::tensors`]).
 
 use super::config::{ModelConfig, NormKind, PosEncoding};
 use rand_chacha::ChaCha8Rng;

@@ -47,14 +47,36 @@ fn matmul_name(mm: Matmul) -> String {
     format!("matmul {}x{}x{} {}{}", mm.m, mm.n, mm.k, t(mm.trans_a), t(mm.trans_b))
 }
 
+fn out_of_memory(len: usize) -> anyhow::Error {
+    anyhow::anyhow!("out of memory: cannot allocate {:.1} MiB", len as f64 * 4.0 / (1u64 << 20) as f64)
+}
+
 /// Room for `len` floats, or an error saying how much did not fit (where
 /// `vec!` would abort the process).
 fn allocate(len: usize) -> Result<Vec<f32>> {
     let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| {
-        anyhow::anyhow!("out of memory: cannot allocate {:.1} MiB", len as f64 * 4.0 / (1u64 << 20) as f64)
-    })?;
+    v.try_reserve_exact(len).map_err(|_| out_of_memory(len))?;
     Ok(v)
+}
+
+/// `len` zeros from zeroed memory, as `vec![0.0; len]` does: the pages are
+/// touched only when written, so a large KV cache costs memory only for the
+/// positions it holds.
+fn zeroed(len: usize) -> Result<Vec<f32>> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<f32>(len).map_err(|_| out_of_memory(len))?;
+    // SAFETY: the layout has a non-zero size; a non-null result is `len`
+    // zeroed f32s (0.0 is all zero bits) from the global allocator with
+    // exactly the layout a `Vec<f32>` of capacity `len` frees.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout).cast::<f32>();
+        if ptr.is_null() {
+            return Err(out_of_memory(len));
+        }
+        Ok(Vec::from_raw_parts(ptr, len, len))
+    }
 }
 
 /// The CPU backend. Buffers are plain `Vec<f32>`.
@@ -72,9 +94,7 @@ impl Backend for Cpu {
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
-        let mut v = allocate(len)?;
-        v.resize(len, 0.0);
-        Ok(v)
+        zeroed(len)
     }
     fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
         let mut v = allocate(data.len())?;
@@ -463,7 +483,11 @@ mod tests {
 
     #[test]
     fn allocation_failure_is_an_error() {
-        let err = Cpu.zeros(usize::MAX / 8).unwrap_err().to_string();
-        assert!(err.contains("out of memory"), "{err}");
+        for len in [usize::MAX / 8, 1 << 60] {
+            let err = Cpu.zeros(len).unwrap_err().to_string();
+            assert!(err.contains("out of memory"), "{err}");
+        }
+        assert_eq!(Cpu.zeros(5).unwrap(), vec![0.0; 5]);
+        assert!(Cpu.zeros(0).unwrap().is_empty());
     }
 }
