@@ -104,8 +104,8 @@ impl Seq {
 
 impl<B: Backend> Batch<B> {
     /// A batch of up to `slots` sequences decoding together. Requests with a
-    /// draft model take no slot (they have caches of their own): a batch of
-    /// 0 slots takes only those.
+    /// draft model take no slot (they have caches of their own, so the
+    /// caller bounds how many it adds): a batch of 0 slots takes only those.
     pub fn new(model: Arc<Gpt<B>>, tokenizer: Arc<Tokenizer>, slots: usize) -> Result<Self> {
         if tokenizer.vocab_size() != model.cfg.vocab_size {
             bail!("the tokenizer has {} symbols but the model {}", tokenizer.vocab_size(), model.cfg.vocab_size);
