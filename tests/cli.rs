@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fails, json, ok, p, scratch};
+use common::{fails, ferrite, json, ok, p, scratch};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -199,9 +199,12 @@ fn bad_options_are_clear_errors() {
     fails(&["info", "--device", "tpu"], "unknown device 'tpu' (available: cpu)");
 }
 
+/// No network is needed: tiny Shakespeare is built in.
 #[test]
-fn missing_default_corpus_offline_says_how_to_pass_a_file() {
-    fails(&["train", "--preset", "tiny"], "--data");
+fn the_default_corpus_is_built_in() {
+    let out = p(&scratch("builtin").join("run"));
+    let log = ok(&["train", "--preset", "tiny", "--max-iters", "2", "--eval-iters", "1", "--out", &out]);
+    assert!(log.contains("1003854 train / 111540 val tokens (char tokenizer)"), "{log}");
 }
 
 #[test]
@@ -519,4 +522,41 @@ fn tokenizer_train_encode_decode_stats_and_training_with_it() {
     fails(&["tokenizer", "decode", "-t", "gpt2", "50257"], "not a token id");
     fails(&["tokenizer", "encode", "-t", &data, "--text", "x"], "not a valid tokenizer.json");
     fails(&["train", "--preset", "tiny", "--data", &data, "--tokenizer", "bpe"], "tokenizer must be one of");
+}
+
+/// The byte tokenizer takes any bytes and gives the same bytes back: in
+/// files, through encode/decode, and in training (one token per byte).
+#[test]
+fn the_byte_tokenizer_is_lossless() {
+    let dir = scratch("bytes");
+    let bytes: Vec<u8> = (0..6003u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    assert!(std::str::from_utf8(&bytes).is_err(), "the test needs bytes that are not UTF-8");
+    let file = dir.join("bytes.bin");
+    std::fs::write(&file, &bytes).unwrap();
+    let ids = ok(&["tokenizer", "encode", "-t", "byte", &p(&file)]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    assert_eq!(ids.len(), bytes.len());
+    let mut args = vec!["tokenizer", "decode", "-t", "byte"];
+    args.extend(ids.iter().copied());
+    let out = ferrite(&args);
+    assert!(out.status.success());
+    assert_eq!(out.stdout, bytes, "decode gives the bytes back");
+    let ff = ferrite(&["tokenizer", "decode", "-t", "byte", "255", "254"]);
+    assert_eq!(ff.stdout, vec![0xff, 0xfe]);
+    let run = p(&dir.join("run"));
+    let log = ok(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--tokenizer",
+        "byte",
+        "--data",
+        &p(&file),
+        "--max-iters",
+        "1",
+        "--out",
+        &run,
+    ]);
+    // 90% of 6003 tokens for training: one token per byte.
+    assert!(log.contains("5402 train / 601 val tokens"), "{log}");
 }

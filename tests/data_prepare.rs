@@ -223,3 +223,37 @@ fn bad_inputs_are_clear_errors_and_leave_nothing_behind() {
     run(&text, &["--val-fraction", "1.5"], "--val-fraction");
     fails(&["train", "--preset", "tiny", "--dataset", &p(&dir)], "not a prepared dataset");
 }
+
+/// Data that lies: a shard of random bytes under an intact manifest, and
+/// inputs that never end.
+#[test]
+fn corrupt_shards_and_endless_inputs_are_clear_errors() {
+    let dir = scratch("lying-data");
+    let jsonl = dir.join("docs.jsonl");
+    let lines: Vec<String> = documents(200, 3).iter().map(|d| serde_json::json!({"text": d}).to_string()).collect();
+    std::fs::write(&jsonl, lines.join("\n")).unwrap();
+    let ds = dir.join("ds");
+    prepare(&["--input", &p(&jsonl), "--out", &p(&ds), "--val-fraction", "0.2"]);
+    let m = manifest(&ds);
+    let shard = ds.join(m["train"]["shards"][0]["file"].as_str().unwrap());
+    let len = std::fs::metadata(&shard).unwrap().len() as usize;
+    // u16 tokens of 0xffff: outside GPT-2's 50257, everywhere.
+    std::fs::write(&shard, vec![0xffu8; len]).unwrap();
+    let args = ["train", "--preset", "tiny", "--dataset", &p(&ds), "--max-iters", "3", "--out", &p(&dir.join("run"))];
+    fails(&args, "outside the tokenizer's 50257 tokens");
+    fails(&["eval", "--checkpoint", &p(&dir.join("none")), "--data", &p(&ds)], "does not exist");
+    #[cfg(unix)]
+    {
+        fails(
+            &["data", "prepare", "--input", "/dev/zero", "-t", "byte", "--out", &p(&dir.join("z"))],
+            "not a regular file",
+        );
+        fails(&["train", "--preset", "tiny", "--data", "/dev/zero"], "not a regular file");
+        fails(&["tokenizer", "encode", "-t", "byte", "/dev/urandom"], "not a regular file");
+        let fifo = dir.join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
+        if made {
+            fails(&["train", "--preset", "tiny", "--data", &p(&fifo)], "not a regular file");
+        }
+    }
+}

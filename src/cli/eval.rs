@@ -3,11 +3,12 @@
 
 use crate::checkpoint::{self, CheckpointConfig, Loaded};
 use crate::data::dataset::read_corpus;
+use crate::data::tiny_shakespeare;
 use crate::data::{Dataset, Split};
 use crate::engine::Backend;
 use crate::eval::{attention_stats, evaluate, sampled_loss, EvalReport, HeadStats};
 use crate::model::{Activations, Recompute};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -74,29 +75,42 @@ impl TrainedOn {
         ck.training()
     }
 
-    /// The text file or prepared dataset: `--data`, else the run's own.
-    fn path(&self, data: Option<&PathBuf>) -> Result<PathBuf> {
-        Ok(match data {
-            Some(p) => p.clone(),
-            None if !self.dataset.is_empty() => PathBuf::from(&self.dataset),
-            None if self.data.is_empty() => crate::data::download::tiny_shakespeare()?,
-            None => PathBuf::from(&self.data),
-        })
+    /// The text file or prepared dataset: `--data`, else the run's own
+    /// (none: the built-in tiny Shakespeare).
+    fn source(&self, data: Option<&PathBuf>) -> Option<PathBuf> {
+        match data {
+            Some(p) => Some(p.clone()),
+            None if !self.dataset.is_empty() => Some(PathBuf::from(&self.dataset)),
+            None if self.data.is_empty() => None,
+            None => Some(PathBuf::from(&self.data)),
+        }
     }
 }
 
-/// The run's train/validation split of `path` (windows of `seq` tokens).
-fn dataset(path: &Path, ck: &CheckpointConfig, train_frac: f64, seq: usize) -> Result<Dataset> {
-    if path.is_dir() {
+/// How a source is named in reports and errors.
+fn source_name(source: Option<&Path>) -> String {
+    source.map_or(tiny_shakespeare::NAME.to_string(), |p| p.display().to_string())
+}
+
+/// The bytes of a text source.
+fn corpus(source: Option<&Path>) -> Result<Vec<u8>> {
+    match source {
+        Some(p) => read_corpus(p),
+        None => Ok(tiny_shakespeare::bytes()),
+    }
+}
+
+/// The run's train/validation split of a source (windows of `seq` tokens).
+fn dataset(source: Option<&Path>, ck: &CheckpointConfig, train_frac: f64, seq: usize) -> Result<Dataset> {
+    if let Some(dir) = source.filter(|p| p.is_dir()) {
         // A prepared dataset: its own split, in its tokenizer.
-        let (manifest, ds) = Dataset::open_prepared(path, seq)?;
+        let (manifest, ds) = Dataset::open_prepared(dir, seq)?;
         if manifest.tokenizer != ck.tokenizer {
-            bail!("dataset {} uses a different tokenizer than the checkpoint", path.display());
+            bail!("dataset {} uses a different tokenizer than the checkpoint", dir.display());
         }
         return Ok(ds);
     }
-    let text = read_corpus(path, ck.tokenizer.needs_utf8())?;
-    Dataset::new(&text, &ck.tokenizer, train_frac, seq)
+    Dataset::new(&corpus(source)?, &ck.tokenizer, train_frac, seq).with_context(|| source_name(source))
 }
 
 super::on_device!(EvalArgs, eval);
@@ -112,19 +126,21 @@ fn eval<B: Backend>(a: &EvalArgs, be: B) -> Result<()> {
     let Loaded { model, config: ck, dir, .. } = loaded;
     let tok = &ck.tokenizer;
     let run = TrainedOn::of(&ck)?;
-    let path = run.path(a.data.as_ref())?;
-    let stream: Vec<u32> = if a.split == "all" && !path.is_dir() {
-        tok.encode(&read_corpus(&path, tok.needs_utf8())?)?
+    let source = run.source(a.data.as_ref());
+    let source = source.as_deref();
+    let name = source_name(source);
+    let stream: Vec<u32> = if a.split == "all" && !source.is_some_and(Path::is_dir) {
+        tok.encode_bytes(&corpus(source)?).with_context(|| name.clone())?
     } else {
-        let ds = dataset(&path, &ck, run.train_frac, 1)?;
+        let ds = dataset(source, &ck, run.train_frac, 1)?;
         match a.split.as_str() {
-            "all" => [ds.train.to_vec(), ds.val.to_vec()].concat(),
-            "train" => ds.split(Split::Train).to_vec(),
-            _ => ds.split(Split::Val).to_vec(),
+            "all" => [ds.train.to_vec()?, ds.val.to_vec()?].concat(),
+            "train" => ds.split(Split::Train).to_vec()?,
+            _ => ds.split(Split::Val).to_vec()?,
         }
     };
     if stream.len() < 2 {
-        bail!("the {} split of {} has fewer than 2 tokens", a.split, path.display());
+        bail!("the {} split of {name} has fewer than 2 tokens", a.split);
     }
     let report = evaluate(&model, &stream, &tok.token_bytes(), a.batch_size, a.tokens)?;
     let heads = if a.attention {
@@ -140,13 +156,13 @@ fn eval<B: Backend>(a: &EvalArgs, be: B) -> Result<()> {
         }
     }
     if a.json {
-        let mut out = json!({"checkpoint": dir, "data": path, "split": a.split, "metrics": report});
+        let mut out = json!({"checkpoint": dir, "data": name, "split": a.split, "metrics": report});
         if let Some(h) = &heads {
             out["attention"] = serde_json::to_value(h)?;
         }
         println!("{out}");
     } else {
-        print_report(&report, &format!("{} ({} split)", path.display(), a.split));
+        print_report(&report, &format!("{name} ({} split)", a.split));
         if let Some(h) = &heads {
             print_heads(h);
         }
@@ -163,7 +179,7 @@ fn like_training<B: Backend>(a: &EvalArgs, loaded: Loaded<B>) -> Result<()> {
         bail!("the checkpoint does not record how its training run evaluated (seed, eval_iters, batch_size)");
     };
     let seq = model.cfg.block_size;
-    let data = dataset(&run.path(a.data.as_ref())?, &ck, run.train_frac, seq)?;
+    let data = dataset(run.source(a.data.as_ref()).as_deref(), &ck, run.train_frac, seq)?;
     let mut acts = Activations::<B>::new(&model.be, &model.cfg, batch, seq, Recompute::None)?;
     let step = state.step;
     let mut loss = |split| sampled_loss(&model, &mut acts, &data, split, (eval_iters, batch, seq), (seed, step));

@@ -4,9 +4,10 @@
 use crate::checkpoint::{self, Prefer};
 use crate::data::dataset::read_corpus;
 use crate::data::files::write_atomic;
+use crate::data::tokenizer::utf8;
 use crate::data::{HfTokenizer, Tokenizer};
 use anyhow::{bail, Context, Result};
-use std::io::{BufRead, Read};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -102,7 +103,8 @@ fn train(a: &TrainArgs) -> Result<()> {
     let mut bytes = 0;
     let mut texts = Vec::with_capacity(a.input.len());
     for path in &a.input {
-        let text = read_corpus(path, true)?;
+        let corpus = read_corpus(path)?;
+        let text = utf8(&corpus).with_context(|| format!("data file {}", path.display()))?.to_string();
         bytes += text.len();
         texts.push(text);
     }
@@ -124,18 +126,20 @@ fn train(a: &TrainArgs) -> Result<()> {
 
 fn encode(a: &EncodeArgs) -> Result<()> {
     let tok = a.which.load()?;
-    let text = match (&a.text, &a.file) {
-        (Some(t), _) => t.clone(),
-        (None, Some(f)) => read_corpus(f, tok.needs_utf8())?,
+    // Bytes, not text: the byte tokenizer takes any (bytes in = bytes out).
+    let (bytes, name) = match (&a.text, &a.file) {
+        (Some(t), _) => (t.as_bytes().to_vec(), "--text".to_string()),
+        (None, Some(f)) => (read_corpus(f)?, format!("data file {}", f.display())),
         (None, None) => {
-            let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("stdin is not UTF-8 text")?;
-            s
+            let mut b = Vec::new();
+            std::io::stdin().read_to_end(&mut b).context("cannot read stdin")?;
+            (b, "stdin".to_string())
         }
     };
-    let ids = tok.encode(&text)?;
-    println!("{}", ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "));
-    Ok(())
+    let ids = tok.encode_bytes(&bytes).context(name)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "))?;
+    Ok(out.flush()?)
 }
 
 fn decode(a: &DecodeArgs) -> Result<()> {
@@ -157,8 +161,10 @@ fn decode(a: &DecodeArgs) -> Result<()> {
             _ => bail!("{w:?} is not a token id of this {vocab}-token vocabulary"),
         })
         .collect::<Result<Vec<u32>>>()?;
-    print!("{}", tok.decode(&ids));
-    Ok(())
+    // The tokens' bytes as they are (a byte model's output need not be UTF-8).
+    let mut out = std::io::stdout().lock();
+    out.write_all(&tok.decode_bytes(&ids))?;
+    Ok(out.flush()?)
 }
 
 fn stats(a: &StatsArgs) -> Result<()> {
@@ -167,9 +173,9 @@ fn stats(a: &StatsArgs) -> Result<()> {
     tok.encode("warm up")?;
     let (mut bytes, mut tokens, mut secs) = (0usize, 0usize, 0.0);
     for f in &a.files {
-        let text = read_corpus(f, tok.needs_utf8())?;
+        let text = read_corpus(f)?;
         let t0 = Instant::now();
-        let ids = tok.encode(&text)?;
+        let ids = tok.encode_bytes(&text).with_context(|| format!("data file {}", f.display()))?;
         let dt = t0.elapsed().as_secs_f64();
         println!(
             "{}: {} bytes, {} tokens, {:.4} tokens per byte, {:.2} MB/s",

@@ -73,7 +73,7 @@ fn print_summary<B: Backend>(t: &Trainer<B>) {
 fn print_sample<B: Backend>(t: Trainer<B>) -> Result<()> {
     let prompt = match t.tokenizer.encode("\n") {
         Ok(ids) => ids,
-        Err(_) => t.data.split(Split::Train).head(1),
+        Err(_) => t.data.split(Split::Train).head(1)?,
     };
     let req = Request { seed: t.cfg.seed, ..Request::new(Prompt::Tokens(prompt), t.cfg.sample_tokens) };
     let (model, tok) = (Arc::new(t.model), Arc::new(t.tokenizer));

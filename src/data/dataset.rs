@@ -47,29 +47,29 @@ impl Tokens {
     }
 
     /// The first few tokens (a prompt for the end-of-training sample).
-    pub fn head(&self, n: usize) -> Vec<u32> {
+    pub fn head(&self, n: usize) -> Result<Vec<u32>> {
         match self {
-            Tokens::Memory(v) => v[..n.min(v.len())].to_vec(),
+            Tokens::Memory(v) => Ok(v[..n.min(v.len())].to_vec()),
             Tokens::Mapped(shards) => {
                 let mut out = Vec::new();
                 if let Some(s) = shards.first() {
-                    s.read(0, n.min(s.len()), &mut out);
+                    s.read(0, n.min(s.len()), &mut out)?;
                 }
-                out
+                Ok(out)
             }
         }
     }
 
     /// Every token, in order (for evaluation over a whole split).
-    pub fn to_vec(&self) -> Vec<u32> {
+    pub fn to_vec(&self) -> Result<Vec<u32>> {
         match self {
-            Tokens::Memory(v) => v.clone(),
+            Tokens::Memory(v) => Ok(v.clone()),
             Tokens::Mapped(shards) => {
                 let mut out = Vec::with_capacity(self.len());
                 for s in shards {
-                    s.read(0, s.len(), &mut out);
+                    s.read(0, s.len(), &mut out)?;
                 }
-                out
+                Ok(out)
             }
         }
     }
@@ -92,27 +92,21 @@ pub struct Dataset {
 }
 
 /// Reads a text corpus with a clear error for each way it can be unusable.
-pub fn read_corpus(path: &Path, need_utf8: bool) -> Result<String> {
+pub fn read_corpus(path: &Path) -> Result<Vec<u8>> {
+    crate::data::files::regular_file(path, "data file")?;
     let bytes = std::fs::read(path).with_context(|| format!("cannot read data file {}", path.display()))?;
     if bytes.is_empty() {
         bail!("data file {} is empty", path.display());
     }
-    match String::from_utf8(bytes) {
-        Ok(s) => Ok(s),
-        Err(e) if need_utf8 => bail!(
-            "data file {} is not valid UTF-8 (first bad byte at offset {}); this tokenizer needs UTF-8 text (use --tokenizer byte for arbitrary bytes)",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        ),
-        Err(e) => Ok(String::from_utf8_lossy(e.as_bytes()).into_owned()),
-    }
+    Ok(bytes)
 }
 
 impl Dataset {
-    /// Tokenises `text` and splits it contiguously: the first `train_frac`
-    /// for training, the rest for validation.
-    pub fn new(text: &str, tok: &Tokenizer, train_frac: f64, block_size: usize) -> Result<Dataset> {
-        let ids = tok.encode(text)?;
+    /// Tokenises a corpus (bytes: the byte tokenizer takes any, the others
+    /// need UTF-8) and splits it contiguously: the first `train_frac` for
+    /// training, the rest for validation.
+    pub fn new(corpus: &[u8], tok: &Tokenizer, train_frac: f64, block_size: usize) -> Result<Dataset> {
+        let ids = tok.encode_bytes(corpus)?;
         let n_train = (ids.len() as f64 * train_frac) as usize;
         let (train, val) = (ids[..n_train].to_vec(), ids[n_train..].to_vec());
         let bytes_per = |toks: &[u32]| tok.decode_bytes(toks).len() as f64 / toks.len().max(1) as f64;
@@ -130,7 +124,9 @@ impl Dataset {
     pub fn open_prepared(dir: &Path, block_size: usize) -> Result<(Manifest, Dataset)> {
         let m = Manifest::read(dir)?;
         let open = |info: &super::shards::SplitInfo| -> Result<Tokens> {
-            let shards = info.shards.iter().map(|s| MappedShard::open(dir, s, m.dtype)).collect::<Result<Vec<_>>>()?;
+            let vocab = m.tokenizer.vocab_size();
+            let shards =
+                info.shards.iter().map(|s| MappedShard::open(dir, s, m.dtype, vocab)).collect::<Result<Vec<_>>>()?;
             Ok(Tokens::Mapped(shards.into_iter().filter(|s| !s.is_empty()).collect()))
         };
         let bpt = |info: &super::shards::SplitInfo| info.bytes as f64 / info.tokens.max(1) as f64;
@@ -183,8 +179,17 @@ impl Dataset {
     /// Fills `x` and `y` (`[batch, seq]`) with random windows of a split:
     /// `y` is `x` shifted by one token ([`IGNORE`] where a loss mask says
     /// not to train). The windows are a pure function of `seed`, which makes
-    /// resumed runs draw exactly the same batches.
-    pub fn batch(&self, s: Split, batch: usize, seq: usize, seed: u64, x: &mut Vec<u32>, y: &mut Vec<u32>) {
+    /// resumed runs draw exactly the same batches. A prepared dataset's
+    /// tokens are checked against the vocabulary as they are read.
+    pub fn batch(
+        &self,
+        s: Split,
+        batch: usize,
+        seq: usize,
+        seed: u64,
+        x: &mut Vec<u32>,
+        y: &mut Vec<u32>,
+    ) -> Result<()> {
         let data = self.split(s);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         x.clear();
@@ -206,12 +211,13 @@ impl Dataset {
                         k += 1;
                     }
                     buf.clear();
-                    shards[k].read(i, seq + 1, &mut buf);
+                    shards[k].read(i, seq + 1, &mut buf)?;
                     x.extend_from_slice(&buf[..seq]);
                     y.extend((1..=seq).map(|j| if shards[k].trained(i + j) { buf[j] } else { IGNORE }));
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -223,11 +229,11 @@ mod tests {
     fn batches_are_shifted_windows_and_seeded() {
         let text: String = (0..500).map(|i| (b'a' + (i % 26) as u8) as char).collect();
         let tok = Tokenizer::char_from_corpus(&text);
-        let ds = Dataset::new(&text, &tok, 0.9, 8).unwrap();
+        let ds = Dataset::new(text.as_bytes(), &tok, 0.9, 8).unwrap();
         assert_eq!(ds.train.len(), 450);
         let (mut x, mut y, mut x2, mut y2) = (vec![], vec![], vec![], vec![]);
-        ds.batch(Split::Train, 3, 8, 5, &mut x, &mut y);
-        ds.batch(Split::Train, 3, 8, 5, &mut x2, &mut y2);
+        ds.batch(Split::Train, 3, 8, 5, &mut x, &mut y).unwrap();
+        ds.batch(Split::Train, 3, 8, 5, &mut x2, &mut y2).unwrap();
         assert_eq!((&x, &y), (&x2, &y2));
         for b in 0..3 {
             assert_eq!(x[b * 8 + 1..(b + 1) * 8], y[b * 8..(b + 1) * 8 - 1]);
@@ -237,7 +243,7 @@ mod tests {
     #[test]
     fn too_short_corpus_is_an_error() {
         let tok = Tokenizer::Byte;
-        let err = Dataset::new("short text", &tok, 0.9, 64).err().unwrap().to_string();
+        let err = Dataset::new(b"short text", &tok, 0.9, 64).err().unwrap().to_string();
         assert!(err.contains("too short"), "{err}");
     }
 }

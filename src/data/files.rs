@@ -6,6 +6,17 @@ use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::Path;
 
+/// Refuses anything but a regular file: a device or a FIFO may never end,
+/// and a directory is not a file. `what` names it in the error.
+pub fn regular_file(path: &Path, what: &str) -> Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() { "a directory" } else { "not a regular file (a device, FIFO or socket)" };
+        anyhow::bail!("{what} {} is {kind}: give a regular file", path.display());
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it
 /// over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -2,11 +2,11 @@
 
 pub mod chat_template;
 pub mod dataset;
-pub mod download;
 pub mod files;
 pub mod hub;
 pub mod prepare;
 pub mod shards;
+pub mod tiny_shakespeare;
 pub mod tokenizer;
 pub mod units;
 

@@ -86,16 +86,21 @@ impl Manifest {
     }
 }
 
-/// One memory-mapped shard.
+/// One memory-mapped shard. Its tokens are checked against the vocabulary
+/// as they are read: a shard of random bytes is an error naming the shard
+/// and the offset, not an out-of-range index in a kernel.
 pub struct MappedShard {
     map: Mmap,
     mask: Option<Mmap>,
     dtype: Dtype,
     len: usize,
+    file: String,
+    vocab: u32,
 }
 
 impl MappedShard {
-    pub fn open(dir: &Path, info: &ShardInfo, dtype: Dtype) -> Result<MappedShard> {
+    /// Opens a shard of a dataset whose tokenizer has `vocab` tokens.
+    pub fn open(dir: &Path, info: &ShardInfo, dtype: Dtype, vocab: usize) -> Result<MappedShard> {
         let map = map_file(&dir.join(&info.file))?;
         let len = info.tokens as usize;
         if map.len() != len * dtype.bytes() {
@@ -111,7 +116,7 @@ impl MappedShard {
             }
             None => None,
         };
-        Ok(MappedShard { map, mask, dtype, len })
+        Ok(MappedShard { map, mask, dtype, len, file: info.file.clone(), vocab: vocab as u32 })
     }
 
     pub fn len(&self) -> usize {
@@ -122,14 +127,27 @@ impl MappedShard {
         self.len == 0
     }
 
-    /// Appends tokens `start..start + n` to `out`.
-    pub fn read(&self, start: usize, n: usize, out: &mut Vec<u32>) {
+    /// Appends tokens `start..start + n` to `out`; a token outside the
+    /// vocabulary is an error.
+    pub fn read(&self, start: usize, n: usize, out: &mut Vec<u32>) -> Result<()> {
         let b = self.dtype.bytes();
         let bytes = &self.map[start * b..(start + n) * b];
+        let first = out.len();
         match self.dtype {
             Dtype::U16 => out.extend(bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)),
             Dtype::U32 => out.extend(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
         }
+        if let Some(i) = out[first..].iter().position(|&t| t >= self.vocab) {
+            bail!(
+                "shard {} holds token {} at offset {} (token {}), outside the tokenizer's {} tokens: the dataset is corrupt",
+                self.file,
+                out[first + i],
+                (start + i) * b,
+                start + i,
+                self.vocab
+            );
+        }
+        Ok(())
     }
 
     /// Whether token `i` is trained on as a target.

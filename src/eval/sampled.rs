@@ -27,7 +27,7 @@ pub fn sampled_loss<B: Backend>(
     let mut total = 0.0;
     for i in 0..count {
         let seed = derive_seed(seed, &[SEED_EVAL, step as u64, split as u64, i as u64]);
-        data.batch(split, batch, seq, seed, &mut x, &mut y);
+        data.batch(split, batch, seq, seed, &mut x, &mut y)?;
         total += model.forward(acts, &x, Some(&y), None, Dropout::OFF)?.expect("targets") as f64;
     }
     Ok(total / count as f64)

@@ -6,14 +6,16 @@ use super::metrics::MetricsLog;
 use super::optimizer::{AdamW, Hyper};
 use super::schedule::learning_rate;
 use crate::checkpoint::{self, CheckpointConfig, Prefer, TrainState};
+use crate::data::dataset::read_corpus;
 use crate::data::dataset::IGNORE;
-use crate::data::{download, Dataset, Split, Tokenizer};
+use crate::data::tokenizer::utf8;
+use crate::data::{tiny_shakespeare, Dataset, Split, Tokenizer};
 use crate::engine::fastmath::derive_seed;
 use crate::engine::{Backend, Dropout};
 use crate::eval::sampled_loss;
 use crate::model::params::param_specs;
 use crate::model::{Activations, Gpt};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::borrow::Cow;
@@ -114,7 +116,7 @@ impl<B: Backend> Trainer<B> {
         let mut loss = 0.0;
         for micro in 0..accum {
             let seed = derive_seed(self.cfg.seed, &[SEED_BATCH, it as u64, micro as u64]);
-            self.data.batch(Split::Train, b, t, seed, &mut self.x, &mut self.y);
+            self.data.batch(Split::Train, b, t, seed, &mut self.x, &mut self.y)?;
             // Each micro-batch's mean over the targets it trains on (all of
             // them unless a loss mask ignores some), averaged over micro-batches.
             let counted = self.y.iter().filter(|&&y| y != IGNORE).count().max(1);
@@ -270,20 +272,17 @@ fn load_data(cfg: &TrainConfig, saved: Option<&Tokenizer>) -> Result<(Tokenizer,
         }
         return Ok((manifest.tokenizer, data));
     }
-    let needs_utf8 = saved.map_or(cfg.tokenizer != "byte", Tokenizer::needs_utf8);
-    let text = crate::data::dataset::read_corpus(&data_path(cfg)?, needs_utf8)?;
+    let (name, bytes) = if cfg.data.is_empty() {
+        (tiny_shakespeare::NAME.to_string(), tiny_shakespeare::bytes())
+    } else {
+        let path = Path::new(&cfg.data);
+        (format!("data file {}", path.display()), read_corpus(path)?)
+    };
     let tokenizer = match saved {
         Some(t) => t.clone(),
-        None => Tokenizer::from_spec(&cfg.tokenizer, Some(&text))?,
+        None if cfg.tokenizer == "char" => Tokenizer::char_from_corpus(utf8(&bytes).context(name.clone())?),
+        None => Tokenizer::from_spec(&cfg.tokenizer, None)?,
     };
-    let data = Dataset::new(&text, &tokenizer, cfg.train_frac, cfg.model.block_size)?;
+    let data = Dataset::new(&bytes, &tokenizer, cfg.train_frac, cfg.model.block_size).context(name)?;
     Ok((tokenizer, data))
-}
-
-fn data_path(cfg: &TrainConfig) -> Result<PathBuf> {
-    if cfg.data.is_empty() {
-        download::tiny_shakespeare()
-    } else {
-        Ok(PathBuf::from(&cfg.data))
-    }
 }

@@ -8,8 +8,7 @@ use std::process::{Command, Output};
 pub fn ferrite(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ferrite"))
         .args(args)
-        // Never touch the network or the user's cache from a test.
-        .env("FERRITE_TINY_SHAKESPEARE_URL", "http://127.0.0.1:9/tinyshakespeare.txt")
+        // Never touch the user's cache from a test.
         .env("XDG_CACHE_HOME", scratch("cache"))
         .output()
         .expect("ferrite runs")
@@ -55,7 +54,7 @@ pub fn json(out: &str) -> serde_json::Value {
 /// Like [`ferrite`] with extra environment variables.
 pub fn ferrite_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrite"));
-    cmd.args(args).env("FERRITE_TINY_SHAKESPEARE_URL", "http://127.0.0.1:9/tinyshakespeare.txt");
+    cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -85,12 +85,14 @@ pub fn expand_inputs(inputs: &[String]) -> Result<Vec<PathBuf>> {
             files.extend(matched);
         } else {
             let path = PathBuf::from(input);
+            if !path.exists() {
+                bail!("input {input} does not exist");
+            }
             if path.is_dir() {
                 walk(&path, &mut files)?;
-            } else if path.is_file() {
-                files.push(path);
             } else {
-                bail!("input {input} does not exist");
+                crate::data::files::regular_file(&path, "input")?;
+                files.push(path);
             }
         }
     }
@@ -111,6 +113,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         if p.is_dir() {
             walk(&p, out)?;
         } else {
+            crate::data::files::regular_file(&p, "input")?;
             out.push(p);
         }
     }

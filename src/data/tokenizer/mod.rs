@@ -116,6 +116,15 @@ impl Tokenizer {
         }
     }
 
+    /// Encodes bytes: any bytes for the byte tokenizer (each is its token,
+    /// so decoding gives them back exactly); UTF-8 text for the others.
+    pub fn encode_bytes(&self, bytes: &[u8]) -> Result<Vec<u32>> {
+        match self {
+            Tokenizer::Byte => Ok(bytes.iter().map(|&b| u32::from(b)).collect()),
+            _ => self.encode(utf8(bytes)?),
+        }
+    }
+
     /// Decodes tokens to bytes. Byte-level output may split a UTF-8
     /// sequence between calls; streaming callers keep the bytes and decode
     /// lossily only what is complete. Ids outside the vocabulary decode to
@@ -152,6 +161,16 @@ impl Tokenizer {
     pub fn decode(&self, tokens: &[u32]) -> String {
         String::from_utf8_lossy(&self.decode_bytes(tokens)).into_owned()
     }
+}
+
+/// Bytes as UTF-8 text, or an error giving the offset of the first bad byte.
+pub fn utf8(bytes: &[u8]) -> Result<&str> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "is not valid UTF-8 (first bad byte at offset {}); this tokenizer needs UTF-8 text (use --tokenizer byte for arbitrary bytes)",
+            e.valid_up_to()
+        )
+    })
 }
 
 #[cfg(test)]
