@@ -247,6 +247,45 @@ fn bad_checkpoints_and_sample_options_are_clear_errors() {
     let other = copy("other");
     std::fs::write(other.join("config.json"), r#"{"model": "gpt2", "framework": "pytorch"}"#).unwrap();
     fails(&["sample", "--checkpoint", &p(&other)], "config.json");
+    // Weights that do not match their configuration, or are not numbers.
+    let rewrite = |name: &str, edit: &dyn Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>)| {
+        let to = copy(name);
+        let bytes = std::fs::read(to.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| {
+                let data = v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                (n, v.shape().to_vec(), data)
+            })
+            .collect();
+        edit(&mut tensors);
+        let raw: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .iter()
+            .map(|(n, s, d)| (n.clone(), s.clone(), d.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = raw
+            .iter()
+            .map(|(n, s, b)| {
+                (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
+            })
+            .collect();
+        std::fs::write(to.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+        to
+    };
+    let extra = rewrite("extra", &|t| t.push(("transformer.h.9.attn.c_attn.weight".into(), vec![2], vec![0.0, 0.0])));
+    fails(&["sample", "--checkpoint", &p(&extra)], "does not describe, e.g. transformer.h.9.attn.c_attn.weight");
+    let nan = rewrite("nan", &|t| t[1].2[3] = f32::NAN);
+    fails(&["eval", "--checkpoint", &p(&nan), "--data", &data], "holds NaN at index 3");
+    let inf = rewrite("inf", &|t| t[0].2[0] = f32::INFINITY);
+    fails(&["sample", "--checkpoint", &p(&inf)], "holds inf at index 0");
+    let reshaped = rewrite("reshaped", &|t| {
+        let (_, shape, data) = &mut t[0];
+        data.truncate(data.len() / shape[0]);
+        shape[0] = 1;
+    });
+    fails(&["sample", "--checkpoint", &p(&reshaped)], "has shape");
     // A model with no record of its training run still samples and evaluates
     // on given data; only --like-training needs the record.
     let bare = copy("bare");

@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tensors::{load_safetensors, save_safetensors, take_params};
 
@@ -129,11 +130,12 @@ pub fn load(dir: &Path, specs_of: impl Fn(&ModelConfig) -> Vec<ParamSpec>, with_
     .with_context(|| format!("{} is corrupt", state_path.display()))?;
     let moments = if with_optimizer {
         let f = dir.join("optimizer.safetensors");
-        let t = load_safetensors(&f)?;
-        let mut m_t = t.clone();
-        m_t.retain(|k, _| k.starts_with("m."));
-        let mut v_t = t;
-        v_t.retain(|k, _| k.starts_with("v."));
+        let (m_t, rest): (HashMap<_, _>, HashMap<_, _>) =
+            load_safetensors(&f)?.into_iter().partition(|(k, _)| k.starts_with("m."));
+        let (v_t, other): (HashMap<_, _>, HashMap<_, _>) = rest.into_iter().partition(|(k, _)| k.starts_with("v."));
+        if let Some(k) = other.keys().min() {
+            bail!("{}: tensor {k} is not an Adam moment (m.* or v.*): the checkpoint is corrupt", f.display());
+        }
         Some((take_params(&specs, m_t, "m.", &f)?, take_params(&specs, v_t, "v.", &f)?))
     } else {
         None

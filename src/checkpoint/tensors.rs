@@ -42,14 +42,17 @@ pub fn load_safetensors(path: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<
     Ok(out)
 }
 
-/// Picks the tensors of `specs` out of a loaded file, checking shapes.
+/// Picks the tensors of `specs` out of a loaded file. A file that does not
+/// match its configuration is an error, whichever way it differs: a
+/// missing tensor, one of another shape, one left over (the config
+/// describes a different model), or values that are not finite.
 pub fn take_params(
     specs: &[ParamSpec],
     mut tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
     prefix: &str,
     file: &Path,
 ) -> Result<Vec<Vec<f32>>> {
-    specs
+    let params = specs
         .iter()
         .map(|s| {
             let key = format!("{prefix}{}", s.name);
@@ -58,7 +61,20 @@ pub fn take_params(
             if shape != s.shape {
                 bail!("{}: tensor {key} has shape {shape:?}, expected {:?}", file.display(), s.shape);
             }
+            if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+                bail!("{}: tensor {key} holds {} at index {i}: the checkpoint is corrupt", file.display(), data[i]);
+            }
             Ok(data)
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    let mut extra: Vec<&String> = tensors.keys().collect();
+    extra.sort();
+    if let Some(first) = extra.first() {
+        bail!(
+            "{}: {} tensor(s) the configuration does not describe, e.g. {first}: config.json does not match the weights",
+            file.display(),
+            extra.len()
+        );
+    }
+    Ok(params)
 }
