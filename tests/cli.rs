@@ -248,11 +248,12 @@ fn bad_checkpoints_and_sample_options_are_clear_errors() {
     std::fs::write(other.join("config.json"), r#"{"model": "gpt2", "framework": "pytorch"}"#).unwrap();
     fails(&["sample", "--checkpoint", &p(&other)], "config.json");
     // Weights that do not match their configuration, or are not numbers.
-    let rewrite = |name: &str, edit: &dyn Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>)| {
+    type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+    let rewrite = |name: &str, edit: &dyn Fn(&mut Tensors)| {
         let to = copy(name);
         let bytes = std::fs::read(to.join("model.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = st
+        let mut tensors: Tensors = st
             .tensors()
             .into_iter()
             .map(|(n, v)| {
@@ -598,4 +599,151 @@ fn the_byte_tokenizer_is_lossless() {
     ]);
     // 90% of 6003 tokens for training: one token per byte.
     assert!(log.contains("5402 train / 601 val tokens"), "{log}");
+}
+
+/// `(kind, step, loss)` of every record but the timings, for comparing runs.
+fn records(run: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let mut r: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = r.as_object_mut().unwrap();
+            o.remove("time_s");
+            o.remove("tokens_per_s");
+            r.to_string()
+        })
+        .collect()
+}
+
+/// Ctrl-C finishes the step, saves `last` and says how to resume; the
+/// resumed run (after a killed save's leftovers and a torn metrics line)
+/// reproduces an uninterrupted run bit for bit.
+#[cfg(unix)]
+#[test]
+fn sigint_saves_and_the_resumed_run_matches_an_uninterrupted_one() {
+    let dir = scratch("sigint");
+    let data = corpus(&dir);
+    // A schedule that does not depend on max_iters, so runs of any length agree.
+    let cfg = [
+        "--preset",
+        "tiny",
+        "--sample-tokens",
+        "0",
+        "--lr-decay-iters",
+        "5000",
+        "--eval-interval",
+        "100",
+        "--log-interval",
+        "1",
+    ];
+    let run = dir.join("run");
+    let child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(["train", "--data", &data, "--out", &p(&run), "--max-iters", "1000000"])
+        .args(cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (boundedly) until it has trained a few steps.
+    let metrics = run.join("metrics.jsonl");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 30 {
+        assert!(t0.elapsed().as_secs() < 60, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted: saved") && stderr.contains("--resume"), "{stderr}");
+    let state = json(&std::fs::read_to_string(run.join("last/state.json")).unwrap());
+    let stopped = state["step"].as_u64().unwrap();
+    assert!(stopped >= 29, "saved at step {stopped}");
+    // A save killed midway leaves a temporary directory; a run killed
+    // between its log and its checkpoint leaves later steps and half a line.
+    std::fs::create_dir_all(run.join(".last.tmp-4242424")).unwrap();
+    let mut log = std::fs::OpenOptions::new().append(true).open(&metrics).unwrap();
+    use std::io::Write;
+    write!(log, "{{\"kind\": \"train\", \"step\": {}, \"loss\": 1.0}}\n{{\"kind\": \"tr", stopped + 1).unwrap();
+    drop(log);
+    let until = (stopped + 20).to_string();
+    let resumed = ok(&["train", "--resume", &p(&run), "--max-iters", &until]);
+    assert!(resumed.contains(&format!("resuming at step {stopped} from")), "{resumed}");
+    assert!(!run.join(".last.tmp-4242424").exists(), "the leftover was not cleaned up");
+    let whole = dir.join("whole");
+    train("tiny", &data, &p(&whole), &[&cfg[4..], &["--max-iters", &until]].concat());
+    assert_eq!(records(&run), records(&whole));
+}
+
+/// Resuming picks the newest complete checkpoint, whatever its name.
+#[test]
+fn resume_takes_the_newest_complete_checkpoint() {
+    let dir = scratch("newest");
+    let data = corpus(&dir);
+    let run = dir.join("run");
+    train("tiny", &data, &p(&run), &["--max-iters", "20", "--eval-interval", "10"]);
+    // An interrupted save: `last` was moved aside and never replaced, and
+    // `best` is older.
+    std::fs::rename(run.join("last"), run.join("last.old")).unwrap();
+    let best_state = run.join("best/state.json");
+    let mut s = json(&std::fs::read_to_string(&best_state).unwrap());
+    s["step"] = 10.into();
+    std::fs::write(&best_state, s.to_string()).unwrap();
+    let out = ok(&["train", "--resume", &p(&run), "--max-iters", "25"]);
+    assert!(out.contains("resuming at step 20 from") && out.contains("last.old"), "{out}");
+}
+
+/// A loss that stops being a number stops the run before the update (or
+/// skips it), and never reaches a checkpoint.
+#[test]
+fn a_non_finite_step_stops_or_is_skipped() {
+    let dir = scratch("nonfinite");
+    let data = corpus(&dir);
+    let run = p(&dir.join("run"));
+    let args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        &data,
+        "--out",
+        &run,
+        "--lr",
+        "1e30",
+        "--warmup-iters",
+        "0",
+        "--eval-interval",
+        "1",
+        "--max-iters",
+        "30",
+    ];
+    fails(&args, "stopped before the update");
+    // Whatever was saved loads: no checkpoint holds NaN or inf.
+    if dir.join("run/last").exists() {
+        ok(&["sample", "--checkpoint", &p(&dir.join("run/last")), "--max-new-tokens", "3"]);
+    }
+    let skip = p(&dir.join("skip"));
+    let args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        &data,
+        "--out",
+        &skip,
+        "--lr",
+        "1e30",
+        "--warmup-iters",
+        "0",
+        "--max-iters",
+        "10",
+        "--on-nonfinite",
+        "skip",
+        "--sample-tokens",
+        "0",
+    ];
+    let out = ferrite(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("skipped the update"), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -75,9 +75,11 @@ pub enum Prefer {
     Last,
 }
 
-/// Accepts a checkpoint directory or a run directory (then its `best` or
-/// `last` as `prefer` says, else the other, else a leftover of an
-/// interrupted save).
+/// Accepts a checkpoint directory or a run directory. In a run directory,
+/// `Best` picks `best` (else `last`, else a leftover of an interrupted
+/// save); `Last` picks the newest complete checkpoint of `last`, `best`,
+/// `last.old` and `best.old` by step (an interrupted save can leave
+/// `last.old` newer than `best`).
 pub fn resolve_dir(dir: &Path, prefer: Prefer) -> Result<PathBuf> {
     if !dir.exists() {
         bail!("checkpoint {} does not exist", dir.display());
@@ -85,16 +87,31 @@ pub fn resolve_dir(dir: &Path, prefer: Prefer) -> Result<PathBuf> {
     if dir.join("config.json").exists() {
         return Ok(dir.to_path_buf());
     }
-    let order = match prefer {
-        Prefer::Best => ["best", "last", "best.old", "last.old"],
-        Prefer::Last => ["last", "best", "last.old", "best.old"],
+    let found = match prefer {
+        Prefer::Best => ["best", "last", "best.old", "last.old"]
+            .into_iter()
+            .map(|sub| dir.join(sub))
+            .find(|d| d.join("config.json").exists()),
+        Prefer::Last => ["last", "best", "last.old", "best.old"]
+            .into_iter()
+            .filter_map(|sub| complete_step(&dir.join(sub)).map(|step| (step, dir.join(sub))))
+            // The highest step; on a tie, the first in the order above.
+            .fold(None, |best: Option<(usize, PathBuf)>, c| match best {
+                Some(b) if b.0 >= c.0 => Some(b),
+                _ => Some(c),
+            })
+            .map(|(_, d)| d),
     };
-    for sub in order {
-        if dir.join(sub).join("config.json").exists() {
-            return Ok(dir.join(sub));
-        }
-    }
-    bail!("{} is not a ferrite checkpoint (no config.json in it, its best/ or its last/)", dir.display())
+    found.with_context(|| {
+        format!("{} is not a ferrite checkpoint (no config.json in it, its best/ or its last/)", dir.display())
+    })
+}
+
+/// The step of a checkpoint with every file in place, or none.
+fn complete_step(dir: &Path) -> Option<usize> {
+    let complete = ["config.json", "model.safetensors", "optimizer.safetensors"].iter().all(|f| dir.join(f).is_file());
+    let state: TrainState = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).ok()?).ok()?;
+    complete.then_some(state.step)
 }
 
 pub fn load_config(dir: &Path) -> Result<CheckpointConfig> {
@@ -173,10 +190,14 @@ pub fn save<'a>(
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("ckpt");
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
+    // Leftovers of saves that were killed (any process's): never complete.
+    let stale = format!(".{name}.tmp-");
+    for entry in std::fs::read_dir(parent)?.flatten() {
+        if entry.file_name().to_str().is_some_and(|n| n.starts_with(&stale)) {
+            std::fs::remove_dir_all(entry.path())?;
+        }
     }
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     let named = |prefix: &str, data: &'a [&'a [f32]]| named_tensors(specs, prefix, data);
     save_safetensors(&tmp.join("model.safetensors"), &named("", params))?;

@@ -247,6 +247,7 @@ mod tests {
             ("n_kv_head", "2", json!(2)),
             ("n_layer", "3", json!(3)),
             ("norm", "rmsnorm", json!("rmsnorm")),
+            ("on_nonfinite", "skip", json!("skip")),
             ("out_dir", "runs/x", json!("runs/x")),
             ("pos", "rope", json!("rope")),
             ("qk_norm", "true", json!(true)),

@@ -4,8 +4,10 @@ use super::RunArgs;
 use crate::data::Split;
 use crate::engine::Backend;
 use crate::generate::{complete, Prompt, Request};
+use crate::train::trainer::RunEnd;
 use crate::train::{config, Trainer};
 use anyhow::Result;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 super::on_device!(RunArgs, train);
@@ -24,15 +26,28 @@ fn train<B: Backend>(args: &RunArgs, be: B) -> Result<()> {
         None => Trainer::new(be, args.resolve()?)?,
     };
     print_summary(&trainer);
-    let last = trainer.run()?;
-    if let Some(e) = last {
-        println!(
+    // Ctrl-C (or SIGTERM) finishes the step, saves `last` and stops; a second one quits at once.
+    // SAFETY: the handler only touches an atomic and calls _exit, both async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_stop_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_stop_signal as *const () as libc::sighandler_t);
+    }
+    match trainer.run(&STOP)? {
+        RunEnd::Done(Some(e)) => println!(
             "done: step {}, train loss {:.4}, val loss {:.4}, best val loss {:.4}",
             trainer.state.step,
             e.train_loss,
             e.val_loss,
             trainer.state.best_val_loss.unwrap_or(e.val_loss)
-        );
+        ),
+        RunEnd::Done(None) => {
+            println!("nothing to do: the run is at step {} of {}", trainer.state.step, trainer.cfg.max_iters)
+        }
+        RunEnd::Interrupted { step } => {
+            let out = &trainer.cfg.out_dir;
+            eprintln!("interrupted: saved {out}/last at step {step}; continue with `ferrite train --resume {out}`");
+            std::process::exit(130);
+        }
     }
     println!("checkpoints in {}/{{best,last}}", trainer.cfg.out_dir);
     if let Some(mib) = peak_rss_mib() {
@@ -47,7 +62,10 @@ fn train<B: Backend>(args: &RunArgs, be: B) -> Result<()> {
 fn print_summary<B: Backend>(t: &Trainer<B>) {
     let m = &t.model.cfg;
     let c = &t.cfg;
-    let start = if t.state.step > 0 { format!(", resuming at step {}", t.state.step) } else { String::new() };
+    let start = match &t.resumed_from {
+        Some(dir) => format!(", resuming at step {} from {}", t.state.step, dir.display()),
+        None => String::new(),
+    };
     println!(
         "model: {:.2}M parameters ({} layers, {} heads, {} wide, block {}, vocab {} padded to {})",
         m.num_params() as f64 / 1e6,
@@ -84,6 +102,16 @@ fn print_sample<B: Backend>(t: Trainer<B>) -> Result<()> {
     })?;
     println!("sample:\n{text}");
     Ok(())
+}
+
+/// Set by the first SIGINT or SIGTERM.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    if STOP.swap(true, Ordering::SeqCst) {
+        // SAFETY: _exit is async-signal-safe; the second signal means now.
+        unsafe { libc::_exit(130) };
+    }
 }
 
 /// The process's peak resident memory so far.

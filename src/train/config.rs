@@ -25,6 +25,17 @@ pub enum Schedule {
     Wsd,
 }
 
+/// What a step whose loss or gradient norm is not finite does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNonFinite {
+    /// Stop the run before the update (the last checkpoint stays good).
+    #[default]
+    Stop,
+    /// Skip the update and go on (llm.c's handling of outlier steps).
+    Skip,
+}
+
 /// A training run. On the command line, in TOML files and in checkpoints it
 /// is a flat set of keys (`n_layer`, `batch_size`, ...): the model's options
 /// sit beside the training ones ([`TrainConfig::to_keys`]).
@@ -76,6 +87,8 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Clip the global gradient norm to this value; 0 disables.
     pub grad_clip: f64,
+    /// A step with a non-finite loss or gradient norm: `stop` or `skip`.
+    pub on_nonfinite: OnNonFinite,
     // ---- evaluation and logging ----
     pub eval_interval: usize,
     pub eval_iters: usize,
@@ -113,6 +126,7 @@ impl Default for TrainConfig {
             eps: 1e-8,
             weight_decay: 0.1,
             grad_clip: 1.0,
+            on_nonfinite: OnNonFinite::Stop,
             eval_interval: 250,
             eval_iters: 20,
             log_interval: 10,

@@ -47,6 +47,12 @@ impl<B: Backend> AdamW<B> {
     /// Returns the gradient norm before clipping.
     pub fn step(&mut self, model: &mut Gpt<B>, h: &Hyper) -> Result<f64> {
         let norm = self.grad_norm(&model.be)?;
+        self.apply(model, h, norm);
+        Ok(norm)
+    }
+
+    /// The update of [`Self::step`], given the gradients' norm.
+    pub fn apply(&mut self, model: &mut Gpt<B>, h: &Hyper, norm: f64) {
         let scale = if h.grad_clip > 0.0 { (h.grad_clip as f64 / (norm + 1e-6)).min(1.0) } else { 1.0 };
         self.t += 1;
         for (i, spec) in model.layout.specs.iter().enumerate() {
@@ -61,6 +67,5 @@ impl<B: Backend> AdamW<B> {
             };
             model.be.adamw(&mut model.params[i], &self.grads[i], &mut self.m[i], &mut self.v[i], s);
         }
-        Ok(norm)
     }
 }

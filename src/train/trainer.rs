@@ -1,7 +1,7 @@
 //! The training loop: batches, gradient accumulation, AdamW, periodic
 //! evaluation, checkpoints and metrics.
 
-use super::config::TrainConfig;
+use super::config::{OnNonFinite, TrainConfig};
 use super::metrics::MetricsLog;
 use super::optimizer::{AdamW, Hyper};
 use super::schedule::learning_rate;
@@ -19,7 +19,9 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::borrow::Cow;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 pub struct Trainer<B: Backend> {
@@ -31,8 +33,30 @@ pub struct Trainer<B: Backend> {
     pub state: TrainState,
     acts: Activations<B>,
     run_dir: PathBuf,
+    /// The checkpoint a resumed run started from.
+    pub resumed_from: Option<PathBuf>,
     x: Vec<u32>,
     y: Vec<u32>,
+}
+
+/// What one optimizer update did.
+#[derive(Clone, Copy, Debug)]
+pub struct StepStats {
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    /// The loss or gradient norm was not finite and the update was skipped.
+    pub skipped: bool,
+}
+
+/// How [`Trainer::run`] ended.
+#[derive(Clone, Copy, Debug)]
+pub enum RunEnd {
+    /// At `max_iters`, with the final evaluation (none: a run resumed at
+    /// its end had nothing left to do).
+    Done(Option<EvalResult>),
+    /// Asked to stop: `last` holds this step.
+    Interrupted { step: usize },
 }
 
 /// Result of one evaluation.
@@ -88,7 +112,9 @@ impl<B: Backend> Trainer<B> {
             model.be.write(&mut opt.v[i], &v[i])?;
         }
         opt.t = ck.state.step as u64;
-        Self::assemble(cfg, model, opt, ck.config.tokenizer, data, ck.state)
+        let mut t = Self::assemble(cfg, model, opt, ck.config.tokenizer, data, ck.state)?;
+        t.resumed_from = Some(dir);
+        Ok(t)
     }
 
     fn assemble(
@@ -101,15 +127,17 @@ impl<B: Backend> Trainer<B> {
     ) -> Result<Self> {
         let acts = Activations::<B>::new(&model.be, &model.cfg, cfg.batch_size, cfg.model.block_size, cfg.recompute)?;
         let run_dir = PathBuf::from(&cfg.out_dir);
-        Ok(Trainer { cfg, model, opt, tokenizer, data, state, acts, run_dir, x: vec![], y: vec![] })
+        Ok(Trainer { cfg, model, opt, tokenizer, data, state, acts, run_dir, resumed_from: None, x: vec![], y: vec![] })
     }
 
     pub fn tokens_per_step(&self) -> usize {
         self.cfg.tokens_per_step()
     }
 
-    /// One optimizer update (with gradient accumulation). Returns (mean loss, lr, grad norm).
-    pub fn step(&mut self) -> Result<(f64, f64, f64)> {
+    /// One optimizer update (with gradient accumulation). A loss or
+    /// gradient norm that is not finite stops the run before the update, or
+    /// skips the update (`on_nonfinite`).
+    pub fn step(&mut self) -> Result<StepStats> {
         let it = self.state.step;
         let (b, t, accum) = (self.cfg.batch_size, self.cfg.model.block_size, self.cfg.grad_accum);
         self.opt.zero_grad(&self.model.be);
@@ -136,10 +164,21 @@ impl<B: Backend> Trainer<B> {
             weight_decay: self.cfg.weight_decay as f32,
             grad_clip: self.cfg.grad_clip as f32,
         };
-        let norm = self.opt.step(&mut self.model, &h)?;
+        let norm = self.opt.grad_norm(&self.model.be)?;
+        let finite = loss.is_finite() && norm.is_finite();
+        if finite {
+            self.opt.apply(&mut self.model, &h, norm);
+        } else if self.cfg.on_nonfinite == OnNonFinite::Stop {
+            let what = if loss.is_finite() { format!("gradient norm is {norm}") } else { format!("loss is {loss}") };
+            bail!(
+                "step {}: the {what}; stopped before the update, so the last checkpoint is sound \
+                 (lower the learning rate, or pass --on-nonfinite skip to skip such steps)",
+                it + 1
+            );
+        }
         self.state.step += 1;
         self.state.tokens_seen += self.tokens_per_step() as u64;
-        Ok((loss, lr, norm))
+        Ok(StepStats { loss, lr, grad_norm: norm, skipped: !finite })
     }
 
     /// Mean loss over `eval_iters` random batches of a split (no dropout).
@@ -171,6 +210,13 @@ impl<B: Backend> Trainer<B> {
         let dir = self.run_dir.join(name);
         let be = &self.model.be;
         let (params, m, v) = (views(be, &self.model.params)?, views(be, &self.opt.m)?, views(be, &self.opt.v)?);
+        // Never a poisoned checkpoint: a run that goes bad keeps its last good one.
+        for (i, p) in params.iter().chain(&m).chain(&v).enumerate() {
+            if p.iter().any(|x| !x.is_finite()) {
+                let spec = &self.model.layout.specs[i % self.model.layout.specs.len()];
+                bail!("not saving {}: tensor {} is not finite", dir.display(), spec.name);
+            }
+        }
         checkpoint::save(
             &dir,
             &self.checkpoint_config(),
@@ -183,17 +229,17 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// Runs to `max_iters` with a progress bar, evaluating and checkpointing
-    /// every `eval_interval` steps and at the end.
-    pub fn run(&mut self) -> Result<Option<EvalResult>> {
-        let mut log = MetricsLog::open(&self.run_dir, self.state.step == 0)?;
+    /// every `eval_interval` steps and at the end. When `stop` is set (a
+    /// signal), finishes the current step, saves `last` and returns.
+    pub fn run(&mut self, stop: &AtomicBool) -> Result<RunEnd> {
+        let resumed_at = (self.state.step > 0).then_some(self.state.step);
+        let mut log = MetricsLog::open(&self.run_dir, resumed_at)?;
         let max = self.cfg.max_iters;
         let pb = ProgressBar::new(max as u64).with_position(self.state.step as u64);
         pb.set_style(
             ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
                 .expect("valid template"),
         );
-        let resumed_at = (self.state.step > 0).then_some(self.state.step);
-        let mut last_eval = None;
         let (mut window_start, mut window_tokens) = (Instant::now(), 0usize);
         let run_start = Instant::now();
         loop {
@@ -207,48 +253,64 @@ impl<B: Backend> Trainer<B> {
                 }
                 log.write(json!({"kind": "eval", "step": step, "train_loss": e.train_loss, "val_loss": e.val_loss,
                     "val_ppl": e.val_loss.exp(), "val_bpb": e.val_bpb, "time_s": run_start.elapsed().as_secs_f64()}))?;
-                pb.suspend(|| {
-                    println!(
-                        "step {step}: train loss {:.4}, val loss {:.4}, val ppl {:.2}, val bpb {:.4}",
-                        e.train_loss,
-                        e.val_loss,
-                        e.val_loss.exp(),
-                        e.val_bpb
-                    )
-                });
+                let line = format!(
+                    "step {step}: train loss {:.4}, val loss {:.4}, val ppl {:.2}, val bpb {:.4}",
+                    e.train_loss,
+                    e.val_loss,
+                    e.val_loss.exp(),
+                    e.val_bpb
+                );
+                pb.suspend(|| say(&line))?;
                 if step > 0 {
                     self.save("last")?;
                     if improved {
                         self.save("best")?;
                     }
                 }
-                last_eval = Some(e);
+                if at_end {
+                    pb.finish_and_clear();
+                    return Ok(RunEnd::Done(Some(e)));
+                }
                 window_start = Instant::now();
                 window_tokens = 0;
             }
             if at_end {
-                break;
+                // Resumed at max_iters: nothing left to do.
+                pb.finish_and_clear();
+                return Ok(RunEnd::Done(None));
             }
-            let (loss, lr, norm) = self.step()?;
+            if stop.load(Ordering::SeqCst) {
+                pb.finish_and_clear();
+                if resumed_at != Some(step) {
+                    self.save("last")?;
+                }
+                return Ok(RunEnd::Interrupted { step });
+            }
+            let s = self.step()?;
             window_tokens += self.tokens_per_step();
             let step = self.state.step;
+            if s.skipped {
+                log.write(json!({"kind": "skipped", "step": step, "loss": s.loss, "grad_norm": s.grad_norm}))?;
+                let line = format!("step {step}: skipped the update (loss {}, gradient norm {})", s.loss, s.grad_norm);
+                pb.suspend(|| say(&line))?;
+            }
             if step.is_multiple_of(self.cfg.log_interval) || step == max {
                 let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64();
-                log.write(json!({"kind": "train", "step": step, "loss": loss, "lr": lr, "grad_norm": norm,
+                log.write(json!({"kind": "train", "step": step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm,
                     "tokens_per_s": tps, "time_s": run_start.elapsed().as_secs_f64()}))?;
-                pb.set_message(format!("loss {loss:.4} lr {lr:.2e} {:.1}k tok/s", tps / 1e3));
+                pb.set_message(format!("loss {:.4} lr {:.2e} {:.1}k tok/s", s.loss, s.lr, tps / 1e3));
                 window_start = Instant::now();
                 window_tokens = 0;
             }
-            if !loss.is_finite() {
-                pb.abandon();
-                bail!("training diverged at step {step} (loss {loss}); lower the learning rate");
-            }
             pb.set_position(step as u64);
         }
-        pb.finish_and_clear();
-        Ok(last_eval)
     }
+}
+
+/// Prints a line on stdout; a failed write is an error, not a panic.
+fn say(line: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").context("cannot write to stdout")
 }
 
 /// Host views of buffers (borrowed on the CPU backend).
