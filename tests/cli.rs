@@ -747,3 +747,59 @@ fn a_non_finite_step_stops_or_is_skipped() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("skipped the update"), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Every command reports a failed write to stdout (a full disk, a closed
+/// descriptor) as a one-line error with a non-zero exit, never a panic or a
+/// silent success.
+#[cfg(unix)]
+#[test]
+fn output_failures_are_errors() {
+    use std::os::unix::process::CommandExt;
+    let dir = scratch("stdout");
+    let data = corpus(&dir);
+    let run = p(&dir.join("run"));
+    train("tiny", &data, &run, &["--max-iters", "4", "--eval-interval", "2"]);
+    let prompts = dir.join("prompts.txt");
+    std::fs::write(&prompts, "the\nking\n").unwrap();
+    let (out1, out2) = (p(&dir.join("t1")), p(&dir.join("t2")));
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["info", "--preset", "tiny"],
+        vec!["info", "--checkpoint", &run, "--json"],
+        vec!["tokenizer", "encode", "-t", "gpt2", "--text", "hello"],
+        vec!["tokenizer", "decode", "-t", "gpt2", "15496"],
+        vec!["tokenizer", "stats", "-t", "byte", &data],
+        vec!["eval", "--checkpoint", &run, "--data", &data],
+        vec!["sample", "--checkpoint", &run, "--max-new-tokens", "5"],
+        vec!["sample", "--checkpoint", &run, "--prompts", prompts.to_str().unwrap(), "--max-new-tokens", "3"],
+        vec!["bench", "--preset", "tiny", "--steps", "1", "--warmup", "0"],
+        vec!["train", "--preset", "tiny", "--data", &data, "--max-iters", "2", "--out", &out1],
+        vec!["data", "prepare", "--input", &data, "-t", "byte", "--out", &out2],
+        vec!["plot", &run, "--out", &out1],
+    ];
+    let check = |args: &[&str], out: &std::process::Output, how: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} with {how} succeeded: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?} with {how} panicked: {stderr}");
+        assert!(stderr.lines().last().is_some_and(|l| l.starts_with("error")), "{args:?} with {how}: {stderr}");
+    };
+    for args in &commands {
+        let _ = std::fs::remove_dir_all(&out2);
+        let full = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+            .args(args)
+            .stdout(std::fs::File::options().write(true).open("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        check(args, &full, "stdout on /dev/full");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrite"));
+        cmd.args(args);
+        // SAFETY: only close(2) between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::close(1);
+                Ok(())
+            });
+        }
+        let closed = cmd.stderr(std::process::Stdio::piped()).output().unwrap();
+        check(args, &closed, "stdout closed");
+    }
+}

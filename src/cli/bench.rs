@@ -48,7 +48,7 @@ fn bench<B: Backend>(a: &BenchArgs, be: B) -> Result<()> {
     let (trainer, mut times) = if a.profile {
         time_steps(be.clone(), &cfg, data, a, || profile::enable(true))?;
         profile::enable(false);
-        print_profile(a.steps);
+        print_profile(a.steps)?;
         // Report throughput from an unprofiled run: timing every op costs time.
         let data = Dataset::from_tokens(train, val, 1.0);
         time_steps(be, &cfg, data, a, || ())?
@@ -72,9 +72,9 @@ fn bench<B: Backend>(a: &BenchArgs, be: B) -> Result<()> {
             "tokens_per_s": tps,
             "gflops": gflops,
         });
-        println!("{out}");
+        super::out!("{out}")?;
     } else {
-        println!(
+        super::out!(
             "model: {} layers, {} heads, {} wide, vocab {}, block {}, batch {} ({:.2}M parameters) on {}",
             m.n_layer,
             m.n_head,
@@ -84,14 +84,14 @@ fn bench<B: Backend>(a: &BenchArgs, be: B) -> Result<()> {
             cfg.batch_size,
             m.num_params() as f64 / 1e6,
             trainer.model.be.name()
-        );
-        println!(
+        )?;
+        super::out!(
             "median of {} steps: {:.2} ms/step, {:.0} tokens/s, {:.1} GFLOP/s",
             a.steps,
             median * 1e3,
             tps,
             gflops
-        );
+        )?;
     }
     Ok(())
 }
@@ -123,16 +123,17 @@ fn time_steps<B: Backend>(
     Ok((trainer, times))
 }
 
-fn print_profile(steps: usize) {
+fn print_profile(steps: usize) -> Result<()> {
     let report = profile::report();
     let total: f64 = report.iter().map(|r| r.1.as_secs_f64()).sum();
-    println!("{:<36} {:>10} {:>7} {:>8}", "operation (per step)", "ms", "share", "calls");
+    super::out!("{:<36} {:>10} {:>7} {:>8}", "operation (per step)", "ms", "share", "calls")?;
     for (name, t, calls) in report {
         let ms = t.as_secs_f64() * 1e3 / steps as f64;
         let share = 100.0 * t.as_secs_f64() / total;
-        println!("{name:<36} {ms:>10.3} {share:>6.1}% {:>8}", calls / steps as u64);
+        super::out!("{name:<36} {ms:>10.3} {share:>6.1}% {:>8}", calls / steps as u64)?;
     }
-    println!("{:<36} {:>10.3}", "total in engine ops", total * 1e3 / steps as f64);
+    super::out!("{:<36} {:>10.3}", "total in engine ops", total * 1e3 / steps as f64)?;
+    Ok(())
 }
 
 fn config_json(m: &ModelConfig, cfg: &TrainConfig) -> serde_json::Value {

@@ -122,7 +122,7 @@ pub fn run(a: &DataArgs) -> Result<()> {
     let m = prepare::prepare(&opts)?;
     let secs = t0.elapsed().as_secs_f64();
     let bytes: u64 = m.sources.iter().map(|s| s.bytes).sum();
-    println!(
+    super::out!(
         "prepared {}: train {} documents / {} tokens in {} shards, val {} documents / {} tokens ({} tokenizer, {:?})",
         p.out.display(),
         m.train.documents,
@@ -132,7 +132,7 @@ pub fn run(a: &DataArgs) -> Result<()> {
         m.val.tokens,
         m.tokenizer.kind(),
         m.dtype
-    );
+    )?;
     let summary = serde_json::json!({
         "seconds": secs,
         "input_bytes": bytes,
@@ -140,6 +140,6 @@ pub fn run(a: &DataArgs) -> Result<()> {
         "tokens": m.train.tokens + m.val.tokens,
         "tokens_per_s": (m.train.tokens + m.val.tokens) as f64 / secs,
     });
-    println!("stats: {summary}");
+    super::out!("stats: {summary}")?;
     Ok(())
 }

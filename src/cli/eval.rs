@@ -160,11 +160,11 @@ fn eval<B: Backend>(a: &EvalArgs, be: B) -> Result<()> {
         if let Some(h) = &heads {
             out["attention"] = serde_json::to_value(h)?;
         }
-        println!("{out}");
+        super::out!("{out}")?;
     } else {
-        print_report(&report, &format!("{name} ({} split)", a.split));
+        print_report(&report, &format!("{name} ({} split)", a.split))?;
         if let Some(h) = &heads {
-            print_heads(h);
+            print_heads(h)?;
         }
     }
     Ok(())
@@ -186,31 +186,43 @@ fn like_training<B: Backend>(a: &EvalArgs, loaded: Loaded<B>) -> Result<()> {
     let (train_loss, val_loss) = (loss(Split::Train)?, loss(Split::Val)?);
     let val_bpb = val_loss / std::f64::consts::LN_2 / data.bytes_per_token(Split::Val);
     if a.json {
-        println!("{}", json!({"step": step, "train_loss": train_loss, "val_loss": val_loss, "val_bpb": val_bpb}));
+        super::out!("{}", json!({"step": step, "train_loss": train_loss, "val_loss": val_loss, "val_bpb": val_bpb}))?;
     } else {
-        println!("the training run's evaluation at step {step} ({eval_iters} batches per split):");
-        println!("  train loss {train_loss:.4}, val loss {val_loss:.4}, val bpb {val_bpb:.4}");
+        super::out!("the training run's evaluation at step {step} ({eval_iters} batches per split):")?;
+        super::out!("  train loss {train_loss:.4}, val loss {val_loss:.4}, val bpb {val_bpb:.4}")?;
     }
     Ok(())
 }
 
-fn print_report(r: &EvalReport, what: &str) {
-    println!("{what}: {} predictions", r.tokens);
-    println!("  loss          {:.4} nats/token", r.loss);
-    println!("  perplexity    {:.3}", r.perplexity);
-    println!("  bits/token    {:.4}", r.bits_per_token);
-    println!("  bits/byte     {:.4}", r.bits_per_byte);
-    println!("  top-1 / top-5 {:.2}% / {:.2}%", 100.0 * r.top1, 100.0 * r.top5);
+fn print_report(r: &EvalReport, what: &str) -> Result<()> {
+    super::out!("{what}: {} predictions", r.tokens)?;
+    super::out!("  loss          {:.4} nats/token", r.loss)?;
+    super::out!("  perplexity    {:.3}", r.perplexity)?;
+    super::out!("  bits/token    {:.4}", r.bits_per_token)?;
+    super::out!("  bits/byte     {:.4}", r.bits_per_byte)?;
+    super::out!("  top-1 / top-5 {:.2}% / {:.2}%", 100.0 * r.top1, 100.0 * r.top5)?;
+    Ok(())
 }
 
-fn print_heads(heads: &[HeadStats]) {
-    println!("\nattention: entropy (bits) and mean look-back distance (tokens) per head");
-    println!(
+fn print_heads(heads: &[HeadStats]) -> Result<()> {
+    super::out!("\nattention: entropy (bits) and mean look-back distance (tokens) per head")?;
+    super::out!(
         "  {:<6} {:<5} {:>8} {:>9}  distance histogram (share of attention at 0, 1, 2-3, 4-7, ...)",
-        "layer", "head", "entropy", "distance"
-    );
+        "layer",
+        "head",
+        "entropy",
+        "distance"
+    )?;
     for h in heads {
         let hist: Vec<String> = h.histogram.iter().map(|m| format!("{:>3.0}%", 100.0 * m)).collect();
-        println!("  {:<6} {:<5} {:>8.3} {:>9.2}  {}", h.layer, h.head, h.entropy_bits, h.mean_distance, hist.join(" "));
+        super::out!(
+            "  {:<6} {:<5} {:>8.3} {:>9.2}  {}",
+            h.layer,
+            h.head,
+            h.entropy_bits,
+            h.mean_distance,
+            hist.join(" ")
+        )?;
     }
+    Ok(())
 }

@@ -74,10 +74,10 @@ pub fn run(a: &InfoArgs) -> Result<()> {
                 .collect::<serde_json::Map<_, _>>(),
             "kv_cache_bytes_per_token": kv_cache_bytes_per_token(&model),
         });
-        println!("{out}");
+        super::out!("{out}")?;
         return Ok(());
     }
-    print_table(&model, batch, seq, recompute, &memory);
+    print_table(&model, batch, seq, recompute, &memory)?;
     Ok(())
 }
 
@@ -91,14 +91,25 @@ fn forward_flops(m: &ModelConfig, seq: usize) -> f64 {
     2.0 * m.matmul_params() as f64 + m.attn_flops_per_token(seq)
 }
 
-fn print_table(m: &ModelConfig, batch: usize, seq: usize, recompute: Recompute, memory: &[(Recompute, TrainMemory)]) {
+fn print_table(
+    m: &ModelConfig,
+    batch: usize,
+    seq: usize,
+    recompute: Recompute,
+    memory: &[(Recompute, TrainMemory)],
+) -> Result<()> {
     let attn =
         if m.kv_heads() == m.n_head { String::new() } else { format!(" sharing {} key/value heads", m.kv_heads()) };
-    println!(
+    super::out!(
         "model: {} layers, {} heads{attn}, {} wide, block {}, vocab {} (padded {})",
-        m.n_layer, m.n_head, m.n_embd, m.block_size, m.vocab_size, m.padded_vocab
-    );
-    println!(
+        m.n_layer,
+        m.n_head,
+        m.n_embd,
+        m.block_size,
+        m.vocab_size,
+        m.padded_vocab
+    )?;
+    super::out!(
         "       {} positions, {}{}, {} MLP ({} hidden), {} embeddings{}{}",
         label(m.pos),
         label(m.norm),
@@ -108,26 +119,31 @@ fn print_table(m: &ModelConfig, batch: usize, seq: usize, recompute: Recompute, 
         if m.tie_embeddings { "tied" } else { "untied" },
         if m.bias { ", biases" } else { "" },
         m.logit_softcap.map(|c| format!(", logits capped at {c}")).unwrap_or_default()
-    );
-    println!("\nparameters: {} ({:.2}M)", m.num_params(), m.num_params() as f64 / 1e6);
+    )?;
+    super::out!("\nparameters: {} ({:.2}M)", m.num_params(), m.num_params() as f64 / 1e6)?;
     for (name, n) in params_by_component(m) {
-        println!("  {name:<20} {n:>12}");
+        super::out!("  {name:<20} {n:>12}")?;
     }
-    println!("\nFLOPs per token at context {seq}:");
-    println!("  forward              {:>12.4e}", forward_flops(m, seq));
-    println!(
+    super::out!("\nFLOPs per token at context {seq}:")?;
+    super::out!("  forward              {:>12.4e}", forward_flops(m, seq))?;
+    super::out!(
         "  training             {:>12.4e}  (6N + attention, N = {} matmul weights)",
         m.train_flops_per_token(seq),
         m.matmul_params()
-    );
-    println!("\ntraining memory at batch {batch} x block {seq}, fp32 (MiB):");
-    println!(
+    )?;
+    super::out!("\ntraining memory at batch {batch} x block {seq}, fp32 (MiB):")?;
+    super::out!(
         "  {:<12} {:>10} {:>10} {:>10} {:>12} {:>10}",
-        "recompute", "params", "grads", "AdamW", "activations", "total"
-    );
+        "recompute",
+        "params",
+        "grads",
+        "AdamW",
+        "activations",
+        "total"
+    )?;
     for (r, mem) in memory {
         let mark = if *r == recompute { " <- configured" } else { "" };
-        println!(
+        super::out!(
             "  {:<12} {:>10.1} {:>10.1} {:>10.1} {:>12.1} {:>10.1}{mark}",
             label(r),
             mem.params as f64 / MIB,
@@ -135,17 +151,22 @@ fn print_table(m: &ModelConfig, batch: usize, seq: usize, recompute: Recompute, 
             mem.optimizer as f64 / MIB,
             mem.activations as f64 / MIB,
             mem.total() as f64 / MIB
-        );
+        )?;
     }
     let at: Vec<String> = CONTEXTS
         .iter()
         .map(|&t| format!("{:.1} MiB at {t}", (activation_floats(m, batch, t, recompute) * 4) as f64 / MIB))
         .collect();
-    println!("  activations at other block sizes (batch {batch}, recompute {}): {}", label(recompute), at.join(", "));
+    super::out!(
+        "  activations at other block sizes (batch {batch}, recompute {}): {}",
+        label(recompute),
+        at.join(", ")
+    )?;
     let kv = kv_cache_bytes_per_token(m);
-    println!(
+    super::out!(
         "\nKV cache: {kv} bytes per token ({:.2} MiB for a full {}-token context)",
         (kv * m.block_size) as f64 / MIB,
         m.block_size
-    );
+    )?;
+    Ok(())
 }

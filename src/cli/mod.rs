@@ -1,5 +1,15 @@
 //! The `ferrite` command line: argument parsing and one module per command.
 
+/// `println!` that returns an error instead of panicking when stdout fails
+/// (a full disk, `/dev/full`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}"))
+    }};
+}
+use out;
+
 /// Defines `pub fn run(args, device)` for a command written once, generic
 /// over the backend, as `fn body<B: Backend>(&Args, B) -> Result<()>`.
 macro_rules! on_device {

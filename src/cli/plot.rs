@@ -29,7 +29,7 @@ pub fn run(a: &PlotArgs) -> Result<()> {
         (None, _) => PathBuf::from("curves"),
     };
     for file in plot::runs(&curves, &prefix, (a.width, a.height))? {
-        println!("wrote {}", file.display());
+        super::out!("wrote {}", file.display())?;
     }
     Ok(())
 }

@@ -114,13 +114,13 @@ fn train(a: &TrainArgs) -> Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     write_atomic(&a.out, tok.to_json(true)?.as_bytes())?;
     let tokens: usize = texts.iter().map(|t| tok.encode(t).map(|ids| ids.len())).sum::<Result<usize>>()?;
-    println!(
+    super::out!(
         "trained a {}-token byte-level BPE on {} bytes in {secs:.2} s: {:.3} tokens per byte on it; wrote {}",
         tok.vocab_size(),
         bytes,
         tokens as f64 / bytes as f64,
         a.out.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -177,14 +177,14 @@ fn stats(a: &StatsArgs) -> Result<()> {
         let t0 = Instant::now();
         let ids = tok.encode_bytes(&text).with_context(|| format!("data file {}", f.display()))?;
         let dt = t0.elapsed().as_secs_f64();
-        println!(
+        super::out!(
             "{}: {} bytes, {} tokens, {:.4} tokens per byte, {:.2} MB/s",
             f.display(),
             text.len(),
             ids.len(),
             ids.len() as f64 / text.len() as f64,
             text.len() as f64 / dt / 1e6
-        );
+        )?;
         bytes += text.len();
         tokens += ids.len();
         secs += dt;
@@ -198,6 +198,6 @@ fn stats(a: &StatsArgs) -> Result<()> {
         "bytes_per_token": bytes as f64 / tokens.max(1) as f64,
         "encode_mb_per_s": bytes as f64 / secs / 1e6,
     });
-    println!("stats: {summary}");
+    super::out!("stats: {summary}")?;
     Ok(())
 }

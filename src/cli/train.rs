@@ -25,7 +25,7 @@ fn train<B: Backend>(args: &RunArgs, be: B) -> Result<()> {
         }
         None => Trainer::new(be, args.resolve()?)?,
     };
-    print_summary(&trainer);
+    print_summary(&trainer)?;
     // Ctrl-C (or SIGTERM) finishes the step, saves `last` and stops; a second one quits at once.
     // SAFETY: the handler only touches an atomic and calls _exit, both async-signal-safe.
     unsafe {
@@ -33,15 +33,15 @@ fn train<B: Backend>(args: &RunArgs, be: B) -> Result<()> {
         libc::signal(libc::SIGTERM, on_stop_signal as *const () as libc::sighandler_t);
     }
     match trainer.run(&STOP)? {
-        RunEnd::Done(Some(e)) => println!(
+        RunEnd::Done(Some(e)) => super::out!(
             "done: step {}, train loss {:.4}, val loss {:.4}, best val loss {:.4}",
             trainer.state.step,
             e.train_loss,
             e.val_loss,
             trainer.state.best_val_loss.unwrap_or(e.val_loss)
-        ),
+        )?,
         RunEnd::Done(None) => {
-            println!("nothing to do: the run is at step {} of {}", trainer.state.step, trainer.cfg.max_iters)
+            super::out!("nothing to do: the run is at step {} of {}", trainer.state.step, trainer.cfg.max_iters)?
         }
         RunEnd::Interrupted { step } => {
             let out = &trainer.cfg.out_dir;
@@ -49,9 +49,9 @@ fn train<B: Backend>(args: &RunArgs, be: B) -> Result<()> {
             std::process::exit(130);
         }
     }
-    println!("checkpoints in {}/{{best,last}}", trainer.cfg.out_dir);
+    super::out!("checkpoints in {}/{{best,last}}", trainer.cfg.out_dir)?;
     if let Some(mib) = peak_rss_mib() {
-        println!("peak memory: {mib:.1} MiB");
+        super::out!("peak memory: {mib:.1} MiB")?;
     }
     if trainer.cfg.sample_tokens > 0 {
         print_sample(trainer)?;
@@ -59,14 +59,14 @@ fn train<B: Backend>(args: &RunArgs, be: B) -> Result<()> {
     Ok(())
 }
 
-fn print_summary<B: Backend>(t: &Trainer<B>) {
+fn print_summary<B: Backend>(t: &Trainer<B>) -> Result<()> {
     let m = &t.model.cfg;
     let c = &t.cfg;
     let start = match &t.resumed_from {
         Some(dir) => format!(", resuming at step {} from {}", t.state.step, dir.display()),
         None => String::new(),
     };
-    println!(
+    super::out!(
         "model: {:.2}M parameters ({} layers, {} heads, {} wide, block {}, vocab {} padded to {})",
         m.num_params() as f64 / 1e6,
         m.n_layer,
@@ -75,8 +75,8 @@ fn print_summary<B: Backend>(t: &Trainer<B>) {
         m.block_size,
         m.vocab_size,
         m.padded_vocab
-    );
-    println!(
+    )?;
+    super::out!(
         "data: {} train / {} val tokens ({} tokenizer); {} iterations of {} tokens on {}{start}",
         t.data.split(Split::Train).len(),
         t.data.split(Split::Val).len(),
@@ -84,7 +84,8 @@ fn print_summary<B: Backend>(t: &Trainer<B>) {
         c.max_iters,
         t.tokens_per_step(),
         t.model.be.name()
-    );
+    )?;
+    Ok(())
 }
 
 /// A short sample from the model just trained, so one command shows the whole loop.
@@ -100,7 +101,7 @@ fn print_sample<B: Backend>(t: Trainer<B>) -> Result<()> {
         text.push_str(piece);
         Ok(())
     })?;
-    println!("sample:\n{text}");
+    super::out!("sample:\n{text}")?;
     Ok(())
 }
 
