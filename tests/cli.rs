@@ -803,3 +803,50 @@ fn output_failures_are_errors() {
         check(args, &closed, "stdout closed");
     }
 }
+
+/// Sizes that cannot fit are refused in one line, before anything is
+/// allocated, for every size option of every command that takes them.
+#[test]
+fn absurd_sizes_are_refused_before_allocating() {
+    let dir = scratch("sizes");
+    let data = corpus(&dir);
+    let out = p(&dir.join("run"));
+    let sizes = [
+        "n_layer",
+        "n_head",
+        "n_embd",
+        "block_size",
+        "n_kv_head",
+        "mlp_hidden",
+        "batch_size",
+        "grad_accum",
+        "eval_iters",
+    ];
+    for key in sizes {
+        let flag = format!("--{}", key.replace('_', "-"));
+        for value in ["1000000000000", "1000000", "60000"] {
+            // "60000" fits the bounds for some keys: then the memory check must catch it.
+            if key == "n_head"
+                || key == "n_kv_head"
+                || (value == "60000" && !["n_layer", "n_embd", "block_size"].contains(&key))
+            {
+                continue;
+            }
+            let train = ["train", "--preset", "tiny", "--data", &data, "--out", &out, &flag, value];
+            fails(&train, "");
+            fails(&["bench", "--preset", "tiny", "--steps", "1", &flag, value], "");
+        }
+        fails(&["info", "--preset", "tiny", &flag, "1000000000000"], "");
+    }
+    fails(&["bench", "--preset", "tiny", "--vocab-size", "1000000000000"], "vocab_size");
+    fails(&["train", "--preset", "tiny", "--data", &data, "--n-head", "1000000000000"], "divisible");
+    fails(&["train", "--preset", "tiny", "--data", &data, "--n-kv-head", "1000000000000"], "n_kv_head");
+    // What fits the bounds but not the machine names what it needs.
+    fails(
+        &["train", "--preset", "tiny", "--data", &data, "--batch-size", "100000", "--block-size", "2048"],
+        "GiB available",
+    );
+    let run = p(&dir.join("ok"));
+    train("tiny", &data, &run, &["--max-iters", "2"]);
+    fails(&["eval", "--checkpoint", &run, "--data", &data, "--batch-size", "100000000"], "GiB available");
+}

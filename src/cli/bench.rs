@@ -6,6 +6,7 @@ use super::RunArgs;
 use crate::data::{Dataset, Tokenizer};
 use crate::engine::{profile, Backend};
 use crate::model::ModelConfig;
+use crate::train::trainer::check_memory;
 use crate::train::{config, TrainConfig, Trainer};
 use anyhow::{bail, Result};
 use rand_chacha::ChaCha8Rng;
@@ -39,6 +40,9 @@ fn bench<B: Backend>(a: &BenchArgs, be: B) -> Result<()> {
     let mut cfg = a.run.resolve()?;
     let vocab = config::reference_vocab(a.run.preset_name(), &cfg);
     cfg.vocab_size = Some(vocab);
+    let model = cfg.model_for_vocab(vocab);
+    model.validate()?;
+    check_memory(&be, &cfg, &model)?;
     // Random tokens: enough for distinct windows, no data file needed.
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let len = (cfg.batch_size * cfg.model.block_size * 4).max(4096);

@@ -7,6 +7,8 @@ use crate::data::tiny_shakespeare;
 use crate::data::{Dataset, Split};
 use crate::engine::Backend;
 use crate::eval::{attention_stats, evaluate, sampled_loss, EvalReport, HeadStats};
+use crate::model::activations::activation_floats;
+use crate::model::info::check_fits;
 use crate::model::{Activations, Recompute};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -120,6 +122,10 @@ fn eval<B: Backend>(a: &EvalArgs, be: B) -> Result<()> {
         bail!("--batch-size, --attention-windows and --tokens must be at least 1");
     }
     let loaded = checkpoint::load_model(be, &a.checkpoint)?;
+    let m = &loaded.model.cfg;
+    let need = activation_floats(m, a.batch_size, m.block_size, Recompute::None) * 4
+        + loaded.model.be.attention_scratch_bytes(m.attn_shape(a.batch_size, m.block_size));
+    check_fits(need, loaded.model.be.available_memory(), "evaluating this batch", "lower --batch-size")?;
     if a.like_training {
         return like_training(a, loaded);
     }

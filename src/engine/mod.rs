@@ -183,6 +183,17 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Copies `len` values starting at `offset` back to the host.
     fn read_range(&self, buf: &Self::Buf, offset: usize, len: usize) -> Result<Vec<f32>>;
     fn write(&self, buf: &mut Self::Buf, data: &[f32]) -> Result<()>;
+    /// Bytes the device can still give (none: unknown). Runs check what
+    /// they need against it before allocating, so a size that cannot fit is
+    /// a clear error instead of an abort or a machine swapping to a halt.
+    fn available_memory(&self) -> Option<u64> {
+        None
+    }
+    /// Temporary bytes training attention of this shape takes while it
+    /// runs (beyond its inputs, outputs and statistics).
+    fn attention_scratch_bytes(&self, _shape: AttnShape) -> usize {
+        0
+    }
     /// Waits for the queued kernels; reports the first that failed.
     fn synchronize(&self) -> Result<()> {
         Ok(())

@@ -139,7 +139,8 @@ impl<T> Acts<T> {
             batch,
             seq,
             recompute,
-            positions: (0..n).map(|i| (i % seq) as u32).collect(),
+            // Filled by `new`: counting the buffers must not allocate.
+            positions: Vec::new(),
             encoded: alloc(n * c)?,
             outputs: (0..cfg.n_layer).map(|_| alloc(n * c)).collect::<Result<_>>()?,
             blocks,
@@ -188,7 +189,9 @@ impl<T> Acts<T> {
         seq: usize,
         recompute: Recompute,
     ) -> Result<Self> {
-        Acts::build(cfg, batch, seq, recompute, |len| be.zeros(len))
+        let mut acts = Acts::build(cfg, batch, seq, recompute, |len| be.zeros(len))?;
+        acts.positions = (0..batch * seq).map(|i| (i % seq) as u32).collect();
+        Ok(acts)
     }
 }
 

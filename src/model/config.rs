@@ -107,6 +107,12 @@ fn yes() -> bool {
     true
 }
 
+/// Upper bounds on the sizes (see [`ModelConfig::validate`]).
+pub const MAX_VOCAB: usize = 1 << 24;
+pub const MAX_BLOCK: usize = 1 << 20;
+pub const MAX_LAYERS: usize = 4096;
+pub const MAX_WIDTH: usize = 1 << 16;
+
 pub fn pad_vocab(v: usize) -> usize {
     v.div_ceil(64) * 64
 }
@@ -138,6 +144,21 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         if self.vocab_size == 0 || self.block_size == 0 || self.n_layer == 0 || self.n_head == 0 {
             bail!("vocab_size, block_size, n_layer and n_head must all be positive");
+        }
+        // Far beyond any model this engine can run, and small enough that no
+        // size computed from them overflows.
+        let limits = [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("padded_vocab", self.padded_vocab, MAX_VOCAB),
+            ("block_size", self.block_size, MAX_BLOCK),
+            ("n_layer", self.n_layer, MAX_LAYERS),
+            ("n_embd", self.n_embd, MAX_WIDTH),
+            ("mlp_hidden", self.mlp_hidden.unwrap_or(0), 4 * MAX_WIDTH),
+        ];
+        for (name, v, max) in limits {
+            if v > max {
+                bail!("{name} must be at most {max}, got {v}");
+            }
         }
         if self.n_embd == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             bail!("n_embd ({}) must be a positive multiple of n_head ({})", self.n_embd, self.n_head);

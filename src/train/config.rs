@@ -213,6 +213,12 @@ impl TrainConfig {
     }
 }
 
+/// Upper bounds on the batch keys (see [`TrainConfig::validate`]).
+pub const MAX_BATCH: usize = 1 << 20;
+pub const MAX_BATCH_TOKENS: usize = 1 << 28;
+/// Micro-batches per step, batches per evaluation.
+pub const MAX_REPEATS: usize = 1 << 16;
+
 /// Named configurations: `(name, description)`.
 pub const PRESETS: &[(&str, &str)] = &[
     (
@@ -484,6 +490,27 @@ impl TrainConfig {
             bail!("n_embd ({}) must be divisible by n_head ({})", m.n_embd, m.n_head);
         }
         m.validate()?;
+        // Bounds that keep every count of a step far from overflowing; the
+        // memory a run needs is checked against the machine before it starts.
+        let big = [
+            ("batch_size", self.batch_size, MAX_BATCH),
+            ("grad_accum", self.grad_accum, MAX_REPEATS),
+            ("eval_iters", self.eval_iters, MAX_REPEATS),
+        ];
+        for (name, v, max) in big {
+            if v > max {
+                bail!("{name} must be at most {max}, got {v}");
+            }
+        }
+        if self.batch_size * m.block_size > MAX_BATCH_TOKENS {
+            bail!(
+                "batch_size x block_size is {} tokens per forward pass, more than {MAX_BATCH_TOKENS}; use grad_accum for larger batches",
+                self.batch_size * m.block_size
+            );
+        }
+        if self.vocab_size.is_some_and(|v| v > crate::model::config::MAX_VOCAB) {
+            bail!("vocab_size must be at most {}", crate::model::config::MAX_VOCAB);
+        }
         if !self.data.is_empty() && !self.dataset.is_empty() {
             bail!("give --data (a text file) or --dataset (a prepared dataset), not both");
         }

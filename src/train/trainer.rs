@@ -13,6 +13,7 @@ use crate::data::{tiny_shakespeare, Dataset, Split, Tokenizer};
 use crate::engine::fastmath::derive_seed;
 use crate::engine::{Backend, Dropout};
 use crate::eval::sampled_loss;
+use crate::model::info::{check_fits, TrainMemory};
 use crate::model::params::param_specs;
 use crate::model::{Activations, Gpt};
 use anyhow::{bail, Context, Result};
@@ -85,6 +86,7 @@ impl<B: Backend> Trainer<B> {
     pub fn from_parts(be: B, cfg: TrainConfig, tokenizer: Tokenizer, data: Dataset) -> Result<Self> {
         let model_cfg = cfg.model_for_vocab(tokenizer.vocab_size());
         model_cfg.validate()?;
+        check_memory(&be, &cfg, &model_cfg)?;
         let model = Gpt::new(be, model_cfg, cfg.seed)?;
         let opt = AdamW::new(&model)?;
         let state = TrainState { step: 0, best_val_loss: None, tokens_seen: 0 };
@@ -104,6 +106,7 @@ impl<B: Backend> Trainer<B> {
             bail!("model options cannot change when resuming (the architecture, block_size and dropout come from the checkpoint)");
         }
         let (_, data) = load_data(&cfg, Some(&ck.config.tokenizer))?;
+        check_memory(&be, &cfg, &ck.config.model)?;
         let model = Gpt::from_host(be, ck.config.model.clone(), &ck.params)?;
         let mut opt = AdamW::new(&model)?;
         let (m, v) = ck.moments.expect("loaded with optimizer");
@@ -311,6 +314,23 @@ impl<B: Backend> Trainer<B> {
 fn say(line: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}").context("cannot write to stdout")
+}
+
+/// A run's parameters, gradients, AdamW moments and activations must fit
+/// in the device's memory before any is allocated.
+pub fn check_memory<B: Backend>(be: &B, cfg: &TrainConfig, model: &crate::model::ModelConfig) -> Result<()> {
+    // The in-memory corpus or a benchmark's random tokens come on top; a
+    // run that fits only without them is too close anyway.
+    let need = TrainMemory::new(model, cfg.batch_size, model.block_size, cfg.recompute).total()
+        + be.attention_scratch_bytes(model.attn_shape(cfg.batch_size, model.block_size));
+    let what = format!(
+        "training this {:.1}M-parameter model at batch {} x block {}",
+        model.num_params() as f64 / 1e6,
+        cfg.batch_size,
+        model.block_size
+    );
+    let hint = "lower batch_size, block_size or the model's size, or set recompute (see `ferrite info`)";
+    check_fits(need, be.available_memory(), &what, hint)
 }
 
 /// Host views of buffers (borrowed on the CPU backend).

@@ -47,6 +47,20 @@ fn matmul_name(mm: Matmul) -> String {
     format!("matmul {}x{}x{} {}{}", mm.m, mm.n, mm.k, t(mm.trans_a), t(mm.trans_b))
 }
 
+/// The host's available memory: Linux's MemAvailable, else its physical memory.
+fn available_host_memory() -> Option<u64> {
+    if let Ok(info) = std::fs::read_to_string("/proc/meminfo") {
+        let kib: Option<u64> =
+            info.lines().find_map(|l| l.strip_prefix("MemAvailable:")?.trim().strip_suffix("kB")?.trim().parse().ok());
+        if let Some(kib) = kib {
+            return Some(kib * 1024u64);
+        }
+    }
+    // SAFETY: sysconf only reads system constants.
+    let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    (pages > 0 && size > 0).then(|| pages as u64 * size as u64)
+}
+
 fn out_of_memory(len: usize) -> anyhow::Error {
     anyhow::anyhow!("out of memory: cannot allocate {:.1} MiB", len as f64 * 4.0 / (1u64 << 20) as f64)
 }
@@ -91,6 +105,13 @@ impl Backend for Cpu {
     }
     fn batch_invariant_rows(&self) -> Option<usize> {
         skinny::BATCH_INVARIANT.then_some(*skinny::ROWS.end())
+    }
+    fn available_memory(&self) -> Option<u64> {
+        available_host_memory()
+    }
+    fn attention_scratch_bytes(&self, shape: AttnShape) -> usize {
+        // Each thread's task holds up to three `T x T` blocks (backward with dropout).
+        rayon::current_num_threads() * 3 * shape.seq * shape.seq * 4
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
