@@ -850,3 +850,26 @@ fn absurd_sizes_are_refused_before_allocating() {
     train("tiny", &data, &run, &["--max-iters", "2"]);
     fails(&["eval", "--checkpoint", &run, "--data", &data, "--batch-size", "100000000"], "GiB available");
 }
+
+/// `ferrite chat` works with a character-level model (whose vocabulary has
+/// no `#` for Dolly's template): it picks a template the model can write,
+/// says which, and a message it cannot write fails a script.
+#[test]
+fn chat_works_with_a_character_model() {
+    let dir = scratch("chat-char");
+    let data = corpus(&dir);
+    let run = p(&dir.join("run"));
+    train("tiny", &data, &run, &["--max-iters", "20"]);
+    let out = run_with_stdin(&["chat", "--checkpoint", &run, "--max-new-tokens", "10"], "the king\nshall we\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("chat template: none"), "{stderr}");
+    assert!(out.stdout.iter().filter(|&&c| c == b'\n').count() >= 2);
+    let bad = run_with_stdin(&["chat", "--checkpoint", &run], "what? #1\n");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && stderr.contains("is not in this model's vocabulary"), "{stderr}");
+    let dolly = run_with_stdin(&["chat", "--checkpoint", &run, "--template", "dolly"], "the\n");
+    assert!(!dolly.status.success() && String::from_utf8_lossy(&dolly.stderr).contains("cannot write the dolly"));
+    let unknown = run_with_stdin(&["chat", "--checkpoint", &run, "--template", "alpaca"], "the\n");
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown chat template 'alpaca'"));
+}

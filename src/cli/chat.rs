@@ -23,6 +23,11 @@ pub struct ChatArgs {
     /// System prompt (default: the template's; "" for none).
     #[arg(long)]
     system: Option<String>,
+    /// How the conversation is written for the model: `dolly`, `dialogue`
+    /// (User:/Assistant:), `none` (plain text), or `auto`: the checkpoint's
+    /// own, else the first its vocabulary can write.
+    #[arg(long, default_value = "auto")]
+    template: String,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -49,8 +54,9 @@ super::on_device!(ChatArgs, chat);
 fn chat<B: Backend>(a: &ChatArgs, be: B) -> Result<()> {
     let checkpoint::Loaded { model, config: ck, dir, .. } = checkpoint::load_model(be, &a.checkpoint)?;
     let (model, tok) = (Arc::new(model), Arc::new(ck.tokenizer.clone()));
-    let template = ck.chat_template.clone().unwrap_or_else(ChatTemplate::dolly);
-    let system = a.system.clone().unwrap_or_else(ChatTemplate::default_system);
+    let (template_name, template) = ChatTemplate::choose(&a.template, ck.chat_template.as_ref(), &tok)?;
+    let system = a.system.clone().unwrap_or_else(|| template.default_system());
+    eprintln!("chat template: {template_name} (--template {} to choose)", ChatTemplate::NAMES.join("|"));
     let mut conv = Conversation::new(template, system);
     let mut stops = conv.template.stop.clone();
     stops.extend(a.sampling.stop_sequences());
@@ -99,10 +105,12 @@ fn chat<B: Backend>(a: &ChatArgs, be: B) -> Result<()> {
         let fits = |p: &str| tok.encode(p).map(|t| t.len() + reserve <= block).unwrap_or(true);
         let prompt = match tok.encode(&conv.prompt(line, fits)) {
             Ok(p) => p,
-            Err(e) => {
+            // At a terminal, say so and let the user rephrase; in a script, fail.
+            Err(e) if interactive => {
                 eprintln!("error: {e:#}");
                 continue;
             }
+            Err(e) => return Err(e.context("cannot write this message in the model's vocabulary")),
         };
         let req = Request {
             sampling: set.sampling,

@@ -1,6 +1,8 @@
 //! Chat templates: how a conversation is written out as the text a model
 //! was trained on. A checkpoint carries its model's template.
 
+use super::Tokenizer;
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 /// How a conversation is written out for the model. `{content}` in each
@@ -28,10 +30,75 @@ impl ChatTemplate {
         }
     }
 
-    /// The system prompt Dolly's format starts with.
-    pub fn default_system() -> String {
-        "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-            .into()
+    /// A plain dialogue: `User: ...` / `Assistant: ...` lines.
+    pub fn dialogue() -> ChatTemplate {
+        ChatTemplate {
+            system: "{content}\n".into(),
+            user: "User: {content}\n".into(),
+            assistant: "Assistant: {content}\n".into(),
+            stop: vec!["\nUser:".into()],
+        }
+    }
+
+    /// No template: the conversation is the text itself, one message after
+    /// another, and the model continues it (an answer ends at a blank line).
+    pub fn none() -> ChatTemplate {
+        ChatTemplate {
+            system: "{content}\n".into(),
+            user: "{content}\n".into(),
+            assistant: "{content}\n".into(),
+            stop: vec!["\n\n".into()],
+        }
+    }
+
+    /// The templates `ferrite chat --template` knows, in the order an
+    /// automatic choice tries them.
+    pub const NAMES: [&'static str; 3] = ["dolly", "dialogue", "none"];
+
+    pub fn named(name: &str) -> Result<ChatTemplate> {
+        Ok(match name {
+            "dolly" => ChatTemplate::dolly(),
+            "dialogue" => ChatTemplate::dialogue(),
+            "none" => ChatTemplate::none(),
+            _ => bail!("unknown chat template '{name}' (available: {})", Self::NAMES.join(", ")),
+        })
+    }
+
+    /// The system prompt the template starts with by default.
+    pub fn default_system(&self) -> String {
+        if *self == ChatTemplate::dolly() {
+            "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+                .into()
+        } else {
+            String::new()
+        }
+    }
+
+    /// Whether a tokenizer can write every fixed part of the template (and
+    /// its default system prompt): a character-level model may lack `#`.
+    pub fn spellable(&self, tok: &Tokenizer) -> bool {
+        let parts = [&self.system, &self.user, &self.assistant];
+        let fixed = parts.iter().map(|p| p.replace("{content}", "")).chain(self.stop.iter().cloned());
+        fixed.chain([self.default_system()]).all(|text| tok.encode(&text).is_ok())
+    }
+
+    /// The template to chat with: `choice` (a name, or `auto`), where
+    /// `auto` takes the checkpoint's own (`saved`), else the first of
+    /// [`Self::NAMES`] the tokenizer can spell. Returns its name too.
+    pub fn choose(choice: &str, saved: Option<&ChatTemplate>, tok: &Tokenizer) -> Result<(String, ChatTemplate)> {
+        let (name, t) = match (choice, saved) {
+            ("auto", Some(t)) => ("the checkpoint's".to_string(), t.clone()),
+            ("auto", None) => {
+                let name = Self::NAMES.iter().find(|n| Self::named(n).is_ok_and(|t| t.spellable(tok)));
+                let name = name.unwrap_or(&"none");
+                (name.to_string(), Self::named(name)?)
+            }
+            (name, _) => (name.to_string(), Self::named(name)?),
+        };
+        if !t.spellable(tok) {
+            bail!("this model's vocabulary cannot write the {name} chat template; try --template none");
+        }
+        Ok((name, t))
     }
 
     pub fn fill(part: &str, content: &str) -> String {
