@@ -873,3 +873,22 @@ fn chat_works_with_a_character_model() {
     let unknown = run_with_stdin(&["chat", "--checkpoint", &run, "--template", "alpaca"], "the\n");
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown chat template 'alpaca'"));
 }
+
+/// An endless stdin is an error, not a hang or an exhausted memory.
+#[cfg(unix)]
+#[test]
+fn endless_stdin_is_an_error() {
+    let dir = scratch("endless");
+    let run = p(&dir.join("run"));
+    train("tiny", &corpus(&dir), &run, &["--max-iters", "2"]);
+    for args in [vec!["chat", "--checkpoint", &run], vec!["tokenizer", "decode", "-t", "byte"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+            .args(&args)
+            .stdin(std::fs::File::open("/dev/zero").unwrap())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("error"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -4,13 +4,8 @@
 
 mod common;
 
-use common::{fails, json, ok, p, scratch};
-use parquet::data_type::{ByteArray, ByteArrayType, Int32Type};
-use parquet::file::properties::WriterProperties;
-use parquet::file::writer::SerializedFileWriter;
-use parquet::schema::parser::parse_message_type;
+use common::{fails, json, ok, p, scratch, write_parquet};
 use std::path::Path;
-use std::sync::Arc;
 
 /// `n` short made-up documents.
 fn documents(n: usize, seed: u64) -> Vec<String> {
@@ -31,29 +26,6 @@ fn documents(n: usize, seed: u64) -> Vec<String> {
 }
 
 /// A parquet file with a `text` column (some nulls) and an integer `id` column.
-fn write_parquet(path: &Path, docs: &[String]) {
-    let schema =
-        Arc::new(parse_message_type("message doc { OPTIONAL BYTE_ARRAY text (UTF8); REQUIRED INT32 id; }").unwrap());
-    let file = std::fs::File::create(path).unwrap();
-    let mut writer = SerializedFileWriter::new(file, schema, Arc::new(WriterProperties::builder().build())).unwrap();
-    // Two row groups, so reading crosses a group boundary.
-    for chunk in docs.chunks(docs.len().div_ceil(2)) {
-        let mut rg = writer.next_row_group().unwrap();
-        let mut col = rg.next_column().unwrap().unwrap();
-        let values: Vec<ByteArray> = chunk.iter().map(|d| ByteArray::from(d.as_str())).collect();
-        let mut defs = vec![1i16; chunk.len()];
-        defs.push(0); // one null row
-        col.typed::<ByteArrayType>().write_batch(&values, Some(&defs), None).unwrap();
-        col.close().unwrap();
-        let mut col = rg.next_column().unwrap().unwrap();
-        let ids: Vec<i32> = (0..=chunk.len() as i32).collect();
-        col.typed::<Int32Type>().write_batch(&ids, None, None).unwrap();
-        col.close().unwrap();
-        rg.close().unwrap();
-    }
-    writer.close().unwrap();
-}
-
 fn prepare(args: &[&str]) -> serde_json::Value {
     let mut all = vec!["data", "prepare"];
     all.extend(args);

@@ -7,7 +7,7 @@ use crate::engine::Backend;
 use crate::generate::chat::{ChatTemplate, Conversation, Turn};
 use crate::generate::{Batch, Event, Finish, FinishReason, Prompt, Request, SamplerConfig};
 use anyhow::{bail, Context, Result};
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -80,8 +80,13 @@ fn chat<B: Backend>(a: &ChatArgs, be: B) -> Result<()> {
             eprint!("> ");
         }
         let mut line = String::new();
-        if stdin.lock().read_line(&mut line).context("cannot read stdin")? == 0 {
+        // One message at most 1 MiB: an endless stdin (`< /dev/zero`) is an error, not a hang.
+        const LIMIT: u64 = 1 << 20;
+        if stdin.lock().take(LIMIT).read_line(&mut line).context("cannot read stdin")? == 0 {
             break;
+        }
+        if line.len() as u64 >= LIMIT && !line.ends_with('\n') {
+            bail!("a message longer than {} KiB on stdin", LIMIT >> 10);
         }
         let line = line.trim_end_matches(['\n', '\r']);
         if line.trim().is_empty() {

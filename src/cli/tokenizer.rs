@@ -7,7 +7,7 @@ use crate::data::files::write_atomic;
 use crate::data::tokenizer::utf8;
 use crate::data::{HfTokenizer, Tokenizer};
 use anyhow::{bail, Context, Result};
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -130,11 +130,7 @@ fn encode(a: &EncodeArgs) -> Result<()> {
     let (bytes, name) = match (&a.text, &a.file) {
         (Some(t), _) => (t.as_bytes().to_vec(), "--text".to_string()),
         (None, Some(f)) => (read_corpus(f)?, format!("data file {}", f.display())),
-        (None, None) => {
-            let mut b = Vec::new();
-            std::io::stdin().read_to_end(&mut b).context("cannot read stdin")?;
-            (b, "stdin".to_string())
-        }
+        (None, None) => (read_stdin()?, "stdin".to_string()),
     };
     let ids = tok.encode_bytes(&bytes).context(name)?;
     let mut out = std::io::stdout().lock();
@@ -145,11 +141,8 @@ fn encode(a: &EncodeArgs) -> Result<()> {
 fn decode(a: &DecodeArgs) -> Result<()> {
     let tok = a.which.load()?;
     let words: Vec<String> = if a.ids.is_empty() {
-        let mut words = Vec::new();
-        for line in std::io::stdin().lock().lines() {
-            words.extend(line?.split_whitespace().map(String::from));
-        }
-        words
+        let text = read_stdin()?;
+        utf8(&text).context("stdin")?.split_whitespace().map(String::from).collect()
     } else {
         a.ids.clone()
     };
@@ -165,6 +158,18 @@ fn decode(a: &DecodeArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(&tok.decode_bytes(&ids))?;
     Ok(out.flush()?)
+}
+
+/// Most bytes read from stdin: an endless one (`< /dev/zero`) is refused.
+const STDIN_LIMIT: u64 = 1 << 30;
+
+fn read_stdin() -> Result<Vec<u8>> {
+    let mut b = Vec::new();
+    std::io::stdin().take(STDIN_LIMIT + 1).read_to_end(&mut b).context("cannot read stdin")?;
+    if b.len() as u64 > STDIN_LIMIT {
+        bail!("stdin holds more than {} MiB; give a file instead", STDIN_LIMIT >> 20);
+    }
+    Ok(b)
 }
 
 fn stats(a: &StatsArgs) -> Result<()> {

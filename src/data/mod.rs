@@ -9,6 +9,7 @@ pub mod shards;
 pub mod tiny_shakespeare;
 pub mod tokenizer;
 pub mod units;
+pub mod untrusted;
 
 pub use chat_template::ChatTemplate;
 pub use dataset::{Dataset, Split};

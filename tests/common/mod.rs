@@ -2,8 +2,13 @@
 //! success or a one-line error, scratch directories.
 #![allow(dead_code)]
 
+use parquet::data_type::{ByteArray, ByteArrayType, Int32Type};
+use parquet::file::properties::WriterProperties;
+use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::parser::parse_message_type;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 
 pub fn ferrite(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ferrite"))
@@ -59,4 +64,29 @@ pub fn ferrite_env(args: &[&str], env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().expect("ferrite runs")
+}
+
+/// A parquet file of `docs` in a `text` column (two row groups, one null
+/// row each) beside an `id` column.
+pub fn write_parquet(path: &Path, docs: &[String]) {
+    let schema =
+        Arc::new(parse_message_type("message doc { OPTIONAL BYTE_ARRAY text (UTF8); REQUIRED INT32 id; }").unwrap());
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = SerializedFileWriter::new(file, schema, Arc::new(WriterProperties::builder().build())).unwrap();
+    // Two row groups, so reading crosses a group boundary.
+    for chunk in docs.chunks(docs.len().div_ceil(2)) {
+        let mut rg = writer.next_row_group().unwrap();
+        let mut col = rg.next_column().unwrap().unwrap();
+        let values: Vec<ByteArray> = chunk.iter().map(|d| ByteArray::from(d.as_str())).collect();
+        let mut defs = vec![1i16; chunk.len()];
+        defs.push(0); // one null row
+        col.typed::<ByteArrayType>().write_batch(&values, Some(&defs), None).unwrap();
+        col.close().unwrap();
+        let mut col = rg.next_column().unwrap().unwrap();
+        let ids: Vec<i32> = (0..=chunk.len() as i32).collect();
+        col.typed::<Int32Type>().write_batch(&ids, None, None).unwrap();
+        col.close().unwrap();
+        rg.close().unwrap();
+    }
+    writer.close().unwrap();
 }

@@ -15,7 +15,7 @@ mod parquet;
 mod sources;
 mod writer;
 
-pub use sources::{expand_inputs, Format, InstructionTemplate, SourceOptions};
+pub use sources::{expand_inputs, read_documents, Doc, Format, InstructionTemplate, SourceOptions};
 
 use super::files::{sha256_file, write_atomic};
 use super::hub::{HubCache, HubDataset, RemoteFile};
@@ -25,7 +25,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
-use sources::{read_documents, resolve_format, Doc};
+use sources::resolve_format;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use writer::ShardWriter;

@@ -10,8 +10,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Calls `each(text, bytes_read)` for every non-null value of `column`
-/// (`bytes_read`: of the file, approximately, for progress).
+/// (`bytes_read`: of the file, approximately, for progress). A damaged file
+/// is an error (the parquet crate can panic on one: that is caught).
 pub fn read_column(path: &Path, column: &str, each: &mut dyn FnMut(String, u64) -> Result<()>) -> Result<()> {
+    let what = format!("parquet file {}", path.display());
+    crate::data::untrusted::no_panic(&what, || read(path, column, each))
+}
+
+fn read(path: &Path, column: &str, each: &mut dyn FnMut(String, u64) -> Result<()>) -> Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let size = file.metadata()?.len();
     let reader = SerializedFileReader::new(file)
