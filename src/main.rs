@@ -7,7 +7,6 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     // A closed stdout would make the output vanish with exit status 0. Say so instead.
-    #[cfg(unix)]
     if stdout_was_closed() {
         eprintln!("error: stdout is closed; redirect it to a file or to /dev/null");
         std::process::exit(1);
@@ -29,25 +28,24 @@ fn main() {
     }
 }
 
-/// Whether we were started with stdout closed. Rust's runtime reopens a
-/// closed standard descriptor as /dev/null, read-write, before `main`; a
-/// shell's `> /dev/null` opens it write-only. So: closed, or /dev/null
-/// opened read-write.
-#[cfg(unix)]
+/// Whether stdout was closed when the process started. Rust's runtime
+/// reopens a closed standard descriptor as /dev/null before `main`, so the
+/// descriptor is looked at earlier, from a constructor the loader runs
+/// (`.init_array`). Elsewhere than Linux there is no check.
+static STDOUT_CLOSED_AT_START: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static LOOK_AT_STDOUT: extern "C" fn() = look_at_stdout;
+
+#[cfg(target_os = "linux")]
+extern "C" fn look_at_stdout() {
+    // SAFETY: F_GETFD only queries the descriptor.
+    let closed = unsafe { libc::fcntl(1, libc::F_GETFD) } == -1;
+    STDOUT_CLOSED_AT_START.store(closed, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn stdout_was_closed() -> bool {
-    // SAFETY: fcntl and fstat only query descriptors; stat only reads a path.
-    unsafe {
-        let flags = libc::fcntl(1, libc::F_GETFL);
-        if flags == -1 {
-            return true;
-        }
-        if flags & libc::O_ACCMODE != libc::O_RDWR {
-            return false;
-        }
-        let (mut out, mut null) = (std::mem::zeroed::<libc::stat>(), std::mem::zeroed::<libc::stat>());
-        libc::fstat(1, &mut out) == 0
-            && libc::stat(c"/dev/null".as_ptr(), &mut null) == 0
-            && (out.st_mode & libc::S_IFMT) == libc::S_IFCHR
-            && out.st_rdev == null.st_rdev
-    }
+    STDOUT_CLOSED_AT_START.load(std::sync::atomic::Ordering::Relaxed)
 }

@@ -692,6 +692,11 @@ fn resume_takes_the_newest_complete_checkpoint() {
     std::fs::write(&best_state, s.to_string()).unwrap();
     let out = ok(&["train", "--resume", &p(&run), "--max-iters", "25"]);
     assert!(out.contains("resuming at step 20 from") && out.contains("last.old"), "{out}");
+    // A complete `last` wins over a `best` left by an older, longer run.
+    s["step"] = 5000.into();
+    std::fs::write(&best_state, s.to_string()).unwrap();
+    let out = ok(&["train", "--resume", &p(&run), "--max-iters", "30"]);
+    assert!(out.contains("resuming at step 25 from") && out.contains("/last"), "{out}");
 }
 
 /// A loss that stops being a number stops the run before the update (or
@@ -848,7 +853,8 @@ fn absurd_sizes_are_refused_before_allocating() {
     );
     let run = p(&dir.join("ok"));
     train("tiny", &data, &run, &["--max-iters", "2"]);
-    fails(&["eval", "--checkpoint", &run, "--data", &data, "--batch-size", "100000000"], "GiB available");
+    fails(&["eval", "--checkpoint", &run, "--data", &data, "--batch-size", "100000000"], "at most 1048576");
+    fails(&["eval", "--checkpoint", &run, "--data", &data, "--batch-size", "1000000"], "GiB available");
 }
 
 /// `ferrite chat` works with a character-level model (whose vocabulary has

@@ -52,10 +52,14 @@ impl CheckpointConfig {
 /// Training progress needed to resume exactly.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainState {
-    /// Optimizer updates done so far.
+    /// Optimizer steps done so far (updates, and updates skipped as non-finite).
     pub step: usize,
     pub best_val_loss: Option<f64>,
     pub tokens_seen: u64,
+    /// AdamW updates applied (its bias correction counts these); none in
+    /// checkpoints from before skipped updates existed: then `step`.
+    #[serde(default)]
+    pub updates: Option<u64>,
 }
 
 pub struct Checkpoint {
@@ -92,15 +96,19 @@ pub fn resolve_dir(dir: &Path, prefer: Prefer) -> Result<PathBuf> {
             .into_iter()
             .map(|sub| dir.join(sub))
             .find(|d| d.join("config.json").exists()),
-        Prefer::Last => ["last", "best", "last.old", "best.old"]
-            .into_iter()
-            .filter_map(|sub| complete_step(&dir.join(sub)).map(|step| (step, dir.join(sub))))
-            // The highest step; on a tie, the first in the order above.
-            .fold(None, |best: Option<(usize, PathBuf)>, c| match best {
-                Some(b) if b.0 >= c.0 => Some(b),
-                _ => Some(c),
-            })
-            .map(|(_, d)| d),
+        // `last` when it is complete (a `best` can be an older run's);
+        // else the newest of the others by step.
+        Prefer::Last => complete_step(&dir.join("last")).map(|_| dir.join("last")).or_else(|| {
+            ["last.old", "best", "best.old"]
+                .into_iter()
+                .filter_map(|sub| complete_step(&dir.join(sub)).map(|step| (step, dir.join(sub))))
+                // The highest step; on a tie, the first in the order above.
+                .fold(None, |best: Option<(usize, PathBuf)>, c| match best {
+                    Some(b) if b.0 >= c.0 => Some(b),
+                    _ => Some(c),
+                })
+                .map(|(_, d)| d)
+        }),
     };
     found.with_context(|| {
         format!("{} is not a ferrite checkpoint (no config.json in it, its best/ or its last/)", dir.display())
@@ -193,9 +201,15 @@ pub fn save<'a>(
     // Leftovers of saves that were killed (any process's): never complete.
     let stale = format!(".{name}.tmp-");
     for entry in std::fs::read_dir(parent)?.flatten() {
-        if entry.file_name().to_str().is_some_and(|n| n.starts_with(&stale)) {
-            std::fs::remove_dir_all(entry.path())?;
+        let pid = entry.file_name().to_str().and_then(|n| n.strip_prefix(&stale)?.parse::<i32>().ok());
+        // SAFETY: signal 0 only asks whether the process exists.
+        if pid.is_some_and(|pid| pid != std::process::id() as i32 && unsafe { libc::kill(pid, 0) } != 0) {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
+    }
+    let tmp_own = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp_own.exists() {
+        std::fs::remove_dir_all(&tmp_own)?;
     }
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
@@ -219,6 +233,10 @@ pub fn save<'a>(
         std::fs::rename(dir, &old)?;
     }
     std::fs::rename(&tmp, dir).with_context(|| format!("cannot move checkpoint into {}", dir.display()))?;
+    // The renames are durable once the directory holding them is synced.
+    if let Ok(d) = std::fs::File::open(parent) {
+        let _ = d.sync_all();
+    }
     if old.exists() {
         std::fs::remove_dir_all(&old)?;
     }

@@ -54,7 +54,8 @@ super::on_device!(ChatArgs, chat);
 fn chat<B: Backend>(a: &ChatArgs, be: B) -> Result<()> {
     let checkpoint::Loaded { model, config: ck, dir, .. } = checkpoint::load_model(be, &a.checkpoint)?;
     let (model, tok) = (Arc::new(model), Arc::new(ck.tokenizer.clone()));
-    let (template_name, template) = ChatTemplate::choose(&a.template, ck.chat_template.as_ref(), &tok)?;
+    let (template_name, template) =
+        ChatTemplate::choose(&a.template, ck.chat_template.as_ref(), &tok, a.system.as_deref())?;
     let system = a.system.clone().unwrap_or_else(|| template.default_system());
     eprintln!("chat template: {template_name} (--template {} to choose)", ChatTemplate::NAMES.join("|"));
     let mut conv = Conversation::new(template, system);

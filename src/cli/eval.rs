@@ -5,10 +5,11 @@ use crate::checkpoint::{self, CheckpointConfig, Loaded};
 use crate::data::dataset::read_corpus;
 use crate::data::tiny_shakespeare;
 use crate::data::{Dataset, Split};
+use crate::engine::device::check_fits;
 use crate::engine::Backend;
 use crate::eval::{attention_stats, evaluate, sampled_loss, EvalReport, HeadStats};
 use crate::model::activations::activation_floats;
-use crate::model::info::check_fits;
+use crate::model::config::{MAX_BATCH, MAX_REPEATS};
 use crate::model::{Activations, Recompute};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -121,15 +122,15 @@ fn eval<B: Backend>(a: &EvalArgs, be: B) -> Result<()> {
     if a.batch_size == 0 || a.attention_windows == 0 || a.tokens == Some(0) {
         bail!("--batch-size, --attention-windows and --tokens must be at least 1");
     }
+    if a.batch_size > MAX_BATCH {
+        bail!("--batch-size must be at most {MAX_BATCH}");
+    }
     let loaded = checkpoint::load_model(be, &a.checkpoint)?;
-    let m = &loaded.model.cfg;
-    let need = activation_floats(m, a.batch_size, m.block_size, Recompute::None) * 4
-        + loaded.model.be.attention_scratch_bytes(m.attn_shape(a.batch_size, m.block_size));
-    check_fits(need, loaded.model.be.available_memory(), "evaluating this batch", "lower --batch-size")?;
     if a.like_training {
         return like_training(a, loaded);
     }
     let Loaded { model, config: ck, dir, .. } = loaded;
+    fits(&model, a.batch_size)?;
     let tok = &ck.tokenizer;
     let run = TrainedOn::of(&ck)?;
     let source = run.source(a.data.as_ref());
@@ -178,12 +179,24 @@ fn eval<B: Backend>(a: &EvalArgs, be: B) -> Result<()> {
 
 /// The training run's own evaluation at the checkpoint's step: the same
 /// random batches, so the same numbers as its log.
+/// Evaluating `batch` windows at once must fit in the device's memory.
+fn fits<B: Backend>(model: &crate::model::Gpt<B>, batch: usize) -> Result<()> {
+    let m = &model.cfg;
+    let need = activation_floats(m, batch, m.block_size, Recompute::None) * 4
+        + model.be.attention_scratch_bytes(m.attn_shape(batch, m.block_size));
+    check_fits(need, model.be.available_memory(), &format!("evaluating {batch} windows at once"), "lower --batch-size")
+}
+
 fn like_training<B: Backend>(a: &EvalArgs, loaded: Loaded<B>) -> Result<()> {
     let Loaded { model, config: ck, state, .. } = loaded;
     let run = TrainedOn::of(&ck)?;
     let (Some(seed), Some(eval_iters), Some(batch)) = (run.seed, run.eval_iters, run.batch_size) else {
         bail!("the checkpoint does not record how its training run evaluated (seed, eval_iters, batch_size)");
     };
+    if !(1..=MAX_BATCH).contains(&batch) || !(1..=MAX_REPEATS).contains(&eval_iters) {
+        bail!("the checkpoint's training record is corrupt (batch_size {batch}, eval_iters {eval_iters})");
+    }
+    fits(&model, batch)?;
     let seq = model.cfg.block_size;
     let data = dataset(run.source(a.data.as_ref()).as_deref(), &ck, run.train_frac, seq)?;
     let mut acts = Activations::<B>::new(&model.be, &model.cfg, batch, seq, Recompute::None)?;

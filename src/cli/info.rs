@@ -41,8 +41,12 @@ pub fn run(a: &InfoArgs) -> Result<()> {
                 recompute: Recompute,
             }
             let run: Run = ck.training()?;
+            let batch = run.batch_size.unwrap_or(1);
+            if !(1..=crate::model::config::MAX_BATCH).contains(&batch) {
+                anyhow::bail!("the checkpoint's training record is corrupt (batch_size {batch})");
+            }
             let block = ck.model.block_size;
-            (ck.model, run.batch_size.unwrap_or(1), block, run.recompute)
+            (ck.model, batch, block, run.recompute)
         }
         None => {
             let cfg = a.run.resolve()?;

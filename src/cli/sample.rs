@@ -110,7 +110,7 @@ fn request<B: Backend>(a: &SampleArgs, i: usize) -> Result<Request<B>> {
 
 /// Prompts from a text file (one per non-empty line) or JSONL ("prompt").
 fn read_prompts(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read prompts file {}", path.display()))?;
+    let text = crate::data::files::read_small_text(path, "prompts file")?;
     let jsonl = path.extension().is_some_and(|e| e == "jsonl");
     let mut prompts = Vec::new();
     for (i, line) in text.lines().enumerate() {

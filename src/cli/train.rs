@@ -7,7 +7,7 @@ use crate::generate::{complete, Prompt, Request};
 use crate::train::trainer::RunEnd;
 use crate::train::{config, Trainer};
 use anyhow::Result;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
 super::on_device!(RunArgs, train);
@@ -43,11 +43,23 @@ fn train<B: Backend>(args: &RunArgs, be: B) -> Result<()> {
         RunEnd::Done(None) => {
             super::out!("nothing to do: the run is at step {} of {}", trainer.state.step, trainer.cfg.max_iters)?
         }
-        RunEnd::Interrupted { step } => {
+        RunEnd::Interrupted { step, saved } => {
             let out = &trainer.cfg.out_dir;
-            eprintln!("interrupted: saved {out}/last at step {step}; continue with `ferrite train --resume {out}`");
-            std::process::exit(130);
+            let what = if saved {
+                format!("saved {out}/last at step {step}")
+            } else {
+                format!("at step {step}, nothing new to save")
+            };
+            eprintln!("interrupted: {what}; continue with `ferrite train --resume {out}`");
+            // 128 + the signal, as shells report it (130 for Ctrl-C, 143 for SIGTERM).
+            std::process::exit(128 + SIGNAL.load(Ordering::SeqCst));
         }
+    }
+    // The closing sample is not a step to save: signals act as usual again.
+    // SAFETY: restoring the default dispositions.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
     }
     super::out!("checkpoints in {}/{{best,last}}", trainer.cfg.out_dir)?;
     if let Some(mib) = peak_rss_mib() {
@@ -105,14 +117,16 @@ fn print_sample<B: Backend>(t: Trainer<B>) -> Result<()> {
     Ok(())
 }
 
-/// Set by the first SIGINT or SIGTERM.
+/// Set by the first SIGINT or SIGTERM; which one it was.
 static STOP: AtomicBool = AtomicBool::new(false);
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_stop_signal(_: libc::c_int) {
+extern "C" fn on_stop_signal(signal: libc::c_int) {
     if STOP.swap(true, Ordering::SeqCst) {
         // SAFETY: _exit is async-signal-safe; the second signal means now.
-        unsafe { libc::_exit(130) };
+        unsafe { libc::_exit(128 + signal) };
     }
+    SIGNAL.store(signal, Ordering::SeqCst);
 }
 
 /// The process's peak resident memory so far.

@@ -74,29 +74,40 @@ impl ChatTemplate {
         }
     }
 
-    /// Whether a tokenizer can write every fixed part of the template (and
-    /// its default system prompt): a character-level model may lack `#`.
-    pub fn spellable(&self, tok: &Tokenizer) -> bool {
+    /// Whether a tokenizer can write every fixed part of the template and
+    /// the system prompt (`system`, else the template's default): a
+    /// character-level model may lack `#`.
+    pub fn spellable(&self, tok: &Tokenizer, system: Option<&str>) -> bool {
         let parts = [&self.system, &self.user, &self.assistant];
         let fixed = parts.iter().map(|p| p.replace("{content}", "")).chain(self.stop.iter().cloned());
-        fixed.chain([self.default_system()]).all(|text| tok.encode(&text).is_ok())
+        let system = system.map_or_else(|| self.default_system(), str::to_string);
+        fixed.chain([system]).all(|text| tok.encode(&text).is_ok())
     }
 
     /// The template to chat with: `choice` (a name, or `auto`), where
     /// `auto` takes the checkpoint's own (`saved`), else the first of
-    /// [`Self::NAMES`] the tokenizer can spell. Returns its name too.
-    pub fn choose(choice: &str, saved: Option<&ChatTemplate>, tok: &Tokenizer) -> Result<(String, ChatTemplate)> {
+    /// [`Self::NAMES`] the tokenizer can spell (with `system`, the system
+    /// prompt given). Returns how to name it too.
+    pub fn choose(
+        choice: &str,
+        saved: Option<&ChatTemplate>,
+        tok: &Tokenizer,
+        system: Option<&str>,
+    ) -> Result<(String, ChatTemplate)> {
         let (name, t) = match (choice, saved) {
-            ("auto", Some(t)) => ("the checkpoint's".to_string(), t.clone()),
+            ("auto", Some(t)) => ("the checkpoint's own".to_string(), t.clone()),
             ("auto", None) => {
-                let name = Self::NAMES.iter().find(|n| Self::named(n).is_ok_and(|t| t.spellable(tok)));
+                let name = Self::NAMES.iter().find(|n| Self::named(n).is_ok_and(|t| t.spellable(tok, system)));
                 let name = name.unwrap_or(&"none");
                 (name.to_string(), Self::named(name)?)
             }
             (name, _) => (name.to_string(), Self::named(name)?),
         };
-        if !t.spellable(tok) {
-            bail!("this model's vocabulary cannot write the {name} chat template; try --template none");
+        if !t.spellable(tok, system) {
+            let label = if name.starts_with("the ") { name.clone() } else { format!("the {name}") };
+            bail!(
+                "this model's vocabulary cannot write {label} chat template or its system prompt; try --template none"
+            );
         }
         Ok((name, t))
     }

@@ -94,6 +94,16 @@ pub struct Dataset {
 /// Reads a text corpus with a clear error for each way it can be unusable.
 pub fn read_corpus(path: &Path) -> Result<Vec<u8>> {
     crate::data::files::regular_file(path, "data file")?;
+    // Held as bytes and as token ids (and their two splits): about 9 bytes
+    // of memory per byte of text, at worst one token per byte.
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let what = format!("holding data file {} in memory", path.display());
+    crate::engine::device::check_fits(
+        (len as usize).saturating_mul(9),
+        crate::engine::cpu::host_memory(),
+        &what,
+        "prepare it into shards with `ferrite data prepare` and train with --dataset",
+    )?;
     let bytes = std::fs::read(path).with_context(|| format!("cannot read data file {}", path.display()))?;
     if bytes.is_empty() {
         bail!("data file {} is empty", path.display());

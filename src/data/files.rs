@@ -17,6 +17,18 @@ pub fn regular_file(path: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// A small text file (configuration, prompts, a tokenizer): a regular file
+/// of at most 256 MiB, UTF-8. `what` names it in errors.
+pub fn read_small_text(path: &Path, what: &str) -> Result<String> {
+    const LIMIT: u64 = 256 << 20;
+    regular_file(path, what)?;
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if len > LIMIT {
+        anyhow::bail!("{what} {} is {} MiB, more than {} MiB", path.display(), len >> 20, LIMIT >> 20);
+    }
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {what} {}", path.display()))
+}
+
 /// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it
 /// over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -112,6 +112,11 @@ pub const MAX_VOCAB: usize = 1 << 24;
 pub const MAX_BLOCK: usize = 1 << 20;
 pub const MAX_LAYERS: usize = 4096;
 pub const MAX_WIDTH: usize = 1 << 16;
+/// Upper bounds on batches (training's and evaluation's).
+pub const MAX_BATCH: usize = 1 << 20;
+pub const MAX_BATCH_TOKENS: usize = 1 << 28;
+/// Micro-batches per step, batches per evaluation.
+pub const MAX_REPEATS: usize = 1 << 16;
 
 pub fn pad_vocab(v: usize) -> usize {
     v.div_ceil(64) * 64

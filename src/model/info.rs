@@ -61,20 +61,6 @@ impl TrainMemory {
     }
 }
 
-/// An error unless `bytes` fit in what the device has (`available`, when
-/// known). `what` says what needs them and `hint` how to need less.
-pub fn check_fits(bytes: usize, available: Option<u64>, what: &str, hint: &str) -> anyhow::Result<()> {
-    const GIB: f64 = (1u64 << 30) as f64;
-    match available {
-        Some(free) if bytes as u64 > free => anyhow::bail!(
-            "{what} needs {:.1} GiB but the machine has {:.1} GiB available; {hint}",
-            bytes as f64 / GIB,
-            free as f64 / GIB
-        ),
-        _ => Ok(()),
-    }
-}
-
 /// Key/value cache bytes per token of context (all layers, f32).
 pub fn kv_cache_bytes_per_token(cfg: &ModelConfig) -> usize {
     2 * cfg.n_layer * cfg.attn_shape(1, 1).kv_width() * F32

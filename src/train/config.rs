@@ -7,7 +7,7 @@ use crate::data::units::{parse_scaled, COUNT_SUFFIXES};
 use crate::data::{OpenAiVocab, Tokenizer};
 use crate::model::config::{pad_vocab, MlpKind, ModelConfig, NormKind, PosEncoding};
 use crate::model::Recompute;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -213,11 +213,7 @@ impl TrainConfig {
     }
 }
 
-/// Upper bounds on the batch keys (see [`TrainConfig::validate`]).
-pub const MAX_BATCH: usize = 1 << 20;
-pub const MAX_BATCH_TOKENS: usize = 1 << 28;
-/// Micro-batches per step, batches per evaluation.
-pub const MAX_REPEATS: usize = 1 << 16;
+pub use crate::model::config::{MAX_BATCH, MAX_BATCH_TOKENS, MAX_REPEATS};
 
 /// Named configurations: `(name, description)`.
 pub const PRESETS: &[(&str, &str)] = &[
@@ -400,8 +396,7 @@ fn field_name(key: &str) -> String {
 pub fn resolve(base: &TrainConfig, file: Option<&Path>, overrides: &[(String, String)]) -> Result<TrainConfig> {
     let mut map = base.to_keys();
     if let Some(path) = file {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text = crate::data::files::read_small_text(path, "config file")?;
         let table: toml::Table = toml::from_str(&text)
             .map_err(|e| anyhow!("config file {} is not valid TOML: {}", path.display(), e.message()))?;
         for (k, v) in table {

@@ -10,10 +10,11 @@ use crate::data::dataset::read_corpus;
 use crate::data::dataset::IGNORE;
 use crate::data::tokenizer::utf8;
 use crate::data::{tiny_shakespeare, Dataset, Split, Tokenizer};
+use crate::engine::device::check_fits;
 use crate::engine::fastmath::derive_seed;
 use crate::engine::{Backend, Dropout};
 use crate::eval::sampled_loss;
-use crate::model::info::{check_fits, TrainMemory};
+use crate::model::info::TrainMemory;
 use crate::model::params::param_specs;
 use crate::model::{Activations, Gpt};
 use anyhow::{bail, Context, Result};
@@ -56,8 +57,9 @@ pub enum RunEnd {
     /// At `max_iters`, with the final evaluation (none: a run resumed at
     /// its end had nothing left to do).
     Done(Option<EvalResult>),
-    /// Asked to stop: `last` holds this step.
-    Interrupted { step: usize },
+    /// Asked to stop at `step`; `saved`: `last` was written there (a run
+    /// stopped before its first new step has nothing new to save).
+    Interrupted { step: usize, saved: bool },
 }
 
 /// Result of one evaluation.
@@ -67,6 +69,9 @@ pub struct EvalResult {
     pub val_loss: f64,
     pub val_bpb: f64,
 }
+
+/// Skipped (non-finite) steps in a row after which a run counts as diverged.
+const MAX_SKIPS_IN_A_ROW: usize = 20;
 
 // Streams of randomness (evaluation batches use `eval::SEED_EVAL`).
 const SEED_BATCH: u64 = 1;
@@ -89,7 +94,7 @@ impl<B: Backend> Trainer<B> {
         check_memory(&be, &cfg, &model_cfg)?;
         let model = Gpt::new(be, model_cfg, cfg.seed)?;
         let opt = AdamW::new(&model)?;
-        let state = TrainState { step: 0, best_val_loss: None, tokens_seen: 0 };
+        let state = TrainState { step: 0, best_val_loss: None, tokens_seen: 0, updates: Some(0) };
         Self::assemble(cfg, model, opt, tokenizer, data, state)
     }
 
@@ -114,7 +119,7 @@ impl<B: Backend> Trainer<B> {
             model.be.write(&mut opt.m[i], &m[i])?;
             model.be.write(&mut opt.v[i], &v[i])?;
         }
-        opt.t = ck.state.step as u64;
+        opt.t = ck.state.updates.unwrap_or(ck.state.step as u64);
         let mut t = Self::assemble(cfg, model, opt, ck.config.tokenizer, data, ck.state)?;
         t.resumed_from = Some(dir);
         Ok(t)
@@ -171,6 +176,7 @@ impl<B: Backend> Trainer<B> {
         let finite = loss.is_finite() && norm.is_finite();
         if finite {
             self.opt.apply(&mut self.model, &h, norm);
+            self.state.updates = Some(self.opt.t);
         } else if self.cfg.on_nonfinite == OnNonFinite::Stop {
             let what = if loss.is_finite() { format!("gradient norm is {norm}") } else { format!("loss is {loss}") };
             bail!(
@@ -216,8 +222,13 @@ impl<B: Backend> Trainer<B> {
         // Never a poisoned checkpoint: a run that goes bad keeps its last good one.
         for (i, p) in params.iter().chain(&m).chain(&v).enumerate() {
             if p.iter().any(|x| !x.is_finite()) {
-                let spec = &self.model.layout.specs[i % self.model.layout.specs.len()];
-                bail!("not saving {}: tensor {} is not finite", dir.display(), spec.name);
+                let n = self.model.layout.specs.len();
+                let prefix = ["", "AdamW m of ", "AdamW v of "][i / n];
+                bail!(
+                    "not saving {}: {prefix}tensor {} is not finite",
+                    dir.display(),
+                    self.model.layout.specs[i % n].name
+                );
             }
         }
         checkpoint::save(
@@ -245,12 +256,14 @@ impl<B: Backend> Trainer<B> {
         );
         let (mut window_start, mut window_tokens) = (Instant::now(), 0usize);
         let run_start = Instant::now();
+        let mut skipped_in_a_row = 0;
         loop {
             let step = self.state.step;
             let at_end = step >= max;
             if (step.is_multiple_of(self.cfg.eval_interval) || at_end) && resumed_at != Some(step) {
                 let e = self.evaluate()?;
-                let improved = self.state.best_val_loss.is_none_or(|b| e.val_loss < b);
+                // A NaN loss is never an improvement (nor a best to beat).
+                let improved = e.val_loss.is_finite() && self.state.best_val_loss.is_none_or(|b| e.val_loss < b);
                 if improved {
                     self.state.best_val_loss = Some(e.val_loss);
                 }
@@ -284,12 +297,21 @@ impl<B: Backend> Trainer<B> {
             }
             if stop.load(Ordering::SeqCst) {
                 pb.finish_and_clear();
-                if resumed_at != Some(step) {
+                let saved = resumed_at != Some(step);
+                if saved {
                     self.save("last")?;
                 }
-                return Ok(RunEnd::Interrupted { step });
+                return Ok(RunEnd::Interrupted { step, saved });
             }
             let s = self.step()?;
+            skipped_in_a_row = if s.skipped { skipped_in_a_row + 1 } else { 0 };
+            if skipped_in_a_row >= MAX_SKIPS_IN_A_ROW {
+                pb.abandon();
+                bail!(
+                    "{MAX_SKIPS_IN_A_ROW} steps in a row were not finite (the last at step {}): the run has diverged; lower the learning rate",
+                    self.state.step
+                );
+            }
             window_tokens += self.tokens_per_step();
             let step = self.state.step;
             if s.skipped {

@@ -4,7 +4,7 @@
 //! checkpoint never depends on a file beside it.
 
 use super::split_for_parallel;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::HashMap;
@@ -34,8 +34,7 @@ impl HfTokenizer {
     }
 
     pub fn from_file(path: &Path) -> Result<HfTokenizer> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read tokenizer file {}", path.display()))?;
+        let text = crate::data::files::read_small_text(path, "tokenizer file")?;
         let inner = Tokenizer::from_bytes(text.as_bytes())
             .map_err(|e| anyhow!("{} is not a valid tokenizer.json: {e}", path.display()))?;
         Ok(HfTokenizer::new(inner))

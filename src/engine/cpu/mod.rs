@@ -47,7 +47,19 @@ fn matmul_name(mm: Matmul) -> String {
     format!("matmul {}x{}x{} {}{}", mm.m, mm.n, mm.k, t(mm.trans_a), t(mm.trans_b))
 }
 
-/// The host's available memory: Linux's MemAvailable, else its physical memory.
+/// The host's available memory: Linux's MemAvailable (or the cgroup's
+/// limit when lower: a container's), else its physical memory.
+pub fn host_memory() -> Option<u64> {
+    let host = available_host_memory();
+    let cgroup = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(f).ok()?.trim().parse::<u64>().ok());
+    match (host, cgroup) {
+        (Some(h), Some(c)) => Some(h.min(c)),
+        (h, c) => h.or(c),
+    }
+}
+
 fn available_host_memory() -> Option<u64> {
     if let Ok(info) = std::fs::read_to_string("/proc/meminfo") {
         let kib: Option<u64> =
@@ -107,7 +119,7 @@ impl Backend for Cpu {
         skinny::BATCH_INVARIANT.then_some(*skinny::ROWS.end())
     }
     fn available_memory(&self) -> Option<u64> {
-        available_host_memory()
+        host_memory()
     }
     fn attention_scratch_bytes(&self, shape: AttnShape) -> usize {
         // Each thread's task holds up to three `T x T` blocks (backward with dropout).
