@@ -15,10 +15,8 @@ use super::sampler::Sampler;
 use super::speculative::Speculative;
 use super::text::TextStream;
 use crate::data::Tokenizer;
-use crate::engine::device::check_fits;
 use crate::engine::Backend;
 use crate::model::decode::KvCache;
-use crate::model::info::kv_cache_bytes_per_token;
 use crate::model::Gpt;
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
@@ -112,11 +110,7 @@ impl<B: Backend> Batch<B> {
         if tokenizer.vocab_size() != model.cfg.vocab_size {
             bail!("the tokenizer has {} symbols but the model {}", tokenizer.vocab_size(), model.cfg.vocab_size);
         }
-        let cfg = &model.cfg;
-        let rows = if slots == 0 { 0 } else { cfg.block_size.max(slots) };
-        let cache_bytes = kv_cache_bytes_per_token(cfg) * slots * cfg.block_size + rows * cfg.padded_vocab * 4;
-        let what = format!("a KV cache for {slots} sequences of {} tokens", cfg.block_size);
-        check_fits(cache_bytes, model.be.available_memory(), &what, "decode fewer sequences at once")?;
+        // The cache checks that it fits before allocating.
         let cache = KvCache::new(&model, slots)?;
         Ok(Batch {
             model,

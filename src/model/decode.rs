@@ -6,49 +6,51 @@
 //! ([`Gpt::block_forward`]) with the cache as their attention's context.
 
 use super::activations::{BlockActs, MlpActs};
+use super::config::ModelConfig;
 use super::gpt::{Attend, Gpt, NormStats};
+use crate::engine::device::check_fits;
 use crate::engine::{Backend, CacheRow, Dropout};
 use anyhow::Result;
 
 pub struct KvCache<B: Backend> {
-    /// Per layer: `[slots, capacity, kv_width]`.
-    k: Vec<B::Buf>,
-    v: Vec<B::Buf>,
+    bufs: Buffers<B::Buf>,
     /// Positions held by each slot.
     lens: Vec<usize>,
     /// Positions per slot: the model's block size.
     pub capacity: usize,
-    /// The residual stream into and out of a block (swapped after each).
-    x: B::Buf,
-    y: B::Buf,
-    /// One block's scratch, reused by every block.
-    block: BlockActs<B::Buf>,
-    mlp: MlpActs<B::Buf>,
-    proj: B::Buf,
-    /// The rows whose logits are wanted, gathered.
-    last: B::Buf,
-    last_ln: B::Buf,
-    mean: B::Buf,
-    rstd: B::Buf,
-    logits: B::Buf,
 }
 
-impl<B: Backend> KvCache<B> {
-    /// A cache for `slots` sequences of up to `block_size` positions each.
-    pub fn new(model: &Gpt<B>, slots: usize) -> Result<Self> {
-        let be = &model.be;
-        let cfg = &model.cfg;
+/// A cache's buffers, laid out by one function ([`Buffers::build`]) that
+/// allocates them or, with a counting `alloc`, sizes them.
+struct Buffers<T> {
+    /// Per layer: `[slots, capacity, kv_width]`.
+    k: Vec<T>,
+    v: Vec<T>,
+    /// The residual stream into and out of a block (swapped after each).
+    x: T,
+    y: T,
+    /// One block's scratch, reused by every block.
+    block: BlockActs<T>,
+    mlp: MlpActs<T>,
+    proj: T,
+    /// The rows whose logits are wanted, gathered.
+    last: T,
+    last_ln: T,
+    mean: T,
+    rstd: T,
+    logits: T,
+}
+
+impl<T> Buffers<T> {
+    fn build(cfg: &ModelConfig, slots: usize, mut alloc: impl FnMut(usize) -> Result<T>) -> Result<Self> {
         let (cap, c) = (cfg.block_size, cfg.n_embd);
         let kv = cfg.attn_shape(1, 1).kv_width();
         // Scratch rows: a whole prompt of one sequence, or one row per
         // sequence; none for a cache of no sequences.
         let rows = if slots == 0 { 0 } else { cap.max(slots) };
-        let mut alloc = |len| be.zeros(len);
-        Ok(KvCache {
+        Ok(Buffers {
             k: (0..cfg.n_layer).map(|_| alloc(slots * cap * kv)).collect::<Result<_>>()?,
             v: (0..cfg.n_layer).map(|_| alloc(slots * cap * kv)).collect::<Result<_>>()?,
-            lens: vec![0; slots],
-            capacity: cap,
             x: alloc(rows * c)?,
             y: alloc(rows * c)?,
             block: BlockActs::build(cfg, rows, 0, &mut alloc)?,
@@ -60,6 +62,29 @@ impl<B: Backend> KvCache<B> {
             rstd: alloc(rows)?,
             logits: alloc(rows * cfg.padded_vocab)?,
         })
+    }
+}
+
+/// Bytes a cache for `slots` sequences of a model takes (f32 buffers).
+fn cache_bytes(cfg: &ModelConfig, slots: usize) -> usize {
+    let mut floats = 0;
+    Buffers::build(cfg, slots, |len| {
+        floats += len;
+        Ok(())
+    })
+    .expect("counting cannot fail");
+    floats * 4
+}
+
+impl<B: Backend> KvCache<B> {
+    /// A cache for `slots` sequences of up to `block_size` positions each;
+    /// an error, before anything is allocated, if it cannot fit.
+    pub fn new(model: &Gpt<B>, slots: usize) -> Result<Self> {
+        let cfg = &model.cfg;
+        let what = format!("a KV cache for {slots} sequences of {} tokens", cfg.block_size);
+        check_fits(cache_bytes(cfg, slots), model.be.available_memory(), &what, "decode fewer sequences at once")?;
+        let bufs = Buffers::build(cfg, slots, |len| model.be.zeros(len))?;
+        Ok(KvCache { bufs, lens: vec![0; slots], capacity: cfg.block_size })
     }
 
     pub fn slots(&self) -> usize {
@@ -160,12 +185,13 @@ impl<B: Backend> KvCache<B> {
         let positions: Vec<u32> = rows.iter().map(|r| r.pos as u32).collect();
         let shape = cfg.attn_shape(1, n);
         let off = crate::model::gpt::dropout_sites(Dropout::OFF);
-        model.embed(&mut self.x, tokens, &positions, Dropout::OFF);
+        let b = &mut self.bufs;
+        model.embed(&mut b.x, tokens, &positions, Dropout::OFF);
         for l in 0..cfg.n_layer {
-            let attend = Attend::Cache { k: &mut self.k[l], v: &mut self.v[l], rows, capacity: self.capacity };
-            let (a, m) = (&mut self.block, &mut self.mlp);
-            model.block_forward(l, &self.x, a, m, &mut self.proj, &mut self.y, (shape, &positions), attend, off);
-            std::mem::swap(&mut self.x, &mut self.y);
+            let attend = Attend::Cache { k: &mut b.k[l], v: &mut b.v[l], rows, capacity: self.capacity };
+            let (a, m) = (&mut b.block, &mut b.mlp);
+            model.block_forward(l, &b.x, a, m, &mut b.proj, &mut b.y, (shape, &positions), attend, off);
+            std::mem::swap(&mut b.x, &mut b.y);
         }
         for r in rows {
             self.lens[r.slot] = self.lens[r.slot].max(r.pos + 1);
@@ -175,17 +201,17 @@ impl<B: Backend> KvCache<B> {
         }
         // The final norm and the head only for the rows whose logits are wanted.
         let gathered: Vec<f32> = if want.len() == n && want.iter().enumerate().all(|(i, &r)| i == r) {
-            be.read_range(&self.x, 0, n * c)?
+            be.read_range(&b.x, 0, n * c)?
         } else {
-            let rows = want.iter().map(|&r| be.read_range(&self.x, r * c, c)).collect::<Result<Vec<_>>>()?;
+            let rows = want.iter().map(|&r| be.read_range(&b.x, r * c, c)).collect::<Result<Vec<_>>>()?;
             rows.concat()
         };
         let m = want.len();
-        be.write(&mut self.last, &gathered)?;
-        model.norm(&mut self.last_ln, NormStats { mean: &mut self.mean, rstd: &mut self.rstd }, &self.last, lay.lnf, m);
-        model.head(&mut self.logits, &self.last_ln, m);
+        be.write(&mut b.last, &gathered)?;
+        model.norm(&mut b.last_ln, NormStats { mean: &mut b.mean, rstd: &mut b.rstd }, &b.last, lay.lnf, m);
+        model.head(&mut b.logits, &b.last_ln, m);
         let (v, pv) = (cfg.vocab_size, cfg.padded_vocab);
-        let all = be.read_range(&self.logits, 0, m * pv)?;
+        let all = be.read_range(&b.logits, 0, m * pv)?;
         Ok(all
             .chunks_exact(pv)
             .map(|row| {
