@@ -118,8 +118,14 @@ pub fn resolve_dir(dir: &Path, prefer: Prefer) -> Result<PathBuf> {
 /// The step of a checkpoint with every file in place, or none.
 fn complete_step(dir: &Path) -> Option<usize> {
     let complete = ["config.json", "model.safetensors", "optimizer.safetensors"].iter().all(|f| dir.join(f).is_file());
-    let state: TrainState = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).ok()?).ok()?;
-    complete.then_some(state.step)
+    complete.then(|| read_state(dir).ok()).flatten().map(|s| s.step)
+}
+
+/// A checkpoint's `state.json`.
+fn read_state(dir: &Path) -> Result<TrainState> {
+    let path = dir.join("state.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))
 }
 
 pub fn load_config(dir: &Path) -> Result<CheckpointConfig> {
@@ -148,11 +154,7 @@ pub fn load(dir: &Path, specs_of: impl Fn(&ModelConfig) -> Vec<ParamSpec>, with_
     let specs = specs_of(&config.model);
     let model_file = dir.join("model.safetensors");
     let params = take_params(&specs, load_safetensors(&model_file)?, "", &model_file)?;
-    let state_path = dir.join("state.json");
-    let state: TrainState = serde_json::from_str(
-        &std::fs::read_to_string(&state_path).with_context(|| format!("cannot read {}", state_path.display()))?,
-    )
-    .with_context(|| format!("{} is corrupt", state_path.display()))?;
+    let state = read_state(dir)?;
     let moments = if with_optimizer {
         let f = dir.join("optimizer.safetensors");
         let (m_t, rest): (HashMap<_, _>, HashMap<_, _>) =
@@ -207,11 +209,10 @@ pub fn save<'a>(
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
-    let tmp_own = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp_own.exists() {
-        std::fs::remove_dir_all(&tmp_own)?;
-    }
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
     std::fs::create_dir_all(&tmp)?;
     let named = |prefix: &str, data: &'a [&'a [f32]]| named_tensors(specs, prefix, data);
     save_safetensors(&tmp.join("model.safetensors"), &named("", params))?;
