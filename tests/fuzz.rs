@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::scratch;
 use ferrite::checkpoint::{load_config, tensors};
 use ferrite::data::prepare::{read_documents, Format, InstructionTemplate, SourceOptions};
 use ferrite::data::{HfTokenizer, OpenAiVocab, Tokenizer};
@@ -20,13 +21,6 @@ use std::path::{Path, PathBuf};
 
 fn cases(default: u64) -> u64 {
     std::env::var("FERRITE_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ferrite-fuzz-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// Runs `case(rng)` `n` times; panics (with the seed of the first failing

@@ -2,7 +2,7 @@
 //! accuracy, and attention analysis of a checkpoint on a text file.
 
 use crate::checkpoint::{self, CheckpointConfig, Loaded};
-use crate::data::dataset::read_corpus;
+use crate::data::dataset::corpus;
 use crate::data::tiny_shakespeare;
 use crate::data::{Dataset, Split};
 use crate::engine::device::check_fits;
@@ -93,14 +93,6 @@ impl TrainedOn {
 /// How a source is named in reports and errors.
 fn source_name(source: Option<&Path>) -> String {
     source.map_or(tiny_shakespeare::NAME.to_string(), |p| p.display().to_string())
-}
-
-/// The bytes of a text source.
-fn corpus(source: Option<&Path>) -> Result<Vec<u8>> {
-    match source {
-        Some(p) => read_corpus(p),
-        None => Ok(tiny_shakespeare::bytes()),
-    }
 }
 
 /// The run's train/validation split of a source (windows of `seq` tokens).

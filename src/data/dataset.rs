@@ -91,6 +91,15 @@ pub struct Dataset {
     pub val_bytes_per_token: f64,
 }
 
+/// A corpus' bytes: the file at `path`, or without one the built-in tiny
+/// Shakespeare.
+pub fn corpus(path: Option<&Path>) -> Result<Vec<u8>> {
+    match path {
+        Some(p) => read_corpus(p),
+        None => Ok(super::tiny_shakespeare::bytes()),
+    }
+}
+
 /// Reads a text corpus with a clear error for each way it can be unusable.
 pub fn read_corpus(path: &Path) -> Result<Vec<u8>> {
     crate::data::files::regular_file(path, "data file")?;

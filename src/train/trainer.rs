@@ -6,7 +6,7 @@ use super::metrics::MetricsLog;
 use super::optimizer::{AdamW, Hyper};
 use super::schedule::learning_rate;
 use crate::checkpoint::{self, CheckpointConfig, Prefer, TrainState};
-use crate::data::dataset::read_corpus;
+use crate::data::dataset::corpus;
 use crate::data::dataset::IGNORE;
 use crate::data::tokenizer::utf8;
 use crate::data::{tiny_shakespeare, Dataset, Split, Tokenizer};
@@ -376,12 +376,9 @@ fn load_data(cfg: &TrainConfig, saved: Option<&Tokenizer>) -> Result<(Tokenizer,
         }
         return Ok((manifest.tokenizer, data));
     }
-    let (name, bytes) = if cfg.data.is_empty() {
-        (tiny_shakespeare::NAME.to_string(), tiny_shakespeare::bytes())
-    } else {
-        let path = Path::new(&cfg.data);
-        (format!("data file {}", path.display()), read_corpus(path)?)
-    };
+    let path = (!cfg.data.is_empty()).then(|| Path::new(&cfg.data));
+    let name = path.map_or(tiny_shakespeare::NAME.to_string(), |p| format!("data file {}", p.display()));
+    let bytes = corpus(path)?;
     let tokenizer = match saved {
         Some(t) => t.clone(),
         None if cfg.tokenizer == "char" => Tokenizer::char_from_corpus(utf8(&bytes).context(name.clone())?),
