@@ -8,6 +8,17 @@ Subcommands (each ends with a compact summary table):
           (forward + backward + clip(1.0) + AdamW, 3 warmup steps, median of
           the timed steps). Ratio = ferrite tokens/s / PyTorch tokens/s.
 
+          `--dtype bf16` trains in mixed precision on both sides (ferrite's
+          `--dtype bf16`; PyTorch's forward under
+          `torch.autocast("cpu", dtype=torch.bfloat16)`). `--reference nanogpt
+          --nanogpt-dir DIR` times nanoGPT's own model.py from a checkout of
+          karpathy/nanoGPT (SDPA attention, its configure_optimizers) instead
+          of our scripts/torch_gpt.py.
+
+  matmul  One matrix multiply, f32 and bf16, in PyTorch and in ferrite
+          (`ferrite bench --matmul`): GFLOP/s and ferrite's fraction of
+          PyTorch's (the machine's practical ceiling).
+
   train   End-to-end wall time of the nanoGPT CPU Shakespeare recipe:
           `ferrite train --preset shakespeare-char-cpu` against
           scripts/torch_train_char.py. Both run as subprocesses and the wall
@@ -122,14 +133,43 @@ def approx_flops_per_token(cfg: GPTConfig, n_params: int, T: int) -> float:
 # ---------------------------------------------------------------------------
 
 
+def nanogpt_model(nanogpt_dir: str, cfg: GPTConfig):
+    """nanoGPT's own GPT (model.py of a karpathy/nanoGPT checkout) and its
+    optimizer, for the same configuration (dropout 0)."""
+    sys.path.insert(0, nanogpt_dir)
+    import model as nanogpt  # noqa: E402
+
+    ncfg = nanogpt.GPTConfig(
+        block_size=cfg.block_size,
+        vocab_size=cfg.vocab_size,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_embd=cfg.n_embd,
+        dropout=0.0,
+        bias=cfg.bias,
+    )
+    model = nanogpt.GPT(ncfg)
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    return model, opt
+
+
 def torch_step_benchmark(
-    cfg: GPTConfig, batch: int, warmup: int, steps: int
+    cfg: GPTConfig,
+    batch: int,
+    warmup: int,
+    steps: int,
+    dtype: str = "f32",
+    nanogpt_dir: str | None = None,
 ) -> list[float]:
     """Seconds per training step for `steps` timed steps."""
     torch.manual_seed(0)
-    model = GPT(cfg)
+    if nanogpt_dir:
+        model, opt = nanogpt_model(nanogpt_dir, cfg)
+    else:
+        model = GPT(cfg)
+        opt = configure_optimizer(model, lr=1e-3, betas=(0.9, 0.95), wd=0.1)
     model.train()
-    opt = configure_optimizer(model, lr=1e-3, betas=(0.9, 0.95), wd=0.1)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
     times = []
     for i in range(warmup + steps):
         # Fresh random tokens every step; generated outside the timed region.
@@ -137,7 +177,8 @@ def torch_step_benchmark(
         y = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size))
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        _, loss = model(x, y)
+        with autocast:
+            _, loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -168,7 +209,7 @@ def cmd_step(args):
         if args.batch_size:
             cmd += ["--batch-size", str(args.batch_size)]
         # Dropout changes the work done; the comparison is always without it.
-        cmd += ["--dropout", "0"]
+        cmd += ["--dropout", "0", "--dtype", args.dtype]
         return last_json_line(run_ferrite(cmd).stdout)
 
     if args.torch_only:
@@ -207,12 +248,16 @@ def cmd_step(args):
         ferrite = None
         if not args.torch_only:
             ferrite = first if r == 0 else ferrite_round()
-        t_med = statistics.median(torch_step_benchmark(cfg, batch, args.warmup, args.steps))
+        t_med = statistics.median(
+            torch_step_benchmark(
+                cfg, batch, args.warmup, args.steps, args.dtype, args.nanogpt_dir
+            )
+        )
         torch_tps = tokens / t_med
         if ferrite:
             rows.append(
                 [
-                    f"ferrite (round {r + 1})",
+                    f"ferrite {args.dtype} (round {r + 1})",
                     f"{ferrite['tokens_per_s']:.0f}",
                     f"{ferrite['ms_per_step']:.2f}",
                     f"{ferrite['gflops']:.2f}",
@@ -221,7 +266,8 @@ def cmd_step(args):
             ratios.append(ferrite["tokens_per_s"] / torch_tps)
         rows.append(
             [
-                f"pytorch, {args.threads} thr (round {r + 1})",
+                f"{'nanoGPT' if args.nanogpt_dir else 'pytorch'} {args.dtype}, "
+                f"{args.threads} thr (round {r + 1})",
                 f"{torch_tps:.0f}",
                 f"{t_med * 1e3:.2f}",
                 f"{flops_per_step / t_med / 1e9:.2f}",
@@ -239,6 +285,67 @@ def cmd_step(args):
             f"ratio ferrite/pytorch (tokens/s): {statistics.median(ratios):.2f}x "
             f"(median of rounds: {each})"
         )
+
+
+# ---------------------------------------------------------------------------
+# matmul
+# ---------------------------------------------------------------------------
+
+MATMUL_SHAPES = [
+    "2048x2048x2048:NN",
+    "16384x1536x384:NT",
+    "16384x384x1536:NN",
+    "1536x384x16384:TN",
+]
+
+
+def torch_matmul_gflops(spec: str, dtype, steps: int) -> float:
+    dims, layout = spec.split(":")
+    m, n, k = (int(x) for x in dims.split("x"))
+    a = torch.randn(k, m) if layout[0] == "T" else torch.randn(m, k)
+    b = torch.randn(n, k) if layout[1] == "T" else torch.randn(k, n)
+    a, b = a.to(dtype), b.to(dtype)
+    op_a = a.t() if layout[0] == "T" else a
+    op_b = b.t() if layout[1] == "T" else b
+    for _ in range(2):
+        op_a @ op_b
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        op_a @ op_b
+        times.append(time.perf_counter() - t0)
+    return 2 * m * n * k / statistics.median(times) / 1e9
+
+
+def cmd_matmul(args):
+    torch.set_num_threads(args.threads)
+    rows = []
+    for spec in args.shape or MATMUL_SHAPES:
+        t32 = torch_matmul_gflops(spec, torch.float32, args.steps)
+        t16 = torch_matmul_gflops(spec, torch.bfloat16, args.steps)
+        if args.torch_only:
+            f = {"f32_gflops": None, "bf16_gflops": None}
+        else:
+            cmd = [args.ferrite, "bench", "--matmul", spec, "--steps", str(args.steps), "--json"]
+            f = last_json_line(run_ferrite(cmd).stdout)
+        fmt = lambda x: "-" if x is None else f"{x:.0f}"  # noqa: E731
+        rows.append(
+            [
+                spec,
+                fmt(f["f32_gflops"]),
+                f"{t32:.0f}",
+                ratio_str(f["f32_gflops"], t32),
+                fmt(f["bf16_gflops"]),
+                f"{t16:.0f}",
+                ratio_str(f["bf16_gflops"], t16),
+            ]
+        )
+    print_table(
+        f"matmul GFLOP/s (median of {args.steps}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+        ["shape", "ferrite f32", "torch f32", "ratio", "ferrite bf16", "torch bf16", "ratio"],
+        rows,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -542,7 +649,23 @@ def main():
     p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--n-embd", type=int, default=128)
     p.add_argument("--bias", action="store_true")
+    p.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
+    p.add_argument(
+        "--nanogpt-dir",
+        default=None,
+        help="a karpathy/nanoGPT checkout: time its model.py as the reference",
+    )
     p.set_defaults(func=cmd_step)
+
+    p = sub.add_parser("matmul", help="one matrix multiply, f32 and bf16")
+    common(p)
+    p.add_argument(
+        "--shape",
+        action="append",
+        help="MxNxK:NT (repeatable; default: the baby GPT's training shapes)",
+    )
+    p.add_argument("--steps", type=int, default=10)
+    p.set_defaults(func=cmd_matmul)
 
     p = sub.add_parser("train", help="end-to-end shakespeare-char-cpu training")
     common(p)

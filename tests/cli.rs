@@ -898,3 +898,59 @@ fn endless_stdin_is_an_error() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// The dtype of every tensor in a safetensors file's header.
+fn stored_dtypes(file: &Path) -> Vec<String> {
+    let bytes = std::fs::read(file).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let obj = header.as_object().unwrap();
+    obj.iter().filter(|(k, _)| *k != "__metadata__").map(|(_, v)| v["dtype"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn bf16_training_resumes_exactly_and_converts_to_a_half_size_checkpoint() {
+    let dir = scratch("bf16");
+    let data = corpus(&dir);
+    let (full, part) = (dir.join("full"), dir.join("part"));
+    let args = ["--dtype", "bf16", "--eval-interval", "10", "--log-interval", "1", "--lr-decay-iters", "20"];
+    let run = |out: &Path, iters: &str| {
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend(["--max-iters", iters]);
+        train("tiny", &data, &p(out), &a)
+    };
+    run(&full, "20");
+    run(&part, "10");
+    ok(&["train", "--resume", &p(&part), "--max-iters", "20", "--sample-tokens", "0"]);
+    let (a, b) = (train_losses(&full), train_losses(&part));
+    assert_eq!(a.len(), 20);
+    assert_eq!(a, b, "a resumed bf16 run diverged from the uninterrupted one");
+    assert!(a[19].1 < a[0].1, "bf16 training did not learn: {a:?}");
+    // Master weights stay f32 in training checkpoints.
+    assert!(stored_dtypes(&full.join("last/model.safetensors")).iter().all(|d| d == "F32"));
+
+    let half = dir.join("half");
+    ok(&["convert", &p(&full), &p(&half), "--dtype", "bf16"]);
+    assert!(stored_dtypes(&half.join("model.safetensors")).iter().all(|d| d == "BF16"));
+    let size = |f: &Path| std::fs::metadata(f).unwrap().len() as f64;
+    let ratio = size(&half.join("model.safetensors")) / size(&full.join("best/model.safetensors"));
+    assert!((0.49..0.52).contains(&ratio), "bf16 checkpoint is {ratio} of the f32 one");
+    assert!(!half.join("optimizer.safetensors").exists());
+    // The converted checkpoint samples and evaluates, in bf16 or widened to f32.
+    for dtype in ["bf16", "f32"] {
+        let text = ok(&["sample", "--checkpoint", &p(&half), "--max-new-tokens", "30", "--dtype", dtype]);
+        assert_eq!(text.trim_end_matches('\n').chars().count(), 30);
+        let eval = ok(&["eval", "--checkpoint", &p(&half), "--data", &data, "--dtype", dtype, "--json"]);
+        assert!(json(&eval)["metrics"]["loss"].as_f64().unwrap().is_finite(), "{eval}");
+    }
+    // f16 too, and a KV cache in f32 as well as the default bf16.
+    let f16 = dir.join("f16");
+    ok(&["convert", &p(&full), &p(&f16), "--dtype", "f16"]);
+    assert!(stored_dtypes(&f16.join("model.safetensors")).iter().all(|d| d == "F16"));
+    ok(&["sample", "--checkpoint", &p(&f16), "--max-new-tokens", "10", "--kv-dtype", "f32"]);
+
+    fails(&["convert", &p(&full), &p(&half), "--dtype", "bf16"], "already exists");
+    fails(&["convert", &p(&full), &p(&dir.join("x")), "--dtype", "int3"], "valid: f32, bf16, f16");
+    fails(&["train", "--preset", "tiny", "--data", &data, "--dtype", "f16"], "f32 or bf16");
+    fails(&["sample", "--checkpoint", &p(&half), "--kv-dtype", "f16"], "f32 or bf16");
+}

@@ -11,7 +11,7 @@
 pub mod tensors;
 
 use crate::data::{ChatTemplate, Tokenizer};
-use crate::engine::Backend;
+use crate::engine::{Backend, DType};
 use crate::model::params::{param_specs, ParamSpec};
 use crate::model::{Gpt, ModelConfig};
 use anyhow::{bail, Context, Result};
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use tensors::{load_safetensors, save_safetensors, take_params};
+use tensors::{load_safetensors, load_safetensors_typed, save_safetensors, save_safetensors_as, take_params};
 
 pub const FORMAT: &str = "ferrite-checkpoint";
 pub const VERSION: u32 = 1;
@@ -65,6 +65,8 @@ pub struct TrainState {
 pub struct Checkpoint {
     pub config: CheckpointConfig,
     pub params: Vec<Vec<f32>>,
+    /// The dtype `model.safetensors` stores the weight matrices in.
+    pub stored: DType,
     /// Adam moments `(m, v)` per parameter, when present.
     pub moments: Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)>,
     pub state: TrainState,
@@ -153,7 +155,8 @@ pub fn load(dir: &Path, specs_of: impl Fn(&ModelConfig) -> Vec<ParamSpec>, with_
     let config = load_config(dir)?;
     let specs = specs_of(&config.model);
     let model_file = dir.join("model.safetensors");
-    let params = take_params(&specs, load_safetensors(&model_file)?, "", &model_file)?;
+    let (tensors, stored) = load_safetensors_typed(&model_file)?;
+    let params = take_params(&specs, tensors, "", &model_file)?;
     let state = read_state(dir)?;
     let moments = if with_optimizer {
         let f = dir.join("optimizer.safetensors");
@@ -167,7 +170,7 @@ pub fn load(dir: &Path, specs_of: impl Fn(&ModelConfig) -> Vec<ParamSpec>, with_
     } else {
         None
     };
-    Ok(Checkpoint { config, params, moments, state })
+    Ok(Checkpoint { config, params, stored, moments, state })
 }
 
 /// A model loaded for inference.
@@ -180,12 +183,34 @@ pub struct Loaded<B: Backend> {
 }
 
 /// Loads a model for inference from a checkpoint or run directory (its best
-/// checkpoint).
+/// checkpoint), its weight matrices in the dtype the file stores them in.
 pub fn load_model<B: Backend>(be: B, dir: &Path) -> Result<Loaded<B>> {
+    load_model_as(be, dir, None)
+}
+
+/// [`load_model`] with the weight matrices in `weights` (none: as stored).
+pub fn load_model_as<B: Backend>(be: B, dir: &Path, weights: Option<DType>) -> Result<Loaded<B>> {
     let dir = resolve_dir(dir, Prefer::Best)?;
     let ck = load(&dir, param_specs, false)?;
-    let model = Gpt::from_host(be, ck.config.model.clone(), &ck.params)?;
+    let model = Gpt::from_host_as(be, ck.config.model.clone(), &ck.params, weights.unwrap_or(ck.stored))?;
     Ok(Loaded { model, config: ck.config, state: ck.state, dir })
+}
+
+/// Writes an inference copy of the checkpoint at `src` (a checkpoint or run
+/// directory: its best) to `dst` with the tensors stored as `dtype`: the
+/// configuration and progress, no optimizer state. Atomic, as [`save`].
+pub fn convert(src: &Path, dst: &Path, dtype: DType) -> Result<PathBuf> {
+    let src = resolve_dir(src, Prefer::Best)?;
+    let ck = load(&src, param_specs, false)?;
+    let specs = param_specs(&ck.config.model);
+    let params: Vec<&[f32]> = ck.params.iter().map(|p| &p[..]).collect();
+    write_atomically(dst, |tmp| {
+        save_safetensors_as(&tmp.join("model.safetensors"), &named_tensors(&specs, "", &params), dtype)?;
+        std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&ck.config)?)?;
+        std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(&ck.state)?)?;
+        Ok(())
+    })?;
+    Ok(src)
 }
 
 /// Writes a checkpoint to `dir` atomically (temp dir, then rename).
@@ -197,6 +222,21 @@ pub fn save<'a>(
     moments: (&'a [&'a [f32]], &'a [&'a [f32]]),
     state: &TrainState,
 ) -> Result<()> {
+    write_atomically(dir, |tmp| {
+        let named = |prefix: &str, data: &'a [&'a [f32]]| named_tensors(specs, prefix, data);
+        save_safetensors(&tmp.join("model.safetensors"), &named("", params))?;
+        let mut opt = named("m.", moments.0);
+        opt.extend(named("v.", moments.1));
+        save_safetensors(&tmp.join("optimizer.safetensors"), &opt)?;
+        std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(config)?)?;
+        std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
+        Ok(())
+    })
+}
+
+/// Fills a temporary directory beside `dir` with `fill`, syncs it, and
+/// renames it into place (the old `dir`, if any, goes last).
+fn write_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("ckpt");
@@ -214,13 +254,7 @@ pub fn save<'a>(
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::create_dir_all(&tmp)?;
-    let named = |prefix: &str, data: &'a [&'a [f32]]| named_tensors(specs, prefix, data);
-    save_safetensors(&tmp.join("model.safetensors"), &named("", params))?;
-    let mut opt = named("m.", moments.0);
-    opt.extend(named("v.", moments.1));
-    save_safetensors(&tmp.join("optimizer.safetensors"), &opt)?;
-    std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(config)?)?;
-    std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
+    fill(&tmp)?;
     for f in std::fs::read_dir(&tmp)? {
         std::fs::File::open(f?.path())?.sync_all()?;
     }

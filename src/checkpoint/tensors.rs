@@ -1,6 +1,9 @@
-//! Tensor files: named f32 tensors in safetensors format, read and
-//! written for checkpoints (model weights and optimizer moments).
+//! Tensor files: named tensors in safetensors format, read and written for
+//! checkpoints (model weights and optimizer moments). Files may store F32,
+//! BF16 or F16; in memory they are f32 until a backend uploads them in the
+//! dtype it computes with (bf16 and f16 values are exact in f32).
 
+use crate::engine::dtype::{self, DType};
 use crate::model::params::ParamSpec;
 use anyhow::{bail, Context, Result};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
@@ -17,6 +20,28 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Vec<usize>, &[f32])]) -
     safetensors::serialize_to_file(views, None, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Writes named tensors stored as `dtype` (rounded to nearest even).
+pub fn save_safetensors_as(path: &Path, tensors: &[(String, Vec<usize>, &[f32])], dtype: DType) -> Result<()> {
+    if dtype == DType::F32 {
+        return save_safetensors(path, tensors);
+    }
+    let encoded: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, d)| {
+            let mut half = vec![0u16; d.len()];
+            dtype::encode16(d, &mut half, dtype);
+            half.iter().flat_map(|h| h.to_le_bytes()).collect()
+        })
+        .collect();
+    let st_dtype = if dtype == DType::BF16 { Dtype::BF16 } else { Dtype::F16 };
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .zip(&encoded)
+        .map(|((n, s, _), bytes)| Ok((n.clone(), TensorView::new(st_dtype, s.clone(), bytes)?)))
+        .collect::<Result<_>>()?;
+    safetensors::serialize_to_file(views, None, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// The bytes of f32 values, which safetensors stores little-endian: a view,
 /// not a copy, so saving a large model needs no second copy of it.
 #[cfg(target_endian = "little")]
@@ -28,18 +53,42 @@ fn f32_bytes(data: &[f32]) -> &[u8] {
 
 /// Reads every tensor of a safetensors file as f32, with its shape.
 pub fn load_safetensors(path: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>> {
+    Ok(load_safetensors_typed(path)?.0)
+}
+
+/// [`load_safetensors`], and the dtype the file stores its matrices in
+/// (F32 when it has none, or mixes them).
+pub fn load_safetensors_typed(path: &Path) -> Result<(HashMap<String, (Vec<usize>, Vec<f32>)>, DType)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| anyhow::anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
     let mut out = HashMap::new();
+    let mut matrices = Vec::new();
     for (name, view) in st.tensors() {
-        if view.dtype() != Dtype::F32 {
-            bail!("{}: tensor {name} is {:?}, expected F32", path.display(), view.dtype());
+        let b = view.data();
+        let (data, dt): (Vec<f32>, DType) = match view.dtype() {
+            Dtype::F32 => {
+                (b.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(), DType::F32)
+            }
+            Dtype::BF16 => (
+                b.chunks_exact(2).map(|b| dtype::f32_from_bf16(u16::from_le_bytes([b[0], b[1]]))).collect(),
+                DType::BF16,
+            ),
+            Dtype::F16 => {
+                (b.chunks_exact(2).map(|b| dtype::f32_from_f16(u16::from_le_bytes([b[0], b[1]]))).collect(), DType::F16)
+            }
+            other => bail!("{}: tensor {name} is {other:?}; ferrite reads F32, BF16 and F16", path.display()),
+        };
+        if view.shape().len() >= 2 {
+            matrices.push(dt);
         }
-        let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         out.insert(name, (view.shape().to_vec(), data));
     }
-    Ok(out)
+    let stored = match matrices.split_first() {
+        Some((first, rest)) if rest.iter().all(|d| d == first) => *first,
+        _ => DType::F32,
+    };
+    Ok((out, stored))
 }
 
 /// Picks the tensors of `specs` out of a loaded file. A file that does not
@@ -77,4 +126,31 @@ pub fn take_params(
         );
     }
     Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::dtype::round_to;
+
+    #[test]
+    fn every_dtype_round_trips_as_its_rounded_values() {
+        let dir = std::env::temp_dir().join(format!("ferrite-tensors-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (w, b): (Vec<f32>, Vec<f32>) = ((0..12).map(|i| i as f32 * 0.37 - 2.0).collect(), vec![0.1, -3.3]);
+        let tensors = [("w".to_string(), vec![3, 4], &w[..]), ("b".to_string(), vec![2], &b[..])];
+        for dtype in DType::ALL {
+            let file = dir.join(format!("{dtype}.safetensors"));
+            save_safetensors_as(&file, &tensors, dtype).unwrap();
+            let (got, stored) = load_safetensors_typed(&file).unwrap();
+            assert_eq!(stored, dtype);
+            for (name, _, data) in &tensors {
+                let want: Vec<f32> = data.iter().map(|&x| round_to(x, dtype)).collect();
+                assert_eq!(got[name].1, want, "{dtype} {name}");
+            }
+            let bytes = std::fs::metadata(&file).unwrap().len() as usize;
+            assert!(bytes >= 14 * dtype.bytes() && bytes < 14 * dtype.bytes() + 200, "{dtype}: {bytes} bytes");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -4,7 +4,7 @@
 
 use super::RunArgs;
 use crate::data::{Dataset, Tokenizer};
-use crate::engine::{profile, Backend};
+use crate::engine::{profile, Backend, DType, Matmul};
 use crate::model::ModelConfig;
 use crate::train::trainer::check_memory;
 use crate::train::{config, TrainConfig, Trainer};
@@ -29,6 +29,11 @@ pub struct BenchArgs {
     /// Also print the time spent in each engine operation.
     #[arg(long)]
     profile: bool,
+    /// Time one matrix multiply instead of a training step: `MxNxK`, with
+    /// the operands' layout after a colon (`NT`: `x · Wᵀ`, the default;
+    /// `NN`, `TN`, `TT`), in f32 and in bf16 arithmetic side by side.
+    #[arg(long, value_name = "MxNxK[:NT]")]
+    matmul: Option<String>,
 }
 
 super::on_device!(BenchArgs, bench);
@@ -36,6 +41,9 @@ super::on_device!(BenchArgs, bench);
 fn bench<B: Backend>(a: &BenchArgs, be: B) -> Result<()> {
     if a.steps == 0 {
         bail!("--steps must be at least 1");
+    }
+    if let Some(spec) = &a.matmul {
+        return bench_matmul(a, be, spec);
     }
     let mut cfg = a.run.resolve()?;
     let vocab = config::reference_vocab(a.run.preset_name(), &cfg);
@@ -98,6 +106,62 @@ fn bench<B: Backend>(a: &BenchArgs, be: B) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Parses `MxNxK[:NT]`.
+fn matmul_shape(spec: &str) -> Result<Matmul> {
+    let (dims, layout) = spec.split_once(':').unwrap_or((spec, "NT"));
+    let d: Vec<usize> = dims.split('x').map(|x| x.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|_| {
+        anyhow::anyhow!("--matmul {spec:?}: expected MxNxK with positive integers, e.g. 16384x1536x384:NT")
+    })?;
+    let trans = |c: char| match c {
+        'N' | 'n' => Ok(false),
+        'T' | 't' => Ok(true),
+        _ => bail!("--matmul {spec:?}: the layout is two letters of N and T, e.g. NT"),
+    };
+    let l: Vec<char> = layout.chars().collect();
+    if d.len() != 3 || d.iter().any(|&x| x == 0 || x > 1 << 16) || l.len() != 2 {
+        bail!("--matmul {spec:?}: expected MxNxK (each 1 to 65536) and a layout like NT");
+    }
+    Ok(Matmul::new(d[0], d[1], d[2], trans(l[0])?, trans(l[1])?, false))
+}
+
+/// The median time of one product of random operands in each arithmetic.
+fn bench_matmul<B: Backend>(a: &BenchArgs, be: B, spec: &str) -> Result<()> {
+    let mm = matmul_shape(spec)?;
+    let (m, n, k) = (mm.m, mm.n, mm.k);
+    let bytes = 4 * (m * k + k * n + m * n) as u64;
+    crate::engine::device::check_fits(bytes as usize, be.available_memory(), "these operands", "pick smaller sizes")?;
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut random = |len: usize| (0..len).map(|_| (rng.next_u32() as f32 / u32::MAX as f32) - 0.5).collect::<Vec<_>>();
+    let (x, w) = (be.upload(&random(m * k))?, be.upload(&random(k * n))?);
+    let mut out = be.zeros(m * n)?;
+    let flops = 2.0 * (m * n * k) as f64;
+    let mut rows = Vec::new();
+    for dtype in [DType::F32, DType::BF16] {
+        let mut times = Vec::new();
+        for i in 0..a.warmup + a.steps {
+            let t0 = Instant::now();
+            be.matmul_strided(&mut out, &x, &w, mm.compute(dtype));
+            be.synchronize()?;
+            if i >= a.warmup {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        rows.push((dtype, flops / times[times.len() / 2] / 1e9));
+    }
+    let ratio = rows[1].1 / rows[0].1;
+    if a.json {
+        let out = serde_json::json!({
+            "matmul": spec, "backend": be.name(), "f32_gflops": rows[0].1, "bf16_gflops": rows[1].1, "ratio": ratio,
+        });
+        return super::out!("{out}");
+    }
+    for (dtype, gflops) in rows {
+        super::out!("{spec} {dtype:>4}: {gflops:.1} GFLOP/s (median of {})", a.steps)?;
+    }
+    super::out!("bf16/f32: {ratio:.2}x")
 }
 
 /// Runs warmup and timed steps; returns the trainer and each timed step's seconds.

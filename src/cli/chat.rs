@@ -1,6 +1,7 @@
 //! `ferrite chat`: a conversation with a checkpoint, in the terminal or
 //! through a pipe (one message per line).
 
+use super::precision::{KvArgs, WeightArgs};
 use super::sampling::SamplingArgs;
 use crate::checkpoint;
 use crate::engine::Backend;
@@ -30,6 +31,10 @@ pub struct ChatArgs {
     template: String,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    weights: WeightArgs,
+    #[command(flatten)]
+    kv: KvArgs,
 }
 
 const HELP: &str = "commands: /reset (forget the conversation), /system TEXT, /set KEY VALUE \
@@ -52,7 +57,9 @@ struct Settings {
 super::on_device!(ChatArgs, chat);
 
 fn chat<B: Backend>(a: &ChatArgs, be: B) -> Result<()> {
-    let checkpoint::Loaded { model, config: ck, dir, .. } = checkpoint::load_model(be, &a.checkpoint)?;
+    let kv = a.kv.check()?;
+    let checkpoint::Loaded { mut model, config: ck, dir, .. } = a.weights.load(be, &a.checkpoint)?;
+    model.kv_dtype = kv;
     let (model, tok) = (Arc::new(model), Arc::new(ck.tokenizer.clone()));
     let (template_name, template) =
         ChatTemplate::choose(&a.template, ck.chat_template.as_ref(), &tok, a.system.as_deref())?;

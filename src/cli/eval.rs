@@ -1,7 +1,8 @@
 //! `ferrite eval`: loss, perplexity, bits per token and byte, next-token
 //! accuracy, and attention analysis of a checkpoint on a text file.
 
-use crate::checkpoint::{self, CheckpointConfig, Loaded};
+use super::precision::WeightArgs;
+use crate::checkpoint::{CheckpointConfig, Loaded};
 use crate::data::dataset::corpus;
 use crate::data::tiny_shakespeare;
 use crate::data::{Dataset, Split};
@@ -33,6 +34,8 @@ pub struct EvalArgs {
     /// Windows per forward pass.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
+    #[command(flatten)]
+    weights: WeightArgs,
     /// Repeat the training run's own evaluation instead (its random batches
     /// at the checkpoint's step): reproduces the logged numbers exactly.
     #[arg(long)]
@@ -117,7 +120,7 @@ fn eval<B: Backend>(a: &EvalArgs, be: B) -> Result<()> {
     if a.batch_size > MAX_BATCH {
         bail!("--batch-size must be at most {MAX_BATCH}");
     }
-    let loaded = checkpoint::load_model(be, &a.checkpoint)?;
+    let loaded = a.weights.load(be, &a.checkpoint)?;
     if a.like_training {
         return like_training(a, loaded);
     }

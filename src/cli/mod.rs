@@ -30,10 +30,12 @@ use on_device;
 
 mod bench;
 mod chat;
+mod convert;
 mod data;
 mod eval;
 mod info;
 mod plot;
+mod precision;
 mod sample;
 mod sampling;
 mod tokenizer;
@@ -65,6 +67,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Time training steps of a model configuration on random tokens.
     Bench(bench::BenchArgs),
+    /// Write a checkpoint's weights in another dtype (bf16: a half-size inference copy).
+    Convert(convert::ConvertArgs),
     /// Parameters, FLOPs per token and memory of a configuration or checkpoint.
     Info(info::InfoArgs),
     /// Loss, perplexity, bits per byte and accuracy of a checkpoint; attention analysis.
@@ -188,6 +192,7 @@ pub fn run() -> Result<()> {
         Command::Chat(args) => chat::run(&args, device),
         Command::Eval(args) => eval::run(&args, device),
         Command::Plot(args) => plot::run(&args),
+        Command::Convert(args) => convert::run(&args),
         Command::Tokenizer(args) => tokenizer::run(&args),
         Command::Data(args) => data::run(&args),
         Command::Bench(mut args) => {
@@ -239,6 +244,7 @@ mod tests {
             ("decay_frac", "0.3", json!(0.3)),
             ("dropout", "0.1", json!(0.1)),
             ("dropout_final", "0.05", json!(0.05)),
+            ("dtype", "bf16", json!("bf16")),
             ("eps", "1e-6", json!(1e-6)),
             ("eval_interval", "100", json!(100)),
             ("eval_iters", "50", json!(50)),

@@ -2,8 +2,9 @@
 //! at once (`--prompts FILE`, JSONL out); or with a draft model
 //! (speculative decoding).
 
+use super::precision::{KvArgs, WeightArgs};
 use super::sampling::SamplingArgs;
-use crate::checkpoint::{self, Loaded};
+use crate::checkpoint::Loaded;
 use crate::data::Tokenizer;
 use crate::engine::Backend;
 use crate::generate::{complete, Batch, Draft, Event, Finish, FinishReason, Prompt, Request, SeqId};
@@ -47,12 +48,18 @@ pub struct SampleArgs {
     /// Print timing as `stats: {json}` on stderr at the end.
     #[arg(long)]
     stats: bool,
+    #[command(flatten)]
+    weights: WeightArgs,
+    #[command(flatten)]
+    kv: KvArgs,
 }
 
 super::on_device!(SampleArgs, sample);
 
 fn sample<B: Backend>(a: &SampleArgs, be: B) -> Result<()> {
-    let Loaded { model, config: ck, .. } = checkpoint::load_model(be.clone(), &a.checkpoint)?;
+    let kv = a.kv.check()?;
+    let Loaded { mut model, config: ck, .. } = a.weights.load(be.clone(), &a.checkpoint)?;
+    model.kv_dtype = kv;
     let (model, tok) = (Arc::new(model), Arc::new(ck.tokenizer));
     a.sampling.config()?;
     if let Some(file) = &a.prompts {
@@ -64,7 +71,8 @@ fn sample<B: Backend>(a: &SampleArgs, be: B) -> Result<()> {
     let draft = match &a.draft {
         None => None,
         Some(dir) => {
-            let d = checkpoint::load_model(be, dir)?;
+            let mut d = a.weights.load(be, dir)?;
+            d.model.kv_dtype = kv;
             if d.config.tokenizer != *tok {
                 bail!("the draft checkpoint {} uses a different tokenizer than the model", dir.display());
             }

@@ -303,7 +303,9 @@ pub fn check_dropout<B: Backend>(be: &B) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::cpu::Cpu;
+    use crate::engine::cpu::{Cpu, CpuBuf};
+    use crate::engine::dtype::round_to;
+    use crate::engine::DType;
 
     #[test]
     fn matmul_and_bias() {
@@ -357,25 +359,31 @@ mod tests {
     #[test]
     fn cached_attention_matches_training_attention() {
         let be = Cpu;
-        for kv_heads in [3, 1] {
+        for (kv_heads, dtype) in [(3, DType::F32), (1, DType::F32), (3, DType::BF16), (1, DType::BF16)] {
             // Two sequences in one cache (slots 0 and 1), fed differently.
             let s = AttnShape { batch: 2, seq: 7, heads: 3, kv_heads, head_dim: 4 };
             let (w, ow, kvw, cap) = (s.qkv_width(), s.q_width(), s.kv_width(), 8);
             let qkv = rand_vec(s.batch * s.seq * w, 70);
+            // What a cache of `dtype` holds: keys and values rounded to it.
+            let mut rounded = qkv.clone();
+            for row in rounded.chunks_exact_mut(w) {
+                row[ow..].iter_mut().for_each(|x| *x = round_to(*x, dtype));
+            }
             let mut want = be.zeros(s.batch * s.seq * ow).unwrap();
             let mut stats = be.zeros(s.stats_len()).unwrap();
-            be.attention_fwd(&mut want, &mut stats, &qkv, s, Dropout::OFF);
-            let (mut kc, mut vc) = (be.zeros(2 * cap * kvw).unwrap(), be.zeros(2 * cap * kvw).unwrap());
+            be.attention_fwd(&mut want, &mut stats, &rounded.into(), s, Dropout::OFF);
+            let mut kc = be.zeros_as(2 * cap * kvw, dtype).unwrap();
+            let mut vc = be.zeros_as(2 * cap * kvw, dtype).unwrap();
             let mut got = vec![0.0; s.batch * s.seq * ow];
             let row = |b: usize, t: usize| b * s.seq + t;
             // Prefill 4 rows of sequence 0 and 2 of sequence 1 in one call...
             let prefill: Vec<(usize, usize)> = (0..4).map(|t| (0, t)).chain((0..2).map(|t| (1, t))).collect();
-            let run = |kc: &mut Vec<f32>, vc: &mut Vec<f32>, got: &mut Vec<f32>, batch: &[(usize, usize)]| {
+            let run = |kc: &mut CpuBuf, vc: &mut CpuBuf, got: &mut Vec<f32>, batch: &[(usize, usize)]| {
                 let q: Vec<f32> =
                     batch.iter().flat_map(|&(b, t)| qkv[row(b, t) * w..(row(b, t) + 1) * w].to_vec()).collect();
                 let rows: Vec<CacheRow> = batch.iter().map(|&(b, t)| CacheRow { slot: b, pos: t }).collect();
                 let mut out = be.zeros(batch.len() * ow).unwrap();
-                be.attention_cached(&mut out, &q, kc, vc, &rows, cap, s);
+                be.attention_cached(&mut out, &q.into(), kc, vc, &rows, cap, s);
                 for (i, &(b, t)) in batch.iter().enumerate() {
                     got[row(b, t) * ow..(row(b, t) + 1) * ow].copy_from_slice(&out[i * ow..(i + 1) * ow]);
                 }
@@ -387,8 +395,9 @@ mod tests {
                     [(0, 4 + step), (1, 2 + step)].into_iter().filter(|&(_, t)| t < s.seq).collect();
                 run(&mut kc, &mut vc, &mut got, &batch);
             }
-            for (a, b) in got.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-5);
+            assert_eq!(be.dtype(&kc), dtype);
+            for (a, b) in got.iter().zip(want.iter()) {
+                assert!((a - b).abs() < 1e-5, "{dtype}: {a} vs {b}");
             }
         }
     }

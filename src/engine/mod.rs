@@ -8,12 +8,14 @@ use std::borrow::Cow;
 
 pub mod cpu;
 pub mod device;
+pub mod dtype;
 pub mod fastmath;
 #[cfg(test)]
 pub mod gradcheck;
 pub mod profile;
 
 pub use device::{Device, OnDevice};
+pub use dtype::DType;
 
 /// Shape of a causal self-attention call over a fused `qkv` buffer laid out
 /// `[batch, seq, (heads + 2 * kv_heads) * head_dim]`: all query heads, then
@@ -95,7 +97,11 @@ impl Dropout {
 }
 
 /// Shape and layout of `out[m,n] (+)= op(a)[m,k] · op(b)[k,n]`, all
-/// row-major with row strides `lda`, `ldb`, `ldo` as stored.
+/// row-major with row strides `lda`, `ldb`, `ldo` as stored, and the
+/// arithmetic: `compute` F32 multiplies the operands' values as stored;
+/// BF16 rounds both operands to bfloat16 first (as PyTorch's autocast
+/// does), multiplies exactly and sums in f32. `out` is f32; the operands
+/// may be stored in any dtype.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Matmul {
     pub m: usize,
@@ -107,6 +113,7 @@ pub struct Matmul {
     pub lda: usize,
     pub ldb: usize,
     pub ldo: usize,
+    pub compute: DType,
 }
 
 impl Matmul {
@@ -114,11 +121,15 @@ impl Matmul {
     pub fn new(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool, accumulate: bool) -> Matmul {
         let lda = if trans_a { m } else { k };
         let ldb = if trans_b { k } else { n };
-        Matmul { m, n, k, trans_a, trans_b, accumulate, lda, ldb, ldo: n }
+        Matmul { m, n, k, trans_a, trans_b, accumulate, lda, ldb, ldo: n, compute: DType::F32 }
     }
     /// The same product with other row strides.
     pub fn strides(self, lda: usize, ldb: usize, ldo: usize) -> Matmul {
         Matmul { lda, ldb, ldo, ..self }
+    }
+    /// The same product in another arithmetic (F32 or BF16).
+    pub fn compute(self, compute: DType) -> Matmul {
+        Matmul { compute, ..self }
     }
 }
 
@@ -140,9 +151,14 @@ pub struct AdamWStep {
     pub grad_scale: f32,
 }
 
-/// Device-neutral operations. Buffers are flat `f32` arrays owned by the
-/// backend; shapes are passed explicitly and all matrices are row-major.
-/// Token ids live on the host and are passed as slices.
+/// Device-neutral operations. Buffers are flat arrays of one [`DType`]
+/// owned by the backend; shapes are passed explicitly and all matrices are
+/// row-major. Token ids live on the host and are passed as slices.
+///
+/// Dtypes: every operation takes and writes f32 buffers unless its doc says
+/// otherwise (norms, softmax, the loss and AdamW always accumulate in f32).
+/// Memory operations take any dtype: uploads and writes round f32 values to
+/// the buffer's dtype (to nearest even), downloads give f32 values back.
 ///
 /// Conventions: `*_fwd` overwrite their outputs; parameter gradients are
 /// always accumulated (`+=`) so gradient accumulation needs no extra pass;
@@ -171,9 +187,17 @@ pub trait Backend: Clone + Send + Sync + 'static {
     }
 
     // ---- memory ----
-    /// A buffer of `len` zeros; an error when the device has no room.
-    fn zeros(&self, len: usize) -> Result<Self::Buf>;
-    fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
+    /// A buffer of `len` f32 zeros; an error when the device has no room.
+    fn zeros(&self, len: usize) -> Result<Self::Buf> {
+        self.zeros_as(len, DType::F32)
+    }
+    fn zeros_as(&self, len: usize, dtype: DType) -> Result<Self::Buf>;
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf> {
+        self.upload_as(data, DType::F32)
+    }
+    /// `data` stored as `dtype`.
+    fn upload_as(&self, data: &[f32], dtype: DType) -> Result<Self::Buf>;
+    fn dtype(&self, buf: &Self::Buf) -> DType;
     fn to_host(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     /// The buffer's values on the host: borrowed where the backend's memory
     /// is host memory (no copy of a large model when saving it), else copied.
@@ -198,8 +222,10 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+    /// Elements (of any dtype).
     fn len(&self, buf: &Self::Buf) -> usize;
     fn fill(&self, buf: &mut Self::Buf, value: f32);
+    /// Any dtype; both the same.
     fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf);
 
     // ---- elementwise ----
@@ -217,6 +243,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// `out[m,n] (+)= op(a)[m,k] · op(b)[k,n]` where `a` is stored `[m,k]`
     /// (or `[k,m]` when `trans_a`) and `b` is stored `[k,n]` (or `[n,k]` when
     /// `trans_b`). `accumulate` adds to `out` instead of overwriting it.
+    /// In f32 arithmetic; [`Backend::matmul_strided`] takes the arithmetic too.
     fn matmul(
         &self,
         out: &mut Self::Buf,
@@ -232,7 +259,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
         self.matmul_strided(out, a, b, Matmul::new(m, n, k, trans_a, trans_b, accumulate));
     }
     /// [`Backend::matmul`] with explicit row strides (leading dimensions),
-    /// for working on a block of a wider matrix.
+    /// for working on a block of a wider matrix, and the arithmetic
+    /// ([`Matmul::compute`]). `a` and `b` may be of any dtype; `out` is f32.
     fn matmul_strided(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, mm: Matmul);
     /// `out[r, :] += bias` for each of `rows` rows.
     fn add_bias(&self, out: &mut Self::Buf, bias: &Self::Buf, rows: usize, cols: usize);
@@ -380,7 +408,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// position, then its query attends to the slot's positions up to its
     /// own (one row of scores at a time: no `seq x seq` matrix). A
     /// prompt is consecutive rows of one slot; a decoding step of a batch is
-    /// one row per slot.
+    /// one row per slot. The caches may be f32 or bf16 (keys and values are
+    /// rounded as they are stored; scores and sums are f32).
     fn attention_cached(
         &self,
         out: &mut Self::Buf,

@@ -9,7 +9,7 @@ use super::activations::{BlockActs, MlpActs};
 use super::config::ModelConfig;
 use super::gpt::{Attend, Gpt, NormStats};
 use crate::engine::device::check_fits;
-use crate::engine::{Backend, CacheRow, Dropout};
+use crate::engine::{Backend, CacheRow, DType, Dropout};
 use anyhow::Result;
 
 pub struct KvCache<B: Backend> {
@@ -42,15 +42,25 @@ struct Buffers<T> {
 }
 
 impl<T> Buffers<T> {
-    fn build(cfg: &ModelConfig, slots: usize, mut alloc: impl FnMut(usize) -> Result<T>) -> Result<Self> {
+    /// `alloc(len, dtype)`: the keys and values in `kv`, the rest f32.
+    fn build(
+        cfg: &ModelConfig,
+        slots: usize,
+        kv: DType,
+        mut alloc: impl FnMut(usize, DType) -> Result<T>,
+    ) -> Result<Self> {
         let (cap, c) = (cfg.block_size, cfg.n_embd);
-        let kv = cfg.attn_shape(1, 1).kv_width();
+        let (kv, dt) = (cfg.attn_shape(1, 1).kv_width(), kv);
         // Scratch rows: a whole prompt of one sequence, or one row per
         // sequence; none for a cache of no sequences.
         let rows = if slots == 0 { 0 } else { cap.max(slots) };
+        let (kv_len, kv_dtype) = (kv, dt);
+        let k = (0..cfg.n_layer).map(|_| alloc(slots * cap * kv_len, kv_dtype)).collect::<Result<_>>()?;
+        let v = (0..cfg.n_layer).map(|_| alloc(slots * cap * kv_len, kv_dtype)).collect::<Result<_>>()?;
+        let mut alloc = |len: usize| alloc(len, DType::F32);
         Ok(Buffers {
-            k: (0..cfg.n_layer).map(|_| alloc(slots * cap * kv)).collect::<Result<_>>()?,
-            v: (0..cfg.n_layer).map(|_| alloc(slots * cap * kv)).collect::<Result<_>>()?,
+            k,
+            v,
             x: alloc(rows * c)?,
             y: alloc(rows * c)?,
             block: BlockActs::build(cfg, rows, 0, &mut alloc)?,
@@ -65,15 +75,15 @@ impl<T> Buffers<T> {
     }
 }
 
-/// Bytes a cache for `slots` sequences of a model takes (f32 buffers).
-fn cache_bytes(cfg: &ModelConfig, slots: usize) -> usize {
-    let mut floats = 0;
-    Buffers::build(cfg, slots, |len| {
-        floats += len;
+/// Bytes a cache for `slots` sequences of a model takes, keys and values in `kv`.
+fn cache_bytes(cfg: &ModelConfig, slots: usize, kv: DType) -> usize {
+    let mut bytes = 0;
+    Buffers::build(cfg, slots, kv, |len, dtype| {
+        bytes += len * dtype.bytes();
         Ok(())
     })
     .expect("counting cannot fail");
-    floats * 4
+    bytes
 }
 
 impl<B: Backend> KvCache<B> {
@@ -82,8 +92,9 @@ impl<B: Backend> KvCache<B> {
     pub fn new(model: &Gpt<B>, slots: usize) -> Result<Self> {
         let cfg = &model.cfg;
         let what = format!("a KV cache for {slots} sequences of {} tokens", cfg.block_size);
-        check_fits(cache_bytes(cfg, slots), model.be.available_memory(), &what, "decode fewer sequences at once")?;
-        let bufs = Buffers::build(cfg, slots, |len| model.be.zeros(len))?;
+        let kv = model.kv_dtype;
+        check_fits(cache_bytes(cfg, slots, kv), model.be.available_memory(), &what, "decode fewer sequences at once")?;
+        let bufs = Buffers::build(cfg, slots, kv, |len, dtype| model.be.zeros_as(len, dtype))?;
         Ok(KvCache { bufs, lens: vec![0; slots], capacity: cfg.block_size })
     }
 

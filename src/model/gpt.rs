@@ -10,7 +10,7 @@ use super::config::{ModelConfig, NormKind, PosEncoding};
 use super::params::{init_params, BlockIdx, Layout, LinearIdx, NormIdx};
 use super::positions;
 use crate::engine::fastmath::mix64;
-use crate::engine::{AttnShape, Backend, CacheRow, Dropout, Matmul, IGNORE_TARGET};
+use crate::engine::{AttnShape, Backend, CacheRow, DType, Dropout, Matmul, IGNORE_TARGET};
 use anyhow::Result;
 
 /// A model: configuration, parameter layout, parameter buffers and the
@@ -20,6 +20,12 @@ pub struct Gpt<B: Backend> {
     pub cfg: ModelConfig,
     pub layout: Layout,
     pub params: Vec<B::Buf>,
+    /// Arithmetic of the matrix multiplies (F32, or BF16 for mixed
+    /// precision); everything else computes in f32.
+    pub compute: DType,
+    /// What a KV cache of this model stores its keys and values in (F32 or
+    /// BF16: half the bytes each decoding step reads).
+    pub kv_dtype: DType,
     /// The sinusoidal position table (`[block_size, n_embd]`).
     sinusoid: Option<B::Buf>,
     /// Rotary cos and sin tables (`[block_size, head_dim / 2]` each).
@@ -59,9 +65,20 @@ impl<B: Backend> Gpt<B> {
     }
 
     pub fn from_host(be: B, cfg: ModelConfig, host: &[Vec<f32>]) -> Result<Self> {
+        Self::from_host_as(be, cfg, host, DType::F32)
+    }
+
+    /// A model with its weight matrices stored as `weights` (bf16: half the
+    /// memory and half the bytes each decoding step reads); vectors (norms,
+    /// biases) stay f32. Matmuls widen bf16 weights exactly.
+    pub fn from_host_as(be: B, cfg: ModelConfig, host: &[Vec<f32>], weights: DType) -> Result<Self> {
         let layout = Layout::new(&cfg);
         assert_eq!(host.len(), layout.specs.len());
-        let params = host.iter().map(|p| be.upload(p)).collect::<Result<_>>()?;
+        let params = host
+            .iter()
+            .zip(&layout.specs)
+            .map(|(p, s)| be.upload_as(p, if s.shape.len() >= 2 { weights } else { DType::F32 }))
+            .collect::<Result<_>>()?;
         let sinusoid = match cfg.pos {
             PosEncoding::Sinusoidal => Some(be.upload(&positions::sinusoidal(cfg.block_size, cfg.n_embd))?),
             _ => None,
@@ -73,7 +90,7 @@ impl<B: Backend> Gpt<B> {
             }
             _ => None,
         };
-        Ok(Gpt { be, cfg, layout, params, sinusoid, rope })
+        Ok(Gpt { be, cfg, layout, params, compute: DType::F32, kv_dtype: DType::F32, sinusoid, rope })
     }
 
     pub fn params_to_host(&self) -> Result<Vec<Vec<f32>>> {
@@ -107,10 +124,15 @@ impl<B: Backend> Gpt<B> {
 
     /// `out = inp · W^T (+ b)` for `rows` rows.
     pub(crate) fn linear(&self, out: &mut B::Buf, inp: &B::Buf, lin: LinearIdx, rows: usize, ic: usize, oc: usize) {
-        self.be.matmul(out, inp, self.p(lin.w), rows, oc, ic, false, true, false);
+        self.be.matmul_strided(out, inp, self.p(lin.w), self.mm(rows, oc, ic, false, true, false));
         if let Some(b) = lin.b {
             self.be.add_bias(out, self.p(b), rows, oc);
         }
+    }
+
+    /// A contiguous matmul in the model's arithmetic.
+    fn mm(&self, m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool, accumulate: bool) -> Matmul {
+        Matmul::new(m, n, k, trans_a, trans_b, accumulate).compute(self.compute)
     }
 
     /// LayerNorm or RMSNorm over `rows` rows of `n_embd`.
@@ -137,7 +159,7 @@ impl<B: Backend> Gpt<B> {
     /// columns are never read, so never computed).
     pub(crate) fn head(&self, logits: &mut B::Buf, x: &B::Buf, rows: usize) {
         let (c, v, pv) = (self.cfg.n_embd, self.cfg.vocab_size, self.cfg.padded_vocab);
-        let mm = Matmul::new(rows, v, c, false, true, false).strides(c, c, pv);
+        let mm = self.mm(rows, v, c, false, true, false).strides(c, c, pv);
         self.be.matmul_strided(logits, x, self.p(self.layout.head), mm);
     }
 
@@ -266,13 +288,13 @@ impl<B: Backend> Gpt<B> {
             &mut acts.d_c,
             &acts.logits,
             self.p(lay.head),
-            Matmul::new(n, c, v, false, false, false).strides(pv, c, c),
+            self.mm(n, c, v, false, false, false).strides(pv, c, c),
         );
         be.matmul_strided(
             &mut grads[lay.head],
             &acts.logits,
             &acts.lnf,
-            Matmul::new(v, c, n, true, false, true).strides(pv, c, c),
+            self.mm(v, c, n, true, false, true).strides(pv, c, c),
         );
         be.fill(&mut acts.d_res, 0.0);
         let last = &acts.outputs[cfg.n_layer - 1];
@@ -412,8 +434,8 @@ impl<B: Backend> Gpt<B> {
         oc: usize,
     ) {
         let be = &self.be;
-        be.matmul(dinp, dout, self.p(lin.w), rows, ic, oc, false, false, false);
-        be.matmul(&mut grads[lin.w], dout, inp, oc, ic, rows, true, false, true);
+        be.matmul_strided(dinp, dout, self.p(lin.w), self.mm(rows, ic, oc, false, false, false));
+        be.matmul_strided(&mut grads[lin.w], dout, inp, self.mm(oc, ic, rows, true, false, true));
         if let Some(b) = lin.b {
             be.bias_backward(&mut grads[b], dout, rows, oc);
         }
@@ -490,7 +512,7 @@ mod tests {
         let mut g = model.zeros_like_params().unwrap();
         model.forward(&mut acts, &x, Some(&y), Some(1.0), drop).unwrap();
         model.backward(&mut acts, &mut g, &x, drop);
-        g
+        g.iter().map(|b| b.to_vec()).collect()
     }
 
     #[test]
@@ -510,6 +532,29 @@ mod tests {
                 });
                 model.params[i] = p;
             }
+        }
+    }
+
+    #[test]
+    fn bf16_matmuls_stay_close_to_f32() {
+        for cfg in test_variants() {
+            let mut model = Gpt::new(Cpu, cfg.clone(), 3).unwrap();
+            let (x, y) = batch(&cfg);
+            let run = |model: &Gpt<Cpu>| {
+                let mut acts = Activations::<Cpu>::new(&model.be, &model.cfg, B, T, Recompute::None).unwrap();
+                let loss = model.forward(&mut acts, &x, Some(&y), None, Dropout::OFF).unwrap().unwrap();
+                (loss, grads(model, Recompute::None, Dropout::OFF))
+            };
+            let (loss32, g32) = run(&model);
+            model.compute = DType::BF16;
+            let (loss16, g16) = run(&model);
+            assert!(((loss16 - loss32) / loss32).abs() < 1e-2, "{:?}: loss {loss16} vs {loss32}", cfg.pos);
+            let (a, b): (Vec<f32>, Vec<f32>) = (g32.concat(), g16.concat());
+            let dot: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            let cos = dot / (norm(&a) * norm(&b));
+            assert!(cos > 0.999, "{:?}: gradient cosine {cos}", cfg.pos);
+            assert_ne!(a, b, "bf16 arithmetic changed nothing: not wired in");
         }
     }
 

@@ -5,6 +5,7 @@
 use crate::checkpoint::CheckpointConfig;
 use crate::data::units::{parse_scaled, COUNT_SUFFIXES};
 use crate::data::{OpenAiVocab, Tokenizer};
+use crate::engine::DType;
 use crate::model::config::{pad_vocab, MlpKind, ModelConfig, NormKind, PosEncoding};
 use crate::model::Recompute;
 use anyhow::{anyhow, bail, Result};
@@ -64,6 +65,10 @@ pub struct TrainConfig {
     pub vocab_size: Option<usize>,
     /// Activation recomputation: `none`, `mlp` or `block` (less memory, more compute).
     pub recompute: Recompute,
+    /// Arithmetic of the matrix multiplies: `f32`, or `bf16` (mixed
+    /// precision as PyTorch's autocast: f32 weights and optimizer state,
+    /// matmul inputs rounded to bf16, f32 accumulation).
+    pub dtype: DType,
     // ---- batch ----
     pub batch_size: usize,
     pub grad_accum: usize,
@@ -111,6 +116,7 @@ impl Default for TrainConfig {
             dropout_final: None,
             vocab_size: None,
             recompute: Recompute::None,
+            dtype: DType::F32,
             batch_size: 12,
             grad_accum: 1,
             max_iters: 2000,
@@ -485,6 +491,9 @@ impl TrainConfig {
             bail!("n_embd ({}) must be divisible by n_head ({})", m.n_embd, m.n_head);
         }
         m.validate()?;
+        if self.dtype == DType::F16 {
+            bail!("dtype f16 is for stored weights (`ferrite convert`); training computes in f32 or bf16");
+        }
         // Bounds that keep every count of a step far from overflowing; the
         // memory a run needs is checked against the machine before it starts.
         let big = [

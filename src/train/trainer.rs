@@ -127,12 +127,13 @@ impl<B: Backend> Trainer<B> {
 
     fn assemble(
         cfg: TrainConfig,
-        model: Gpt<B>,
+        mut model: Gpt<B>,
         opt: AdamW<B>,
         tokenizer: Tokenizer,
         data: Dataset,
         state: TrainState,
     ) -> Result<Self> {
+        model.compute = cfg.dtype;
         let acts = Activations::<B>::new(&model.be, &model.cfg, cfg.batch_size, cfg.model.block_size, cfg.recompute)?;
         let run_dir = PathBuf::from(&cfg.out_dir);
         Ok(Trainer { cfg, model, opt, tokenizer, data, state, acts, run_dir, resumed_from: None, x: vec![], y: vec![] })

@@ -189,11 +189,47 @@ pub fn attention_bwd(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], stats: &[f32],
 
 /// Inference over a multi-sequence cache (see `Backend::attention_cached`).
 #[allow(clippy::too_many_arguments)]
-pub fn attention_cached(
+/// What a KV cache stores: f32, or bf16 bits (half the bytes to stream
+/// per decoding step, which is memory-bound).
+pub trait CacheElem: Copy + Send + Sync {
+    fn store(dst: &mut [Self], src: &[f32]);
+    fn dot(q: &[f32], k: &[Self]) -> f32;
+    fn axpy(y: &mut [f32], a: f32, v: &[Self]);
+}
+
+impl CacheElem for f32 {
+    fn store(dst: &mut [f32], src: &[f32]) {
+        dst.copy_from_slice(src)
+    }
+    #[inline(always)]
+    fn dot(q: &[f32], k: &[f32]) -> f32 {
+        dot(q, k)
+    }
+    #[inline(always)]
+    fn axpy(y: &mut [f32], a: f32, v: &[f32]) {
+        axpy(y, a, v)
+    }
+}
+
+impl CacheElem for u16 {
+    fn store(dst: &mut [u16], src: &[f32]) {
+        crate::engine::dtype::encode16(src, dst, crate::engine::DType::BF16)
+    }
+    #[inline(always)]
+    fn dot(q: &[f32], k: &[u16]) -> f32 {
+        fastmath::dot_bf16(q, k)
+    }
+    #[inline(always)]
+    fn axpy(y: &mut [f32], a: f32, v: &[u16]) {
+        fastmath::axpy_bf16(y, a, v)
+    }
+}
+
+pub fn attention_cached<E: CacheElem>(
     out: &mut [f32],
     qkv: &[f32],
-    k_cache: &mut [f32],
-    v_cache: &mut [f32],
+    k_cache: &mut [E],
+    v_cache: &mut [E],
     rows: &[CacheRow],
     capacity: usize,
     s: AttnShape,
@@ -204,8 +240,8 @@ pub fn attention_cached(
     for (i, r) in rows.iter().enumerate() {
         assert!(r.pos < capacity && k_cache.len() >= at(r) + kvw, "KV cache overflow");
         let src = &qkv[i * w..(i + 1) * w];
-        k_cache[at(r)..][..kvw].copy_from_slice(&src[ow..ow + kvw]);
-        v_cache[at(r)..][..kvw].copy_from_slice(&src[ow + kvw..]);
+        E::store(&mut k_cache[at(r)..][..kvw], &src[ow..ow + kvw]);
+        E::store(&mut v_cache[at(r)..][..kvw], &src[ow + kvw..]);
     }
     let (kc, vc) = (&*k_cache, &*v_cache);
     // One task: a row's heads `h0..h1`. It walks the row's cached positions
@@ -223,7 +259,7 @@ pub fn attention_cached(
                 let keys = &kc[cache + t2 * kvw..][..kvw];
                 for h in h0..h1 {
                     let g = h / s.group();
-                    scores[(h - h0) * n + t2] = dot(&q[h * hd..][..hd], &keys[g * hd..][..hd]) * scale;
+                    scores[(h - h0) * n + t2] = E::dot(&q[h * hd..][..hd], &keys[g * hd..][..hd]) * scale;
                 }
             }
             for p in scores.chunks_exact_mut(n) {
@@ -239,7 +275,7 @@ pub fn attention_cached(
                 let values = &vc[cache + t2 * kvw..][..kvw];
                 for h in h0..h1 {
                     let g = h / s.group();
-                    axpy(&mut o[(h - h0) * hd..][..hd], scores[(h - h0) * n + t2], &values[g * hd..][..hd]);
+                    E::axpy(&mut o[(h - h0) * hd..][..hd], scores[(h - h0) * n + t2], &values[g * hd..][..hd]);
                 }
             }
         })

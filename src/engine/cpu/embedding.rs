@@ -1,17 +1,15 @@
 //! Token (+ position) embedding lookup and its scatter-add backward.
 
+use super::CpuBuf;
 use rayon::prelude::*;
 
-pub fn embedding_fwd(out: &mut [f32], wte: &[f32], wpe: Option<&[f32]>, tokens: &[u32], positions: &[u32], c: usize) {
+/// The tables may be of any dtype (bf16 weights for inference).
+pub fn embedding_fwd(out: &mut [f32], wte: &CpuBuf, wpe: Option<&CpuBuf>, tokens: &[u32], positions: &[u32], c: usize) {
     assert_eq!(tokens.len(), positions.len());
     out[..tokens.len() * c].par_chunks_mut(c).enumerate().for_each(|(i, o)| {
-        let tok = tokens[i] as usize;
-        o.copy_from_slice(&wte[tok * c..(tok + 1) * c]);
+        wte.row_into(tokens[i] as usize, o, false);
         if let Some(wpe) = wpe {
-            let pos = positions[i] as usize;
-            for (o, p) in o.iter_mut().zip(&wpe[pos * c..(pos + 1) * c]) {
-                *o += p;
-            }
+            wpe.row_into(positions[i] as usize, o, true);
         }
     });
 }

@@ -1,8 +1,9 @@
 //! Matrix multiply through the `gemm` crate, which reaches the fp32 peak of
 //! the host; bias helpers.
 
-use super::skinny;
-use crate::engine::{fastmath, Matmul};
+use super::gemm_bf16::{self, Src};
+use super::{skinny, CpuBuf};
+use crate::engine::{fastmath, DType, Matmul};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -14,15 +15,48 @@ const PARALLEL_MIN_FLOPS: usize = 1 << 15;
 /// microkernel's tile edge), so no thread gets a ragged tile in the middle.
 const SPLIT_ALIGN: usize = 16;
 
-/// `out[m,n] (+)= op(a)[m,k] · op(b)[k,n]`, row-major storage with the
-/// row strides of `mm`.
+/// The product of `mm` on operands of any dtype: bf16 arithmetic through
+/// [`gemm_bf16`]; f32 arithmetic on f32 operands through [`matmul`], on
+/// 16-bit ones by widening them to f32 first.
+pub fn matmul_any(out: &mut [f32], a: &CpuBuf, b: &CpuBuf, mm: Matmul) {
+    fn src(x: &CpuBuf) -> Src<'_> {
+        match x {
+            CpuBuf::F32(v) => Src::F32(v),
+            CpuBuf::BF16(v) => Src::BF16(v),
+            CpuBuf::F16(v) => Src::F16(v),
+        }
+    }
+    match (mm.compute, a, b) {
+        (DType::BF16, a, b) => gemm_bf16::matmul(out, src(a), src(b), mm),
+        (_, CpuBuf::F32(a), CpuBuf::F32(b)) => matmul(out, a, b, mm),
+        // Decoding with bf16 weights: a few rows against `Wᵀ`.
+        (_, CpuBuf::F32(a), CpuBuf::BF16(b)) if !mm.trans_a && mm.trans_b && skinny::ROWS.contains(&mm.m) => {
+            let Matmul { m, n, k, lda, ldb, ldo, accumulate, .. } = mm;
+            if m > 0 && n > 0 {
+                skinny::matmul_nt_bf16(out, a, b, m, n, k, lda, ldb, ldo, accumulate);
+            }
+        }
+        (_, a, b) => {
+            fn wide(x: &CpuBuf) -> std::borrow::Cow<'_, [f32]> {
+                match x {
+                    CpuBuf::F32(v) => std::borrow::Cow::Borrowed(&v[..]),
+                    _ => std::borrow::Cow::Owned(x.read_f32(0, x.len())),
+                }
+            }
+            matmul(out, &wide(a), &wide(b), mm)
+        }
+    }
+}
+
+/// `out[m,n] (+)= op(a)[m,k] · op(b)[k,n]` in f32, row-major storage with
+/// the row strides of `mm`.
 ///
 /// Threads split the larger output dimension into contiguous blocks and run
 /// one single-threaded gemm each. Measured against gemm's own rayon mode on
 /// 2 cores, this is as fast on large products and up to 1.4x faster on the
 /// small and transposed (weight-gradient) ones a training step is made of.
 pub fn matmul(out: &mut [f32], a: &[f32], b: &[f32], mm: Matmul) {
-    let Matmul { m, n, k, trans_a, trans_b, accumulate, lda, ldb, ldo } = mm;
+    let Matmul { m, n, k, trans_a, trans_b, accumulate, lda, ldb, ldo, .. } = mm;
     if m == 0 || n == 0 {
         return;
     }

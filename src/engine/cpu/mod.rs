@@ -4,7 +4,9 @@
 
 mod activation;
 mod attention;
+mod buffer;
 mod embedding;
+mod gemm_bf16;
 mod loss;
 mod matmul;
 mod norm;
@@ -13,7 +15,9 @@ mod rope;
 mod scratch;
 mod skinny;
 
-use super::{fastmath, profile, Activation, AdamWStep, AttnShape, Backend, CacheRow, Dropout, Matmul};
+pub use buffer::CpuBuf;
+
+use super::{fastmath, profile, Activation, AdamWStep, AttnShape, Backend, CacheRow, DType, Dropout, Matmul};
 use anyhow::Result;
 use rayon::prelude::*;
 use std::borrow::Cow;
@@ -73,44 +77,71 @@ fn available_host_memory() -> Option<u64> {
     (pages > 0 && size > 0).then(|| pages as u64 * size as u64)
 }
 
-fn out_of_memory(len: usize) -> anyhow::Error {
-    anyhow::anyhow!("out of memory: cannot allocate {:.1} MiB", len as f64 * 4.0 / (1u64 << 20) as f64)
+fn out_of_memory<T>(len: usize) -> anyhow::Error {
+    let mib = len as f64 * std::mem::size_of::<T>() as f64 / (1u64 << 20) as f64;
+    anyhow::anyhow!("out of memory: cannot allocate {mib:.1} MiB")
 }
 
-/// Room for `len` floats, or an error saying how much did not fit (where
+/// Room for `len` values, or an error saying how much did not fit (where
 /// `vec!` would abort the process).
-fn allocate(len: usize) -> Result<Vec<f32>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| out_of_memory(len))?;
+fn allocate<T>(len: usize) -> Result<Vec<T>> {
+    let mut v: Vec<T> = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| out_of_memory::<T>(len))?;
+    huge_pages(v.as_mut_ptr().cast(), len * std::mem::size_of::<T>());
     Ok(v)
 }
+
+/// Numbers whose zero is all zero bits.
+trait Zeroable: Copy {}
+impl Zeroable for f32 {}
+impl Zeroable for u16 {}
 
 /// `len` zeros from zeroed memory, as `vec![0.0; len]` does: the pages are
 /// touched only when written, so a large KV cache costs memory only for the
 /// positions it holds.
-fn zeroed(len: usize) -> Result<Vec<f32>> {
+fn zeroed<T: Zeroable>(len: usize) -> Result<Vec<T>> {
     if len == 0 {
         return Ok(Vec::new());
     }
-    let layout = std::alloc::Layout::array::<f32>(len).map_err(|_| out_of_memory(len))?;
+    let layout = std::alloc::Layout::array::<T>(len).map_err(|_| out_of_memory::<T>(len))?;
     // SAFETY: the layout has a non-zero size; a non-null result is `len`
-    // zeroed f32s (0.0 is all zero bits) from the global allocator with
-    // exactly the layout a `Vec<f32>` of capacity `len` frees.
+    // zeroed values (zero is all zero bits for a `Zeroable`) from the global
+    // allocator with exactly the layout a `Vec<T>` of capacity `len` frees.
     unsafe {
-        let ptr = std::alloc::alloc_zeroed(layout).cast::<f32>();
+        let ptr = std::alloc::alloc_zeroed(layout).cast::<T>();
         if ptr.is_null() {
-            return Err(out_of_memory(len));
+            return Err(out_of_memory::<T>(len));
         }
+        huge_pages(ptr.cast(), layout.size());
         Ok(Vec::from_raw_parts(ptr, len, len))
     }
 }
 
-/// The CPU backend. Buffers are plain `Vec<f32>`.
+/// Asks Linux to back a large buffer with 2 MiB pages (where transparent
+/// huge pages are on `madvise`, as on most distributions): kernels that walk
+/// a matrix down its columns (a transposed operand, the rows of a KV cache)
+/// touch a new 4 KiB page every row, and the page walks cost more than the
+/// arithmetic. A hint: nothing changes where it is refused.
+fn huge_pages(ptr: *mut u8, bytes: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = (ptr as usize).next_multiple_of(HUGE);
+        let end = (ptr as usize + bytes) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: the range lies inside the allocation just made; the
+            // advice changes no contents.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+}
+
+/// The CPU backend. Buffers are [`CpuBuf`]s: vectors of f32 or 16-bit values.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;
 
 impl Backend for Cpu {
-    type Buf = Vec<f32>;
+    type Buf = CpuBuf;
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
@@ -126,33 +157,50 @@ impl Backend for Cpu {
         rayon::current_num_threads() * 3 * shape.seq * shape.seq * 4
     }
 
-    fn zeros(&self, len: usize) -> Result<Vec<f32>> {
-        zeroed(len)
+    fn zeros_as(&self, len: usize, dtype: DType) -> Result<CpuBuf> {
+        Ok(match dtype {
+            DType::F32 => CpuBuf::F32(zeroed(len)?),
+            DType::BF16 => CpuBuf::BF16(zeroed(len)?),
+            DType::F16 => CpuBuf::F16(zeroed(len)?),
+        })
     }
-    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
-        let mut v = allocate(data.len())?;
-        v.extend_from_slice(data);
-        Ok(v)
+    fn upload_as(&self, data: &[f32], dtype: DType) -> Result<CpuBuf> {
+        if dtype == DType::F32 {
+            let mut v = allocate(data.len())?;
+            v.extend_from_slice(data);
+            return Ok(CpuBuf::F32(v));
+        }
+        let mut v = allocate::<u16>(data.len())?;
+        v.resize(data.len(), 0);
+        v.par_chunks_mut(CHUNK).zip(data.par_chunks(CHUNK)).for_each(|(d, s)| super::dtype::encode16(s, d, dtype));
+        Ok(if dtype == DType::BF16 { CpuBuf::BF16(v) } else { CpuBuf::F16(v) })
     }
-    fn to_host(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
-        self.upload(buf)
+    fn dtype(&self, buf: &CpuBuf) -> DType {
+        buf.dtype()
     }
-    fn view<'a>(&self, buf: &'a Vec<f32>) -> Result<Cow<'a, [f32]>> {
-        Ok(Cow::Borrowed(buf))
+    fn to_host(&self, buf: &CpuBuf) -> Result<Vec<f32>> {
+        self.read_range(buf, 0, buf.len())
     }
-    fn read_range(&self, buf: &Vec<f32>, offset: usize, len: usize) -> Result<Vec<f32>> {
+    fn view<'a>(&self, buf: &'a CpuBuf) -> Result<Cow<'a, [f32]>> {
+        match buf {
+            CpuBuf::F32(v) => Ok(Cow::Borrowed(v)),
+            _ => Ok(Cow::Owned(self.to_host(buf)?)),
+        }
+    }
+    fn read_range(&self, buf: &CpuBuf, offset: usize, len: usize) -> Result<Vec<f32>> {
         #[cfg(test)]
         faults::check()?;
-        self.upload(&buf[offset..offset + len])
+        allocate::<f32>(len)?;
+        Ok(buf.read_f32(offset, len))
     }
-    fn write(&self, buf: &mut Vec<f32>, data: &[f32]) -> Result<()> {
-        buf[..data.len()].copy_from_slice(data);
+    fn write(&self, buf: &mut CpuBuf, data: &[f32]) -> Result<()> {
+        buf.write_f32(data);
         Ok(())
     }
-    fn len(&self, buf: &Vec<f32>) -> usize {
+    fn len(&self, buf: &CpuBuf) -> usize {
         buf.len()
     }
-    fn fill(&self, buf: &mut Vec<f32>, value: f32) {
+    fn fill(&self, buf: &mut CpuBuf, value: f32) {
         profile::time(
             || "fill".into(),
             || {
@@ -160,16 +208,22 @@ impl Backend for Cpu {
             },
         )
     }
-    fn copy(&self, dst: &mut Vec<f32>, src: &Vec<f32>) {
+    fn copy(&self, dst: &mut CpuBuf, src: &CpuBuf) {
         profile::time(
             || "copy".into(),
-            || {
-                dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
+            || match (dst, src) {
+                (CpuBuf::F32(d), CpuBuf::F32(s)) => {
+                    d.par_chunks_mut(CHUNK).zip(s.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s))
+                }
+                (CpuBuf::BF16(d), CpuBuf::BF16(s)) | (CpuBuf::F16(d), CpuBuf::F16(s)) => {
+                    d.par_chunks_mut(CHUNK).zip(s.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s))
+                }
+                (d, s) => panic!("copy: {} into {}: the dtypes must match", s.dtype(), d.dtype()),
             },
         )
     }
 
-    fn add(&self, out: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>, n: usize) {
+    fn add(&self, out: &mut CpuBuf, a: &CpuBuf, b: &CpuBuf, n: usize) {
         profile::time(
             || "residual add".into(),
             || {
@@ -183,7 +237,7 @@ impl Backend for Cpu {
             },
         )
     }
-    fn add_assign(&self, dst: &mut Vec<f32>, src: &Vec<f32>, n: usize) {
+    fn add_assign(&self, dst: &mut CpuBuf, src: &CpuBuf, n: usize) {
         profile::time(
             || "add_assign".into(),
             || {
@@ -195,7 +249,7 @@ impl Backend for Cpu {
             },
         )
     }
-    fn sum_squares(&self, buf: &Vec<f32>) -> Result<f64> {
+    fn sum_squares(&self, buf: &CpuBuf) -> Result<f64> {
         profile::time(
             || "grad norm".into(),
             || {
@@ -205,7 +259,7 @@ impl Backend for Cpu {
             },
         )
     }
-    fn dropout(&self, buf: &mut Vec<f32>, drop: Dropout) {
+    fn dropout(&self, buf: &mut CpuBuf, drop: Dropout) {
         profile::time(
             || "dropout".into(),
             || {
@@ -223,15 +277,15 @@ impl Backend for Cpu {
         )
     }
 
-    fn matmul_strided(&self, out: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>, mm: Matmul) {
+    fn matmul_strided(&self, out: &mut CpuBuf, a: &CpuBuf, b: &CpuBuf, mm: Matmul) {
         profile::time(
             || matmul_name(mm),
             || {
-                matmul::matmul(out, a, b, mm);
+                matmul::matmul_any(out, a, b, mm);
             },
         )
     }
-    fn add_bias(&self, out: &mut Vec<f32>, bias: &Vec<f32>, rows: usize, cols: usize) {
+    fn add_bias(&self, out: &mut CpuBuf, bias: &CpuBuf, rows: usize, cols: usize) {
         profile::time(
             || "bias".into(),
             || {
@@ -239,7 +293,7 @@ impl Backend for Cpu {
             },
         )
     }
-    fn bias_backward(&self, dbias: &mut Vec<f32>, dout: &Vec<f32>, rows: usize, cols: usize) {
+    fn bias_backward(&self, dbias: &mut CpuBuf, dout: &CpuBuf, rows: usize, cols: usize) {
         profile::time(
             || "bias backward".into(),
             || {
@@ -250,9 +304,9 @@ impl Backend for Cpu {
 
     fn embedding_fwd(
         &self,
-        out: &mut Vec<f32>,
-        wte: &Vec<f32>,
-        wpe: Option<&Vec<f32>>,
+        out: &mut CpuBuf,
+        wte: &CpuBuf,
+        wpe: Option<&CpuBuf>,
         tokens: &[u32],
         positions: &[u32],
         channels: usize,
@@ -260,15 +314,15 @@ impl Backend for Cpu {
         profile::time(
             || "embedding".into(),
             || {
-                embedding::embedding_fwd(out, wte, wpe.map(|w| &w[..]), tokens, positions, channels);
+                embedding::embedding_fwd(out, wte, wpe, tokens, positions, channels);
             },
         )
     }
     fn embedding_bwd(
         &self,
-        dwte: &mut Vec<f32>,
-        dwpe: Option<&mut Vec<f32>>,
-        dout: &Vec<f32>,
+        dwte: &mut CpuBuf,
+        dwpe: Option<&mut CpuBuf>,
+        dout: &CpuBuf,
         tokens: &[u32],
         positions: &[u32],
         channels: usize,
@@ -283,12 +337,12 @@ impl Backend for Cpu {
 
     fn layernorm_fwd(
         &self,
-        out: &mut Vec<f32>,
-        mean: &mut Vec<f32>,
-        rstd: &mut Vec<f32>,
-        inp: &Vec<f32>,
-        weight: &Vec<f32>,
-        bias: Option<&Vec<f32>>,
+        out: &mut CpuBuf,
+        mean: &mut CpuBuf,
+        rstd: &mut CpuBuf,
+        inp: &CpuBuf,
+        weight: &CpuBuf,
+        bias: Option<&CpuBuf>,
         rows: usize,
         channels: usize,
     ) {
@@ -301,14 +355,14 @@ impl Backend for Cpu {
     }
     fn layernorm_bwd(
         &self,
-        dinp: &mut Vec<f32>,
-        dweight: &mut Vec<f32>,
-        dbias: Option<&mut Vec<f32>>,
-        dout: &Vec<f32>,
-        inp: &Vec<f32>,
-        weight: &Vec<f32>,
-        mean: &Vec<f32>,
-        rstd: &Vec<f32>,
+        dinp: &mut CpuBuf,
+        dweight: &mut CpuBuf,
+        dbias: Option<&mut CpuBuf>,
+        dout: &CpuBuf,
+        inp: &CpuBuf,
+        weight: &CpuBuf,
+        mean: &CpuBuf,
+        rstd: &CpuBuf,
         rows: usize,
         channels: usize,
     ) {
@@ -332,10 +386,10 @@ impl Backend for Cpu {
     }
     fn rmsnorm_fwd(
         &self,
-        out: &mut Vec<f32>,
-        rstd: &mut Vec<f32>,
-        inp: &Vec<f32>,
-        weight: &Vec<f32>,
+        out: &mut CpuBuf,
+        rstd: &mut CpuBuf,
+        inp: &CpuBuf,
+        weight: &CpuBuf,
         rows: usize,
         channels: usize,
     ) {
@@ -348,12 +402,12 @@ impl Backend for Cpu {
     }
     fn rmsnorm_bwd(
         &self,
-        dinp: &mut Vec<f32>,
-        dweight: &mut Vec<f32>,
-        dout: &Vec<f32>,
-        inp: &Vec<f32>,
-        weight: &Vec<f32>,
-        rstd: &Vec<f32>,
+        dinp: &mut CpuBuf,
+        dweight: &mut CpuBuf,
+        dout: &CpuBuf,
+        inp: &CpuBuf,
+        weight: &CpuBuf,
+        rstd: &CpuBuf,
         rows: usize,
         channels: usize,
     ) {
@@ -364,7 +418,7 @@ impl Backend for Cpu {
             },
         )
     }
-    fn qk_norm_fwd(&self, out: &mut Vec<f32>, rstd: &mut Vec<f32>, qkv: &Vec<f32>, shape: AttnShape, rows: usize) {
+    fn qk_norm_fwd(&self, out: &mut CpuBuf, rstd: &mut CpuBuf, qkv: &CpuBuf, shape: AttnShape, rows: usize) {
         profile::time(
             || "qk-norm".into(),
             || {
@@ -374,10 +428,10 @@ impl Backend for Cpu {
     }
     fn qk_norm_bwd(
         &self,
-        dqkv: &mut Vec<f32>,
-        dout: &Vec<f32>,
-        qkv: &Vec<f32>,
-        rstd: &Vec<f32>,
+        dqkv: &mut CpuBuf,
+        dout: &CpuBuf,
+        qkv: &CpuBuf,
+        rstd: &CpuBuf,
         shape: AttnShape,
         rows: usize,
     ) {
@@ -389,15 +443,7 @@ impl Backend for Cpu {
         )
     }
 
-    fn rope(
-        &self,
-        qkv: &mut Vec<f32>,
-        cos: &Vec<f32>,
-        sin: &Vec<f32>,
-        shape: AttnShape,
-        positions: &[u32],
-        inverse: bool,
-    ) {
+    fn rope(&self, qkv: &mut CpuBuf, cos: &CpuBuf, sin: &CpuBuf, shape: AttnShape, positions: &[u32], inverse: bool) {
         profile::time(
             || if inverse { "rope backward" } else { "rope" }.into(),
             || {
@@ -406,7 +452,7 @@ impl Backend for Cpu {
         )
     }
 
-    fn activation_fwd(&self, out: &mut Vec<f32>, inp: &Vec<f32>, n: usize, act: Activation) {
+    fn activation_fwd(&self, out: &mut CpuBuf, inp: &CpuBuf, n: usize, act: Activation) {
         profile::time(
             || format!("{act:?}"),
             || {
@@ -414,7 +460,7 @@ impl Backend for Cpu {
             },
         )
     }
-    fn activation_bwd(&self, dinp: &mut Vec<f32>, inp: &Vec<f32>, dout: &Vec<f32>, n: usize, act: Activation) {
+    fn activation_bwd(&self, dinp: &mut CpuBuf, inp: &CpuBuf, dout: &CpuBuf, n: usize, act: Activation) {
         profile::time(
             || format!("{act:?} backward"),
             || {
@@ -422,7 +468,7 @@ impl Backend for Cpu {
             },
         )
     }
-    fn swiglu_fwd(&self, out: &mut Vec<f32>, inp: &Vec<f32>, rows: usize, hidden: usize) {
+    fn swiglu_fwd(&self, out: &mut CpuBuf, inp: &CpuBuf, rows: usize, hidden: usize) {
         profile::time(
             || "swiglu".into(),
             || {
@@ -430,7 +476,7 @@ impl Backend for Cpu {
             },
         )
     }
-    fn swiglu_bwd(&self, dinp: &mut Vec<f32>, inp: &Vec<f32>, dout: &Vec<f32>, rows: usize, hidden: usize) {
+    fn swiglu_bwd(&self, dinp: &mut CpuBuf, inp: &CpuBuf, dout: &CpuBuf, rows: usize, hidden: usize) {
         profile::time(
             || "swiglu backward".into(),
             || {
@@ -439,7 +485,7 @@ impl Backend for Cpu {
         )
     }
 
-    fn attention_fwd(&self, out: &mut Vec<f32>, stats: &mut Vec<f32>, qkv: &Vec<f32>, shape: AttnShape, drop: Dropout) {
+    fn attention_fwd(&self, out: &mut CpuBuf, stats: &mut CpuBuf, qkv: &CpuBuf, shape: AttnShape, drop: Dropout) {
         profile::time(
             || "attention".into(),
             || {
@@ -449,10 +495,10 @@ impl Backend for Cpu {
     }
     fn attention_bwd(
         &self,
-        dqkv: &mut Vec<f32>,
-        dout: &Vec<f32>,
-        qkv: &Vec<f32>,
-        stats: &Vec<f32>,
+        dqkv: &mut CpuBuf,
+        dout: &CpuBuf,
+        qkv: &CpuBuf,
+        stats: &CpuBuf,
         shape: AttnShape,
         drop: Dropout,
     ) {
@@ -465,26 +511,32 @@ impl Backend for Cpu {
     }
     fn attention_cached(
         &self,
-        out: &mut Vec<f32>,
-        qkv: &Vec<f32>,
-        k_cache: &mut Vec<f32>,
-        v_cache: &mut Vec<f32>,
+        out: &mut CpuBuf,
+        qkv: &CpuBuf,
+        k_cache: &mut CpuBuf,
+        v_cache: &mut CpuBuf,
         rows: &[CacheRow],
         capacity: usize,
         shape: AttnShape,
     ) {
         profile::time(
             || "attention (cached)".into(),
-            || {
-                attention::attention_cached(out, qkv, k_cache, v_cache, rows, capacity, shape);
+            || match (k_cache, v_cache) {
+                (CpuBuf::F32(k), CpuBuf::F32(v)) => attention::attention_cached(out, qkv, k, v, rows, capacity, shape),
+                (CpuBuf::BF16(k), CpuBuf::BF16(v)) => {
+                    attention::attention_cached(out, qkv, k, v, rows, capacity, shape)
+                }
+                (k, v) => {
+                    panic!("attention_cached: caches must both be f32 or bf16, not {} and {}", k.dtype(), v.dtype())
+                }
             },
         )
     }
 
     fn cross_entropy(
         &self,
-        losses: &mut Vec<f32>,
-        logits: &mut Vec<f32>,
+        losses: &mut CpuBuf,
+        logits: &mut CpuBuf,
         targets: &[u32],
         rows: usize,
         vocab: usize,
@@ -500,7 +552,7 @@ impl Backend for Cpu {
         )
     }
 
-    fn adamw(&self, param: &mut Vec<f32>, grad: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, step: AdamWStep) {
+    fn adamw(&self, param: &mut CpuBuf, grad: &CpuBuf, m: &mut CpuBuf, v: &mut CpuBuf, step: AdamWStep) {
         profile::time(
             || "adamw".into(),
             || {
@@ -520,7 +572,7 @@ mod tests {
             let err = Cpu.zeros(len).unwrap_err().to_string();
             assert!(err.contains("out of memory"), "{err}");
         }
-        assert_eq!(Cpu.zeros(5).unwrap(), vec![0.0; 5]);
+        assert_eq!(Cpu.zeros(5).unwrap(), CpuBuf::F32(vec![0.0; 5]));
         assert!(Cpu.zeros(0).unwrap().is_empty());
     }
 }

@@ -75,6 +75,46 @@ const TILE_ROWS: usize = if vector::REGISTERS >= 32 { 4 } else { 2 };
 )))]
 const TILE_ROWS: usize = 2;
 
+/// [`matmul_nt`] with the weights `b` in bfloat16 bits (inference with
+/// bf16 weights: half the bytes per decoding step), widened exactly inside
+/// the dot products. Each output is one [`fastmath::dot_bf16`], so a row's
+/// result does not depend on the rows beside it.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_nt_bf16(
+    out: &mut [f32],
+    a: &[f32],
+    b: &[u16],
+    m: usize,
+    n: usize,
+    k: usize,
+    lda: usize,
+    ldb: usize,
+    ldo: usize,
+    accumulate: bool,
+) {
+    assert!(m > 0 && out.len() >= (m - 1) * ldo + n && a.len() >= (m - 1) * lda + k && b.len() >= (n - 1) * ldb + k);
+    let dst = SharedMut(out.as_mut_ptr());
+    let block = |j0: usize, j1: usize| {
+        for j in j0..j1 {
+            let w = &b[j * ldb..][..k];
+            for i in 0..m {
+                let s = crate::engine::fastmath::dot_bf16(&a[i * lda..][..k], w);
+                // SAFETY: (i, j) is inside `out` (asserted); tasks own disjoint columns.
+                unsafe {
+                    let o = dst.at(i * ldo + j);
+                    *o = if accumulate { *o + s } else { s };
+                }
+            }
+        }
+    };
+    let tasks = n.div_ceil(COLS_PER_TASK);
+    if tasks <= 1 || m * n * k < SERIAL_BELOW {
+        block(0, n);
+    } else {
+        (0..tasks).into_par_iter().for_each(|t| block(t * COLS_PER_TASK, ((t + 1) * COLS_PER_TASK).min(n)));
+    }
+}
+
 /// `out[i, j] (+)= Σ_k a[i*lda + k] · b[j*ldb + k]` for `i < m`, `j < n`.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_nt(
