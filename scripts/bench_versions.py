@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -89,6 +90,12 @@ def main():
     ap.add_argument("--checkpoint", help="checkpoint to generate from")
     ap.add_argument("--draft", help="draft checkpoint for speculative decoding")
     ap.add_argument("--data", help="corpus to take the batched prompts from")
+    ap.add_argument(
+        "--new-sample-args",
+        default="",
+        help="extra options for the new binary's sample runs, e.g. '--kv-dtype f32' "
+        "to time the path the old binary had",
+    )
     args = ap.parse_args()
     for b in (args.old, args.new):
         if not os.path.exists(b):
@@ -106,6 +113,8 @@ def main():
     if args.only in (None, "generate") and args.checkpoint:
 
         def sample(binary, extra):
+            if binary == BINARIES["new"]:
+                extra = [*extra, *shlex.split(args.new_sample_args)]
             proc = run([binary, "sample", "--checkpoint", args.checkpoint, "--stats", *extra])
             return stats_line(proc.stderr)["tokens_per_s"], proc.stdout
 

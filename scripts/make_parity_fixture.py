@@ -34,6 +34,11 @@ Tensors (float32 unless noted):
     "grad.<name>"        gradient of every parameter at step 1, unclipped
     "step1.<name>"       parameters after 1 AdamW step
     "step2.<name>"       parameters after 2 AdamW steps
+    "bf16.logits", "bf16.loss", "bf16.grad.<name>"
+                         the same first forward/backward of the float32
+                         model under torch.autocast("cpu", dtype=bfloat16)
+                         (mixed precision: what `--dtype bf16` is checked
+                         against, within bf16 tolerance)
 
 <name> is the ferrite/safetensors parameter name, e.g.
 "transformer.h.0.attn.c_attn.weight". There is no lm_head (tied to wte).
@@ -57,6 +62,7 @@ Usage:  python scripts/make_parity_fixture.py [--out-dir tests/fixtures]
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -137,6 +143,17 @@ def build_fixture(options: dict) -> tuple[dict, dict, dict]:
     }
     for name, p in model.named_parameters():
         tensors[f"param.{name}"] = f32(p)
+
+    # Mixed precision: the float32 model under bf16 autocast, as nanoGPT and
+    # PyTorch users train (matmul inputs in bf16, accumulation in f32).
+    m16 = copy.deepcopy(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits16, loss16 = m16(inputs, targets)
+    loss16.backward()
+    tensors["bf16.logits"] = f32(logits16)
+    tensors["bf16.loss"] = f32(loss16.reshape(1))
+    for name, p in m16.named_parameters():
+        tensors[f"bf16.grad.{name}"] = f32(p.grad)
 
     # Everything from here on runs in float64, starting from the fp32 values.
     model.double()
