@@ -43,8 +43,18 @@ pub enum Src<'a> {
 /// How a stored element becomes bf16 bits.
 trait Elem: Copy + Send + Sync {
     fn bf16(self) -> u16;
+    /// Packs columns `c0..c0 + 16·j` of a transposed `A` with vector
+    /// instructions where this type has them; returns the columns done.
+    fn pack_a_trans_fast(_pack: &mut [u16], _a: Mat<Self>, _i0: usize, _mr: usize, _p0: usize, _kc: usize, _ka: usize) -> usize {
+        0
+    }
 }
 impl Elem for f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "avx512bf16"))]
+    fn pack_a_trans_fast(pack: &mut [u16], a: Mat<f32>, i0: usize, mr: usize, p0: usize, kc: usize, ka: usize) -> usize {
+        // SAFETY: the build targets AVX-512F and AVX512-BF16; bounds checked inside.
+        unsafe { avx512::pack_a_trans(pack, a.data, a.ld, i0, mr, p0, kc, ka) }
+    }
     #[inline(always)]
     fn bf16(self) -> u16 {
         bf16_from_f32(self)
@@ -146,22 +156,46 @@ fn run<A: Elem, B: Elem>(kernel: Kernel, out: &mut [f32], a: &[A], b: &[B], mm: 
     assert!(ldb >= b_cols && b.len() >= extent(b_rows, b_cols, ldb), "matmul: b too small");
     let am = Mat { data: a, ld: lda, trans: trans_a };
     let bm = Mat { data: b, ld: ldb, trans: trans_b };
+    let dst = Out { ptr: SharedMut(out.as_mut_ptr()), ld: ldo, transposed: false };
+    if trans_a && !trans_b && m > n {
+        // Both stored k-major (a weight gradient `dYᵀ · X`): one operand must
+        // be transposed while packed, and reading a matrix across its rows
+        // costs more the wider it is. Compute `outᵀ = op(b)ᵀ · op(a)ᵀ` instead,
+        // which transposes the narrower one.
+        let (bt, at) = (Mat { trans: true, ..bm }, Mat { trans: false, ..am });
+        parallel(kernel, Out { transposed: true, ..dst }, accumulate, bt, at, n, m, k);
+    } else {
+        parallel(kernel, dst, accumulate, am, bm, m, n, k);
+    }
+}
+
+/// Where the product goes: row-major with row stride `ld`, or (`transposed`)
+/// its transpose.
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: SharedMut,
+    ld: usize,
+    transposed: bool,
+}
+
+/// The product split over threads by blocks of its larger dimension.
+#[allow(clippy::too_many_arguments)]
+fn parallel<A: Elem, B: Elem>(kernel: Kernel, dst: Out, accumulate: bool, am: Mat<A>, bm: Mat<B>, m: usize, n: usize, k: usize) {
     let threads = rayon::current_num_threads();
     let split_m = m >= n;
     let dim = if split_m { m } else { n };
     let block = dim.div_ceil(threads).div_ceil(32) * 32;
-    let dst = SharedMut(out.as_mut_ptr());
     if threads == 1 || m * n * k < PARALLEL_MIN_FLOPS || block >= dim {
-        serial(kernel, dst, ldo, accumulate, am, bm, (0, m), (0, n), k);
+        serial(kernel, dst, accumulate, am, bm, (0, m), (0, n), k);
         return;
     }
     (0..dim.div_ceil(block)).into_par_iter().for_each(|i| {
         let range = (i * block, (i * block + block).min(dim));
         // Disjoint row (or column) ranges of `out` per task.
         if split_m {
-            serial(kernel, dst, ldo, accumulate, am, bm, range, (0, n), k);
+            serial(kernel, dst, accumulate, am, bm, range, (0, n), k);
         } else {
-            serial(kernel, dst, ldo, accumulate, am, bm, (0, m), range, k);
+            serial(kernel, dst, accumulate, am, bm, (0, m), range, k);
         }
     });
 }
@@ -183,8 +217,7 @@ fn grow(v: &mut Vec<u16>, len: usize) -> &mut [u16] {
 #[allow(clippy::too_many_arguments)]
 fn serial<A: Elem, B: Elem>(
     kernel: Kernel,
-    dst: SharedMut,
-    ldo: usize,
+    dst: Out,
     accumulate: bool,
     a: Mat<A>,
     b: Mat<B>,
@@ -200,43 +233,35 @@ fn serial<A: Elem, B: Elem>(
             for p0 in (0..k).step_by(KC) {
                 let kc = KC.min(k - p0);
                 let kp = kc.div_ceil(32) * 32;
+                // A pack stride that is a multiple of 4 KiB puts every row
+                // in one L1 set: such strides get one cache line more.
+                let pad = |stride: usize| if (2 * stride).is_multiple_of(4096) { stride + 32 } else { stride };
+                let (ka, kb) = (pad(kp), pad(16 * kp));
                 let add = accumulate || p0 > 0;
-                let nc_max = (B_PACK / kp / 32).max(1) * 32;
+                let nc_max = (B_PACK / kb / 2).max(1) * 32;
                 for j0 in (cols.0..cols.1).step_by(nc_max) {
                     let nc = nc_max.min(cols.1 - j0);
                     let np = nc.div_ceil(32) * 32;
-                    let bpack = grow(&mut pb, kp * np);
-                    pack_b(bpack, b, p0, kc, kp, j0, nc);
+                    let bpack = grow(&mut pb, np / 16 * kb);
+                    pack_b(bpack, b, p0, kc, kp, kb, j0, nc);
                     for p_i in (rows.0..rows.1).step_by(MC) {
                         let mc = MC.min(rows.1 - p_i);
-                        let panel = grow(&mut pa, mc.div_ceil(32) * 32 * kp);
-                        pack_a(panel, a, p_i, mc, p0, kc, kp);
+                        let panel = grow(&mut pa, mc.div_ceil(32) * 32 * ka);
+                        pack_a(panel, a, p_i, mc, p0, kc, kp, ka);
                         for s0 in (0..mc).step_by(32) {
                             let (i0, mr) = (p_i + s0, 32.min(mc - s0));
-                            let apack = &panel[s0 * kp..(s0 + 32) * kp];
+                            let apack = &panel[s0 * ka..(s0 + 32) * ka];
                             for jj in (0..np).step_by(32) {
-                                let bstrips = &bpack[jj * kp..(jj + 32) * kp];
+                                let bstrips = &bpack[jj / 16 * kb..(jj / 16 + 2) * kb];
                                 match kernel {
                                     // SAFETY: the tiles are configured (`tiles`),
                                     // the packs hold 32 rows/columns of `kp`.
-                                    Kernel::Amx => unsafe { amx::block(&mut c, apack, bstrips, kp) },
+                                    Kernel::Amx => unsafe { amx::block(&mut c, apack, bstrips, (kp, ka, kb)) },
                                     #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
-                                    Kernel::Avx512Bf16 => unsafe { avx512::block(&mut c, apack, bstrips, kp) },
-                                    Kernel::Portable => portable_block(&mut c, apack, bstrips, kp),
+                                    Kernel::Avx512Bf16 => unsafe { avx512::block(&mut c, apack, bstrips, (kp, ka, kb)) },
+                                    Kernel::Portable => portable_block(&mut c, apack, bstrips, (kp, ka, kb)),
                                 }
-                                let nr = 32.min(nc - jj);
-                                for r in 0..mr {
-                                    // SAFETY: row i0 + r and columns j0 + jj.. are
-                                    // this task's and inside `out` (checked by `run`).
-                                    let o =
-                                        unsafe { std::slice::from_raw_parts_mut(dst.at((i0 + r) * ldo + j0 + jj), nr) };
-                                    let cr = &c[r * 32..r * 32 + nr];
-                                    if add {
-                                        o.iter_mut().zip(cr).for_each(|(o, c)| *o += c);
-                                    } else {
-                                        o.copy_from_slice(cr);
-                                    }
-                                }
+                                write_block(dst, add, &c, (i0, mr), (j0 + jj, 32.min(nc - jj)));
                             }
                         }
                     }
@@ -247,20 +272,51 @@ fn serial<A: Elem, B: Elem>(
     drop(tiles);
 }
 
+/// Rows `i0..i0 + mr`, columns `j0..j0 + nr` of the product from a
+/// 32 × 32 block `c` (`add`: added to what is there).
+fn write_block(dst: Out, add: bool, c: &[f32; 1024], (i0, mr): (usize, usize), (j0, nr): (usize, usize)) {
+    if dst.transposed {
+        for col in 0..nr {
+            for r in 0..mr {
+                // SAFETY: the element is this task's and inside `out` (checked by `run`).
+                unsafe {
+                    let o = dst.ptr.at((j0 + col) * dst.ld + i0 + r);
+                    *o = if add { *o + c[r * 32 + col] } else { c[r * 32 + col] };
+                }
+            }
+        }
+        return;
+    }
+    for r in 0..mr {
+        // SAFETY: row i0 + r and columns j0.. are this task's and inside
+        // `out` (checked by `run`).
+        let o = unsafe { std::slice::from_raw_parts_mut(dst.ptr.at((i0 + r) * dst.ld + j0), nr) };
+        let cr = &c[r * 32..r * 32 + nr];
+        if add {
+            o.iter_mut().zip(cr).for_each(|(o, c)| *o += c);
+        } else {
+            o.copy_from_slice(cr);
+        }
+    }
+}
+
 /// Rows `i0..i0 + mr` of `op(a)` (zero-padded to a multiple of 32), k
-/// from `p0` (`kc` real, zero-padded to `kp`): `pack[r * kp + kk]`, so each
-/// 32-row strip is `32 * kp` consecutive values.
-fn pack_a<A: Elem>(pack: &mut [u16], a: Mat<A>, i0: usize, mr: usize, p0: usize, kc: usize, kp: usize) {
+/// from `p0` (`kc` real, zero-padded to `kp`): `pack[r * ka + kk]` (row
+/// stride `ka >= kp`), so each 32-row strip is `32 * ka` consecutive values.
+#[allow(clippy::too_many_arguments)]
+fn pack_a<A: Elem>(pack: &mut [u16], a: Mat<A>, i0: usize, mr: usize, p0: usize, kc: usize, kp: usize, ka: usize) {
     if !mr.is_multiple_of(32) || kc < kp {
         pack.fill(0);
     }
     if a.trans {
         // Stored [k, m]: each k is a contiguous run of rows. Transposed
-        // through a 32 × 32 tile, so both sides move in whole cache lines.
+        // through a 32 × 32 tile, so both sides move in whole cache lines
+        // (after the rows a vector path took).
+        let done = A::pack_a_trans_fast(pack, a, i0, mr, p0, kc, ka);
         let mut tile = [[0u16; 32]; 32];
         for k0 in (0..kc).step_by(32) {
             let kn = 32.min(kc - k0);
-            for s0 in (0..mr).step_by(32) {
+            for s0 in (done..mr).step_by(32) {
                 let rows = 32.min(mr - s0);
                 for (kk, t) in tile.iter_mut().enumerate().take(kn) {
                     let src = &a.data[(p0 + k0 + kk) * a.ld + i0 + s0..][..rows];
@@ -269,7 +325,7 @@ fn pack_a<A: Elem>(pack: &mut [u16], a: Mat<A>, i0: usize, mr: usize, p0: usize,
                     }
                 }
                 for r in 0..rows {
-                    let dst = &mut pack[(s0 + r) * kp + k0..][..kn];
+                    let dst = &mut pack[(s0 + r) * ka + k0..][..kn];
                     for (kk, d) in dst.iter_mut().enumerate() {
                         *d = tile[kk][r];
                     }
@@ -279,7 +335,7 @@ fn pack_a<A: Elem>(pack: &mut [u16], a: Mat<A>, i0: usize, mr: usize, p0: usize,
     } else {
         for r in 0..mr {
             let src = &a.data[(i0 + r) * a.ld + p0..][..kc];
-            for (d, &x) in pack[r * kp..][..kc].iter_mut().zip(src) {
+            for (d, &x) in pack[r * ka..][..kc].iter_mut().zip(src) {
                 *d = x.bf16();
             }
         }
@@ -288,12 +344,14 @@ fn pack_a<A: Elem>(pack: &mut [u16], a: Mat<A>, i0: usize, mr: usize, p0: usize,
 
 /// Columns `j0..j0 + nc` of `op(b)` (zero-padded to a multiple of 32), k
 /// from `p0`: 16-column strips of k-pairs, element `(kk, c)` at
-/// `(c / 16) * 16 * kp + (kk / 2) * 32 + (c % 16) * 2 + kk % 2`.
-fn pack_b<B: Elem>(pack: &mut [u16], b: Mat<B>, p0: usize, kc: usize, kp: usize, j0: usize, nc: usize) {
+/// `(c / 16) * kb + (kk / 2) * 32 + (c % 16) * 2 + kk % 2` (strip stride
+/// `kb >= 16 * kp`).
+#[allow(clippy::too_many_arguments)]
+fn pack_b<B: Elem>(pack: &mut [u16], b: Mat<B>, p0: usize, kc: usize, kp: usize, kb: usize, j0: usize, nc: usize) {
     if !nc.is_multiple_of(32) || kc < kp {
         pack.fill(0);
     }
-    let at = |kk: usize, c: usize| (c / 16) * 16 * kp + (kk / 2) * 32 + (c % 16) * 2 + kk % 2;
+    let at = |kk: usize, c: usize| (c / 16) * kb + (kk / 2) * 32 + (c % 16) * 2 + kk % 2;
     if b.trans {
         // Stored [n, k] (a weight in `x · Wᵀ`): each column is contiguous in k.
         for c in 0..nc {
@@ -325,13 +383,13 @@ fn pack_b<B: Elem>(pack: &mut [u16], b: Mat<B>, p0: usize, kc: usize, kp: usize,
 }
 
 /// `c[32 × 32] = apack · bstrips` in plain f32 arithmetic.
-fn portable_block(c: &mut [f32; 1024], apack: &[u16], bstrips: &[u16], kp: usize) {
+fn portable_block(c: &mut [f32; 1024], apack: &[u16], bstrips: &[u16], (kp, ka, kb): (usize, usize, usize)) {
     c.fill(0.0);
     for r in 0..32 {
-        let arow = &apack[r * kp..][..kp];
+        let arow = &apack[r * ka..][..kp];
         let crow = &mut c[r * 32..][..32];
         for half in 0..2 {
-            let strip = &bstrips[half * 16 * kp..][..16 * kp];
+            let strip = &bstrips[half * kb..][..16 * kp];
             let acc = &mut crow[half * 16..][..16];
             for p in 0..kp / 2 {
                 let (a0, a1) = (f32_from_bf16(arow[2 * p]), f32_from_bf16(arow[2 * p + 1]));
@@ -348,21 +406,73 @@ fn portable_block(c: &mut [f32; 1024], apack: &[u16], bstrips: &[u16], kp: usize
 mod avx512 {
     use std::arch::x86_64::*;
 
+    /// The vector path of [`super::pack_a`] for a transposed f32 `A`: two k
+    /// rows of 16 columns become 16 (k, k + 1) bf16 pairs (rounded as
+    /// `bf16_from_f32` rounds), scattered to their 16 pack rows in one
+    /// instruction. Returns how many of the `mr` rows it packed (a multiple of 16).
+    ///
+    /// # Safety
+    /// AVX-512F and AVX512-BF16.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn pack_a_trans(
+        pack: &mut [u16],
+        a: &[f32],
+        lda: usize,
+        i0: usize,
+        mr: usize,
+        p0: usize,
+        kc: usize,
+        ka: usize,
+    ) -> usize {
+        let rows = mr / 16 * 16;
+        let pairs = kc / 2;
+        if rows == 0 || pairs == 0 || ka / 2 * 16 > i32::MAX as usize {
+            return 0;
+        }
+        assert!(pack.len() >= (rows - 1) * ka + kc && a.len() >= (p0 + 2 * pairs - 1) * lda + i0 + rows);
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32((ka / 2) as i32),
+        );
+        let widen = |v: __m256bh| _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(v));
+        // Pairs outer: each pair of source rows is read once, start to end,
+        // and the pack rows written meanwhile (128 cache lines) stay in L1.
+        for p in 0..pairs {
+            let (row0, row1) = (a.as_ptr().add((p0 + 2 * p) * lda + i0), a.as_ptr().add((p0 + 2 * p + 1) * lda + i0));
+            for s0 in (0..rows).step_by(16) {
+                let lo = widen(_mm512_cvtneps_pbh(_mm512_loadu_ps(row0.add(s0))));
+                let hi = _mm512_slli_epi32::<16>(widen(_mm512_cvtneps_pbh(_mm512_loadu_ps(row1.add(s0)))));
+                let base = pack.as_mut_ptr().add(s0 * ka).cast::<i32>();
+                _mm512_i32scatter_epi32::<4>(base.add(p), idx, _mm512_or_si512(lo, hi));
+            }
+        }
+        // An odd last k: its values with a zero partner (the padding).
+        if kc % 2 == 1 {
+            let kk = kc - 1;
+            for r in 0..rows {
+                pack[r * ka + kk] = super::bf16_from_f32(a[(p0 + kk) * lda + i0 + r]);
+                pack[r * ka + kk + 1] = 0;
+            }
+        }
+        rows
+    }
+
     /// `c[32 × 32] = apack · bstrips` with `vdpbf16ps`, 8 rows at a time
     /// (16 accumulators of 16 lanes).
     ///
     /// # Safety
-    /// `apack` holds 32 rows of `kp`, `bstrips` two strips of `16 * kp`.
-    pub unsafe fn block(c: &mut [f32; 1024], apack: &[u16], bstrips: &[u16], kp: usize) {
-        assert!(apack.len() >= 32 * kp && bstrips.len() >= 32 * kp);
+    /// `apack` holds 32 rows of `kp` at stride `ka`, `bstrips` two strips
+    /// of `16 * kp` at stride `kb`.
+    pub unsafe fn block(c: &mut [f32; 1024], apack: &[u16], bstrips: &[u16], (kp, ka, kb): (usize, usize, usize)) {
+        assert!(apack.len() >= 31 * ka + kp && bstrips.len() >= kb + 16 * kp);
         let (a, b) = (apack.as_ptr(), bstrips.as_ptr());
         for r0 in (0..32).step_by(8) {
             let mut acc = [[_mm512_setzero_ps(); 2]; 8];
             for p in 0..kp / 2 {
                 let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * 32).cast()));
-                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16 * kp + p * 32).cast()));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(kb + p * 32).cast()));
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let pair = a.add((r0 + r) * kp + 2 * p).cast::<i32>().read_unaligned();
+                    let pair = a.add((r0 + r) * ka + 2 * p).cast::<i32>().read_unaligned();
                     let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
                     acc[0] = _mm512_dpbf16_ps(acc[0], av, b0);
                     acc[1] = _mm512_dpbf16_ps(acc[1], av, b1);
@@ -443,9 +553,9 @@ mod amx {
     /// Tiles configured by [`Tiles::load`] on this thread; `apack` holds 32
     /// rows of `kp` (a multiple of 32), `bstrips` two strips of `16 * kp`.
     #[cfg(target_arch = "x86_64")]
-    pub unsafe fn block(c: &mut [f32; 1024], apack: &[u16], bstrips: &[u16], kp: usize) {
+    pub unsafe fn block(c: &mut [f32; 1024], apack: &[u16], bstrips: &[u16], (kp, ka, kb): (usize, usize, usize)) {
         use std::arch::asm;
-        assert!(apack.len() >= 32 * kp && bstrips.len() >= 32 * kp && kp.is_multiple_of(32));
+        assert!(apack.len() >= 31 * ka + kp && bstrips.len() >= kb + 16 * kp && kp.is_multiple_of(32));
         let (a, b) = (apack.as_ptr(), bstrips.as_ptr());
         asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
         for q in 0..kp / 32 {
@@ -461,10 +571,10 @@ mod amx {
                 "tdpbf16ps tmm2, tmm5, tmm6",
                 "tdpbf16ps tmm3, tmm5, tmm7",
                 a0 = in(reg) a.add(q * 32),
-                a1 = in(reg) a.add(16 * kp + q * 32),
+                a1 = in(reg) a.add(16 * ka + q * 32),
                 b0 = in(reg) b.add(q * 16 * 32),
-                b1 = in(reg) b.add(16 * kp + q * 16 * 32),
-                sa = in(reg) kp * 2,
+                b1 = in(reg) b.add(kb + q * 16 * 32),
+                sa = in(reg) ka * 2,
                 sb = in(reg) 64usize,
                 options(nostack, readonly),
             );
@@ -485,7 +595,7 @@ mod amx {
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    pub unsafe fn block(_: &mut [f32; 1024], _: &[u16], _: &[u16], _: usize) {
+    pub unsafe fn block(_: &mut [f32; 1024], _: &[u16], _: &[u16], _: (usize, usize, usize)) {
         unreachable!("AMX is x86-64 only")
     }
 }
