@@ -43,15 +43,32 @@ pub enum Src<'a> {
 /// How a stored element becomes bf16 bits.
 trait Elem: Copy + Send + Sync {
     fn bf16(self) -> u16;
-    /// Packs columns `c0..c0 + 16·j` of a transposed `A` with vector
-    /// instructions where this type has them; returns the columns done.
-    fn pack_a_trans_fast(_pack: &mut [u16], _a: Mat<Self>, _i0: usize, _mr: usize, _p0: usize, _kc: usize, _ka: usize) -> usize {
+    /// Packs the first rows of `op(a)` (a transposed `A`, see [`pack_a`])
+    /// with vector instructions where this type has them; returns how many
+    /// rows it did (the rest are packed by the portable loop).
+    fn pack_a_trans_fast(
+        _pack: &mut [u16],
+        _a: Mat<Self>,
+        _i0: usize,
+        _mr: usize,
+        _p0: usize,
+        _kc: usize,
+        _ka: usize,
+    ) -> usize {
         0
     }
 }
 impl Elem for f32 {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "avx512bf16"))]
-    fn pack_a_trans_fast(pack: &mut [u16], a: Mat<f32>, i0: usize, mr: usize, p0: usize, kc: usize, ka: usize) -> usize {
+    fn pack_a_trans_fast(
+        pack: &mut [u16],
+        a: Mat<f32>,
+        i0: usize,
+        mr: usize,
+        p0: usize,
+        kc: usize,
+        ka: usize,
+    ) -> usize {
         // SAFETY: the build targets AVX-512F and AVX512-BF16; bounds checked inside.
         unsafe { avx512::pack_a_trans(pack, a.data, a.ld, i0, mr, p0, kc, ka) }
     }
@@ -180,7 +197,16 @@ struct Out {
 
 /// The product split over threads by blocks of its larger dimension.
 #[allow(clippy::too_many_arguments)]
-fn parallel<A: Elem, B: Elem>(kernel: Kernel, dst: Out, accumulate: bool, am: Mat<A>, bm: Mat<B>, m: usize, n: usize, k: usize) {
+fn parallel<A: Elem, B: Elem>(
+    kernel: Kernel,
+    dst: Out,
+    accumulate: bool,
+    am: Mat<A>,
+    bm: Mat<B>,
+    m: usize,
+    n: usize,
+    k: usize,
+) {
     let threads = rayon::current_num_threads();
     let split_m = m >= n;
     let dim = if split_m { m } else { n };
@@ -258,7 +284,9 @@ fn serial<A: Elem, B: Elem>(
                                     // the packs hold 32 rows/columns of `kp`.
                                     Kernel::Amx => unsafe { amx::block(&mut c, apack, bstrips, (kp, ka, kb)) },
                                     #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
-                                    Kernel::Avx512Bf16 => unsafe { avx512::block(&mut c, apack, bstrips, (kp, ka, kb)) },
+                                    Kernel::Avx512Bf16 => unsafe {
+                                        avx512::block(&mut c, apack, bstrips, (kp, ka, kb))
+                                    },
                                     Kernel::Portable => portable_block(&mut c, apack, bstrips, (kp, ka, kb)),
                                 }
                                 write_block(dst, add, &c, (i0, mr), (j0 + jj, 32.min(nc - jj)));
