@@ -928,6 +928,12 @@ fn bf16_training_resumes_exactly_and_converts_to_a_half_size_checkpoint() {
     assert!(a[19].1 < a[0].1, "bf16 training did not learn: {a:?}");
     // Master weights stay f32 in training checkpoints.
     assert!(stored_dtypes(&full.join("last/model.safetensors")).iter().all(|d| d == "F32"));
+    // The run's own (bf16) evaluation, repeated, gives the logged numbers.
+    let state = json(&std::fs::read_to_string(full.join("best/state.json")).unwrap());
+    let log = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap();
+    let logged = log.lines().map(json).find(|r| r["kind"] == "eval" && r["step"] == state["step"]).unwrap();
+    let again = json(&ok(&["eval", "--checkpoint", &p(&full), "--like-training", "--json"]));
+    assert_eq!(again["val_loss"], logged["val_loss"]);
 
     let half = dir.join("half");
     ok(&["convert", &p(&full), &p(&half), "--dtype", "bf16"]);

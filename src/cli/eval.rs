@@ -8,6 +8,7 @@ use crate::data::tiny_shakespeare;
 use crate::data::{Dataset, Split};
 use crate::engine::device::check_fits;
 use crate::engine::Backend;
+use crate::engine::DType;
 use crate::eval::{attention_stats, evaluate, sampled_loss, EvalReport, HeadStats};
 use crate::model::activations::activation_floats;
 use crate::model::config::{MAX_BATCH, MAX_REPEATS};
@@ -67,12 +68,15 @@ struct TrainedOn {
     seed: Option<u64>,
     eval_iters: Option<usize>,
     batch_size: Option<usize>,
+    /// The matmuls' arithmetic the run evaluated with.
+    dtype: DType,
 }
 
 impl Default for TrainedOn {
     fn default() -> Self {
         let (data, dataset) = (String::new(), String::new());
-        TrainedOn { data, dataset, train_frac: 0.9, seed: None, eval_iters: None, batch_size: None }
+        let (seed, eval_iters, batch_size) = (None, None, None);
+        TrainedOn { data, dataset, train_frac: 0.9, seed, eval_iters, batch_size, dtype: DType::F32 }
     }
 }
 
@@ -183,8 +187,9 @@ fn fits<B: Backend>(model: &crate::model::Gpt<B>, batch: usize) -> Result<()> {
 }
 
 fn like_training<B: Backend>(a: &EvalArgs, loaded: Loaded<B>) -> Result<()> {
-    let Loaded { model, config: ck, state, .. } = loaded;
+    let Loaded { mut model, config: ck, state, .. } = loaded;
     let run = TrainedOn::of(&ck)?;
+    model.compute = run.dtype;
     let (Some(seed), Some(eval_iters), Some(batch)) = (run.seed, run.eval_iters, run.batch_size) else {
         bail!("the checkpoint does not record how its training run evaluated (seed, eval_iters, batch_size)");
     };

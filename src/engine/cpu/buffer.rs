@@ -37,24 +37,23 @@ impl CpuBuf {
         self.len() == 0
     }
 
-    /// The 16-bit values and their dtype, if this is a 16-bit buffer.
-    pub fn halves(&self) -> Option<(&[u16], DType)> {
+    /// `len` values from `offset`, as f32, appended to `out`.
+    pub fn read_f32_into(&self, offset: usize, len: usize, out: &mut Vec<f32>) {
         match self {
-            CpuBuf::BF16(v) | CpuBuf::F16(v) => Some((v, self.dtype())),
-            CpuBuf::F32(_) => None,
+            CpuBuf::F32(v) => out.extend_from_slice(&v[offset..offset + len]),
+            CpuBuf::BF16(v) | CpuBuf::F16(v) => {
+                let start = out.len();
+                out.resize(start + len, 0.0);
+                dtype::decode16(&v[offset..offset + len], &mut out[start..], self.dtype());
+            }
         }
     }
 
     /// `len` values from `offset`, as f32.
     pub fn read_f32(&self, offset: usize, len: usize) -> Vec<f32> {
-        match self {
-            CpuBuf::F32(v) => v[offset..offset + len].to_vec(),
-            CpuBuf::BF16(v) | CpuBuf::F16(v) => {
-                let mut out = vec![0.0; len];
-                dtype::decode16(&v[offset..offset + len], &mut out, self.dtype());
-                out
-            }
-        }
+        let mut out = Vec::with_capacity(len);
+        self.read_f32_into(offset, len, &mut out);
+        out
     }
 
     /// Row `r` of this `[_, out.len()]` matrix into `out` as f32 (`add`:

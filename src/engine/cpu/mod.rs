@@ -190,8 +190,9 @@ impl Backend for Cpu {
     fn read_range(&self, buf: &CpuBuf, offset: usize, len: usize) -> Result<Vec<f32>> {
         #[cfg(test)]
         faults::check()?;
-        allocate::<f32>(len)?;
-        Ok(buf.read_f32(offset, len))
+        let mut out = allocate::<f32>(len)?;
+        buf.read_f32_into(offset, len, &mut out);
+        Ok(out)
     }
     fn write(&self, buf: &mut CpuBuf, data: &[f32]) -> Result<()> {
         buf.write_f32(data);
