@@ -43,6 +43,19 @@ pub enum Src<'a> {
 /// How a stored element becomes bf16 bits.
 trait Elem: Copy + Send + Sync {
     fn bf16(self) -> u16;
+    /// `dst[i] = src[i].bf16()`.
+    #[inline(always)]
+    fn encode(src: &[Self], dst: &mut [u16]) {
+        dst.iter_mut().zip(src).for_each(|(d, x)| *d = x.bf16());
+    }
+    /// 16 columns of two k rows as 16 (k, k + 1) pairs (`r1` none: zeros).
+    #[inline(always)]
+    fn encode_pairs(r0: &[Self; 16], r1: Option<&[Self; 16]>, dst: &mut [u16; 32]) {
+        for c in 0..16 {
+            dst[2 * c] = r0[c].bf16();
+            dst[2 * c + 1] = r1.map_or(0, |r| r[c].bf16());
+        }
+    }
     /// Packs the first rows of `op(a)` (a transposed `A`, see [`pack_a`])
     /// with vector instructions where this type has them; returns how many
     /// rows it did (the rest are packed by the portable loop).
@@ -59,6 +72,18 @@ trait Elem: Copy + Send + Sync {
     }
 }
 impl Elem for f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "avx512bf16"))]
+    #[inline(always)]
+    fn encode(src: &[f32], dst: &mut [u16]) {
+        // SAFETY: the build targets AVX512-BF16.
+        unsafe { avx512::encode(src, dst) }
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "avx512bf16"))]
+    #[inline(always)]
+    fn encode_pairs(r0: &[f32; 16], r1: Option<&[f32; 16]>, dst: &mut [u16; 32]) {
+        // SAFETY: the build targets AVX512-BF16.
+        unsafe { avx512::encode_pairs(r0, r1, dst) }
+    }
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "avx512bf16"))]
     fn pack_a_trans_fast(
         pack: &mut [u16],
@@ -362,10 +387,7 @@ fn pack_a<A: Elem>(pack: &mut [u16], a: Mat<A>, i0: usize, mr: usize, p0: usize,
         }
     } else {
         for r in 0..mr {
-            let src = &a.data[(i0 + r) * a.ld + p0..][..kc];
-            for (d, &x) in pack[r * ka..][..kc].iter_mut().zip(src) {
-                *d = x.bf16();
-            }
+            A::encode(&a.data[(i0 + r) * a.ld + p0..][..kc], &mut pack[r * ka..][..kc]);
         }
     }
 }
@@ -397,6 +419,12 @@ fn pack_b<B: Elem>(pack: &mut [u16], b: Mat<B>, p0: usize, kc: usize, kp: usize,
             for c0 in (0..nc).step_by(16) {
                 let cn = 16.min(nc - c0);
                 let dst = &mut pack[at(kk, c0)..][..32];
+                if cn == 16 {
+                    let first: &[B; 16] = r0[c0..c0 + 16].try_into().expect("16 columns");
+                    let second: Option<&[B; 16]> = r1.map(|r| r[c0..c0 + 16].try_into().expect("16 columns"));
+                    B::encode_pairs(first, second, dst.try_into().expect("32 values"));
+                    continue;
+                }
                 for c in 0..cn {
                     dst[2 * c] = r0[c0 + c].bf16();
                 }
@@ -433,6 +461,40 @@ fn portable_block(c: &mut [f32; 1024], apack: &[u16], bstrips: &[u16], (kp, ka, 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
 mod avx512 {
     use std::arch::x86_64::*;
+
+    /// `dst[i] = bf16(src[i])`, 16 at a time (the same rounding as
+    /// `bf16_from_f32`).
+    ///
+    /// # Safety
+    /// AVX512-BF16.
+    #[inline]
+    pub unsafe fn encode(src: &[f32], dst: &mut [u16]) {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 16 <= n {
+            let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i)));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), std::mem::transmute::<__m256bh, __m256i>(v));
+            i += 16;
+        }
+        for t in i..n {
+            dst[t] = super::bf16_from_f32(src[t]);
+        }
+    }
+
+    /// [`super::Elem::encode_pairs`] for f32 rows.
+    ///
+    /// # Safety
+    /// AVX512-BF16.
+    #[inline]
+    pub unsafe fn encode_pairs(r0: &[f32; 16], r1: Option<&[f32; 16]>, dst: &mut [u16; 32]) {
+        let widen = |v: __m256bh| _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(v));
+        let lo = widen(_mm512_cvtneps_pbh(_mm512_loadu_ps(r0.as_ptr())));
+        let hi = match r1 {
+            Some(r1) => _mm512_slli_epi32::<16>(widen(_mm512_cvtneps_pbh(_mm512_loadu_ps(r1.as_ptr())))),
+            None => _mm512_setzero_si512(),
+        };
+        _mm512_storeu_si512(dst.as_mut_ptr().cast(), _mm512_or_si512(lo, hi));
+    }
 
     /// The vector path of [`super::pack_a`] for a transposed f32 `A`: two k
     /// rows of 16 columns become 16 (k, k + 1) bf16 pairs (rounded as
