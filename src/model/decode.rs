@@ -49,14 +49,12 @@ impl<T> Buffers<T> {
         kv: DType,
         mut alloc: impl FnMut(usize, DType) -> Result<T>,
     ) -> Result<Self> {
-        let (cap, c) = (cfg.block_size, cfg.n_embd);
-        let (kv, dt) = (cfg.attn_shape(1, 1).kv_width(), kv);
+        let (cap, c, width) = (cfg.block_size, cfg.n_embd, cfg.attn_shape(1, 1).kv_width());
         // Scratch rows: a whole prompt of one sequence, or one row per
         // sequence; none for a cache of no sequences.
         let rows = if slots == 0 { 0 } else { cap.max(slots) };
-        let (kv_len, kv_dtype) = (kv, dt);
-        let k = (0..cfg.n_layer).map(|_| alloc(slots * cap * kv_len, kv_dtype)).collect::<Result<_>>()?;
-        let v = (0..cfg.n_layer).map(|_| alloc(slots * cap * kv_len, kv_dtype)).collect::<Result<_>>()?;
+        let k = (0..cfg.n_layer).map(|_| alloc(slots * cap * width, kv)).collect::<Result<_>>()?;
+        let v = (0..cfg.n_layer).map(|_| alloc(slots * cap * width, kv)).collect::<Result<_>>()?;
         let mut alloc = |len: usize| alloc(len, DType::F32);
         Ok(Buffers {
             k,

@@ -180,22 +180,10 @@ fn with_b<A: Elem>(kernel: Kernel, out: &mut [f32], a: &[A], b: Src, mm: Matmul)
 }
 
 fn run<A: Elem, B: Elem>(kernel: Kernel, out: &mut [f32], a: &[A], b: &[B], mm: Matmul) {
+    if !super::matmul::checked(out, a.len(), b.len(), mm) {
+        return;
+    }
     let Matmul { m, n, k, trans_a, trans_b, accumulate, lda, ldb, ldo, .. } = mm;
-    if m == 0 || n == 0 {
-        return;
-    }
-    let extent = |rows: usize, cols: usize, ld: usize| (rows - 1) * ld + cols;
-    assert!(ldo >= n && out.len() >= extent(m, n, ldo), "matmul: out too small");
-    if k == 0 {
-        if !accumulate {
-            out.chunks_mut(ldo).take(m).for_each(|row| row[..n].fill(0.0));
-        }
-        return;
-    }
-    let (a_rows, a_cols) = if trans_a { (k, m) } else { (m, k) };
-    let (b_rows, b_cols) = if trans_b { (n, k) } else { (k, n) };
-    assert!(lda >= a_cols && a.len() >= extent(a_rows, a_cols, lda), "matmul: a too small");
-    assert!(ldb >= b_cols && b.len() >= extent(b_rows, b_cols, ldb), "matmul: b too small");
     let am = Mat { data: a, ld: lda, trans: trans_a };
     let bm = Mat { data: b, ld: ldb, trans: trans_b };
     let dst = Out { ptr: SharedMut(out.as_mut_ptr()), ld: ldo, transposed: false };
@@ -331,7 +319,7 @@ fn write_block(dst: Out, add: bool, c: &[f32; 1024], (i0, mr): (usize, usize), (
     if dst.transposed {
         for col in 0..nr {
             for r in 0..mr {
-                // SAFETY: the element is this task's and inside `out` (checked by `run`).
+                // SAFETY: the element is this task's and inside `out` (`run` checked it).
                 unsafe {
                     let o = dst.ptr.at((j0 + col) * dst.ld + i0 + r);
                     *o = if add { *o + c[r * 32 + col] } else { c[r * 32 + col] };

@@ -31,8 +31,8 @@ pub fn matmul_any(out: &mut [f32], a: &CpuBuf, b: &CpuBuf, mm: Matmul) {
         (_, CpuBuf::F32(a), CpuBuf::F32(b)) => matmul(out, a, b, mm),
         // Decoding with bf16 weights: a few rows against `Wᵀ`.
         (_, CpuBuf::F32(a), CpuBuf::BF16(b)) if !mm.trans_a && mm.trans_b && skinny::ROWS.contains(&mm.m) => {
-            let Matmul { m, n, k, lda, ldb, ldo, accumulate, .. } = mm;
-            if m > 0 && n > 0 {
+            if checked(out, a.len(), b.len(), mm) {
+                let Matmul { m, n, k, lda, ldb, ldo, accumulate, .. } = mm;
                 skinny::matmul_nt_bf16(out, a, b, m, n, k, lda, ldb, ldo, accumulate);
             }
         }
@@ -48,17 +48,13 @@ pub fn matmul_any(out: &mut [f32], a: &CpuBuf, b: &CpuBuf, mm: Matmul) {
     }
 }
 
-/// `out[m,n] (+)= op(a)[m,k] · op(b)[k,n]` in f32, row-major storage with
-/// the row strides of `mm`.
-///
-/// Threads split the larger output dimension into contiguous blocks and run
-/// one single-threaded gemm each. Measured against gemm's own rayon mode on
-/// 2 cores, this is as fast on large products and up to 1.4x faster on the
-/// small and transposed (weight-gradient) ones a training step is made of.
-pub fn matmul(out: &mut [f32], a: &[f32], b: &[f32], mm: Matmul) {
+/// Checks that operands of `a_len` and `b_len` elements and `out` hold the
+/// product `mm` describes (panics otherwise: a caller's bug), and does the
+/// products with nothing to sum (`k == 0`). Returns whether work remains.
+pub fn checked(out: &mut [f32], a_len: usize, b_len: usize, mm: Matmul) -> bool {
     let Matmul { m, n, k, trans_a, trans_b, accumulate, lda, ldb, ldo, .. } = mm;
     if m == 0 || n == 0 {
-        return;
+        return false;
     }
     // Extent of a stored matrix of `rows` rows of which `cols` are used.
     let extent = |rows: usize, cols: usize, ld: usize| (rows - 1) * ld + cols;
@@ -67,13 +63,28 @@ pub fn matmul(out: &mut [f32], a: &[f32], b: &[f32], mm: Matmul) {
         if !accumulate {
             out.chunks_mut(ldo).take(m).for_each(|row| row[..n].fill(0.0));
         }
-        return;
+        return false;
     }
     // a is [m,k] or, transposed, stored [k,m]; b is [k,n] or stored [n,k].
     let (a_rows, a_cols) = if trans_a { (k, m) } else { (m, k) };
     let (b_rows, b_cols) = if trans_b { (n, k) } else { (k, n) };
-    assert!(lda >= a_cols && a.len() >= extent(a_rows, a_cols, lda), "matmul: a too small");
-    assert!(ldb >= b_cols && b.len() >= extent(b_rows, b_cols, ldb), "matmul: b too small");
+    assert!(lda >= a_cols && a_len >= extent(a_rows, a_cols, lda), "matmul: a too small");
+    assert!(ldb >= b_cols && b_len >= extent(b_rows, b_cols, ldb), "matmul: b too small");
+    true
+}
+
+/// `out[m,n] (+)= op(a)[m,k] · op(b)[k,n]` in f32, row-major storage with
+/// the row strides of `mm`.
+///
+/// Threads split the larger output dimension into contiguous blocks and run
+/// one single-threaded gemm each. Measured against gemm's own rayon mode on
+/// 2 cores, this is as fast on large products and up to 1.4x faster on the
+/// small and transposed (weight-gradient) ones a training step is made of.
+pub fn matmul(out: &mut [f32], a: &[f32], b: &[f32], mm: Matmul) {
+    if !checked(out, a.len(), b.len(), mm) {
+        return;
+    }
+    let Matmul { m, n, k, trans_a, trans_b, accumulate, lda, ldb, ldo, .. } = mm;
     if !trans_a && trans_b && skinny::ROWS.contains(&m) {
         skinny::matmul_nt(out, a, b, m, n, k, lda, ldb, ldo, accumulate);
         return;

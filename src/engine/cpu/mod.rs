@@ -170,10 +170,12 @@ impl Backend for Cpu {
             v.extend_from_slice(data);
             return Ok(CpuBuf::F32(v));
         }
-        let mut v = allocate::<u16>(data.len())?;
-        v.resize(data.len(), 0);
-        v.par_chunks_mut(CHUNK).zip(data.par_chunks(CHUNK)).for_each(|(d, s)| super::dtype::encode16(s, d, dtype));
-        Ok(if dtype == DType::BF16 { CpuBuf::BF16(v) } else { CpuBuf::F16(v) })
+        // Zeroed pages are only mapped, so the values are written once.
+        let mut buf = self.zeros_as(data.len(), dtype)?;
+        if let CpuBuf::BF16(v) | CpuBuf::F16(v) = &mut buf {
+            v.par_chunks_mut(CHUNK).zip(data.par_chunks(CHUNK)).for_each(|(d, s)| super::dtype::encode16(s, d, dtype));
+        }
+        Ok(buf)
     }
     fn dtype(&self, buf: &CpuBuf) -> DType {
         buf.dtype()

@@ -93,8 +93,8 @@ pub fn matmul_nt_bf16(
     accumulate: bool,
 ) {
     assert!(m > 0 && out.len() >= (m - 1) * ldo + n && a.len() >= (m - 1) * lda + k && b.len() >= (n - 1) * ldb + k);
-    let dst = SharedMut(out.as_mut_ptr());
-    let block = |j0: usize, j1: usize| {
+    let store = storer(SharedMut(out.as_mut_ptr()), ldo, accumulate);
+    by_column_blocks(m, n, k, |j0, j1| {
         for j in j0..j1 {
             let w = &b[j * ldb..][..k];
             // Four rows ahead, a prefetch per cache line (as the f32 kernel):
@@ -110,15 +110,28 @@ pub fn matmul_nt_bf16(
                 }
             }
             for i in 0..m {
-                let s = crate::engine::fastmath::dot_bf16(&a[i * lda..][..k], w);
-                // SAFETY: (i, j) is inside `out` (asserted); tasks own disjoint columns.
-                unsafe {
-                    let o = dst.at(i * ldo + j);
-                    *o = if accumulate { *o + s } else { s };
-                }
+                store(i, j, crate::engine::fastmath::dot_bf16(&a[i * lda..][..k], w));
             }
         }
-    };
+    })
+}
+
+/// `out[i, j] (+)= s`, for kernels whose tasks own disjoint columns of `out`
+/// (`dst` points at it, row stride `ldo`; the caller checked the bounds).
+fn storer(dst: SharedMut, ldo: usize, accumulate: bool) -> impl Fn(usize, usize, f32) + Copy + Sync {
+    move |i, j, s| {
+        // SAFETY: (i, j) is inside `out` (the caller's assert); tasks own
+        // disjoint columns.
+        unsafe {
+            let o = dst.at(i * ldo + j);
+            *o = if accumulate { *o + s } else { s };
+        }
+    }
+}
+
+/// Runs `block(j0, j1)` over the `n` weight rows: in tasks of
+/// [`COLS_PER_TASK`] rows, or on this thread when the product is small.
+fn by_column_blocks(m: usize, n: usize, k: usize, block: impl Fn(usize, usize) + Sync) {
     let tasks = n.div_ceil(COLS_PER_TASK);
     if tasks <= 1 || m * n * k < SERIAL_BELOW {
         block(0, n);
@@ -142,15 +155,7 @@ pub fn matmul_nt(
     accumulate: bool,
 ) {
     assert!(m > 0 && out.len() >= (m - 1) * ldo + n && a.len() >= (m - 1) * lda + k && b.len() >= (n - 1) * ldb + k);
-    let dst = SharedMut(out.as_mut_ptr());
-    let store = |i: usize, j: usize, s: f32| {
-        // SAFETY: (i, j) is inside `out` (the assert above); tasks own
-        // disjoint columns.
-        unsafe {
-            let o = dst.at(i * ldo + j);
-            *o = if accumulate { *o + s } else { s };
-        }
-    };
+    let store = storer(SharedMut(out.as_mut_ptr()), ldo, accumulate);
     let block = |j0: usize, j1: usize| {
         #[cfg(all(
             target_arch = "x86_64",
@@ -186,12 +191,7 @@ pub fn matmul_nt(
             j += cols;
         }
     };
-    let tasks = n.div_ceil(COLS_PER_TASK);
-    if tasks <= 1 || m * n * k < SERIAL_BELOW {
-        block(0, n);
-    } else {
-        (0..tasks).into_par_iter().for_each(|t| block(t * COLS_PER_TASK, ((t + 1) * COLS_PER_TASK).min(n)));
-    }
+    by_column_blocks(m, n, k, block);
 }
 
 /// Up to this many rows, one weight row at a time is dotted with all of
