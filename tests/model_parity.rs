@@ -76,7 +76,7 @@ fn run(fixture: &str) {
     let params: Vec<Vec<f32>> = names.iter().map(|n| fx.f32s(&format!("param.{n}"))).collect();
     let mut model = Gpt::from_host(Cpu, cfg.clone(), &params).unwrap();
     let (x, y) = (fx.u32s("inputs"), fx.u32s("targets"));
-    let mut acts = Activations::<Cpu>::new(&model.be, &cfg, b, t, Recompute::None).unwrap();
+    let mut acts = model.activations(b, t, Recompute::None).unwrap();
 
     // Forward: logits of the real vocabulary (padding columns are never
     // computed: nothing reads them) and loss.
@@ -154,7 +154,7 @@ fn run_bf16(fixture: &str) {
     let mut model = Gpt::from_host(Cpu, cfg.clone(), &params).unwrap();
     model.compute = DType::BF16;
     let (x, y) = (fx.u32s("inputs"), fx.u32s("targets"));
-    let mut acts = Activations::<Cpu>::new(&model.be, &cfg, b, t, Recompute::None).unwrap();
+    let mut acts = model.activations(b, t, Recompute::None).unwrap();
     let mut opt = AdamW::new(&model).unwrap();
     opt.zero_grad(&model.be);
     let loss = model.forward(&mut acts, &x, Some(&y), Some(1.0 / (b * t) as f32), Dropout::OFF).unwrap().unwrap();

@@ -10,9 +10,9 @@ use crate::engine::device::check_fits;
 use crate::engine::Backend;
 use crate::engine::DType;
 use crate::eval::{attention_stats, evaluate, sampled_loss, EvalReport, HeadStats};
-use crate::model::activations::activation_floats;
+use crate::model::activations::activation_bytes;
 use crate::model::config::{MAX_BATCH, MAX_REPEATS};
-use crate::model::{Activations, Recompute};
+use crate::model::Recompute;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::json;
@@ -181,7 +181,7 @@ fn eval<B: Backend>(a: &EvalArgs, be: B) -> Result<()> {
 /// Evaluating `batch` windows at once must fit in the device's memory.
 fn fits<B: Backend>(model: &crate::model::Gpt<B>, batch: usize) -> Result<()> {
     let m = &model.cfg;
-    let need = activation_floats(m, batch, m.block_size, Recompute::None) * 4
+    let need = activation_bytes(m, batch, m.block_size, Recompute::None, model.compute)
         + model.be.attention_scratch_bytes(m.attn_shape(batch, m.block_size));
     check_fits(need, model.be.available_memory(), &format!("evaluating {batch} windows at once"), "lower --batch-size")
 }
@@ -199,7 +199,7 @@ fn like_training<B: Backend>(a: &EvalArgs, loaded: Loaded<B>) -> Result<()> {
     fits(&model, batch)?;
     let seq = model.cfg.block_size;
     let data = dataset(run.source(a.data.as_ref()).as_deref(), &ck, run.train_frac, seq)?;
-    let mut acts = Activations::<B>::new(&model.be, &model.cfg, batch, seq, Recompute::None)?;
+    let mut acts = model.activations(batch, seq, Recompute::None)?;
     let step = state.step;
     let mut loss = |split| sampled_loss(&model, &mut acts, &data, split, (eval_iters, batch, seq), (seed, step));
     let (train_loss, val_loss) = (loss(Split::Train)?, loss(Split::Val)?);

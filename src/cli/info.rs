@@ -3,7 +3,8 @@
 
 use super::RunArgs;
 use crate::checkpoint::{self, Prefer};
-use crate::model::activations::activation_floats;
+use crate::engine::DType;
+use crate::model::activations::activation_bytes;
 use crate::model::info::{kv_cache_bytes_per_token, params_by_component, TrainMemory};
 use crate::model::{ModelConfig, Recompute};
 use crate::train::config;
@@ -30,7 +31,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 const CONTEXTS: [usize; 3] = [256, 1024, 4096];
 
 pub fn run(a: &InfoArgs) -> Result<()> {
-    let (model, batch, seq, recompute) = match &a.checkpoint {
+    let (model, batch, seq, recompute, dtype) = match &a.checkpoint {
         Some(dir) => {
             let ck = checkpoint::load_config(&checkpoint::resolve_dir(dir, Prefer::Best)?)?;
             // How it was trained, where it says so.
@@ -39,6 +40,7 @@ pub fn run(a: &InfoArgs) -> Result<()> {
             struct Run {
                 batch_size: Option<usize>,
                 recompute: Recompute,
+                dtype: Option<DType>,
             }
             let run: Run = ck.training()?;
             let batch = run.batch_size.unwrap_or(1);
@@ -46,18 +48,18 @@ pub fn run(a: &InfoArgs) -> Result<()> {
                 anyhow::bail!("the checkpoint's training record is corrupt (batch_size {batch})");
             }
             let block = ck.model.block_size;
-            (ck.model, batch, block, run.recompute)
+            (ck.model, batch, block, run.recompute, run.dtype.unwrap_or(DType::F32))
         }
         None => {
             let cfg = a.run.resolve()?;
             let m = cfg.model_for_vocab(config::reference_vocab(a.run.preset_name(), &cfg));
             m.validate()?;
-            (m, cfg.batch_size, cfg.model.block_size, cfg.recompute)
+            (m, cfg.batch_size, cfg.model.block_size, cfg.recompute, cfg.dtype)
         }
     };
     let memory: Vec<(Recompute, TrainMemory)> = [Recompute::None, Recompute::Mlp, Recompute::Block]
         .into_iter()
-        .map(|r| (r, TrainMemory::new(&model, batch, seq, r)))
+        .map(|r| (r, TrainMemory::new(&model, batch, seq, r, dtype)))
         .collect();
     if a.json {
         let out = json!({
@@ -74,14 +76,14 @@ pub fn run(a: &InfoArgs) -> Result<()> {
             }))).collect::<serde_json::Map<_, _>>(),
             "recompute": recompute,
             "activation_bytes_by_block_size": CONTEXTS.iter()
-                .map(|&t| (t.to_string(), json!(activation_floats(&model, batch, t, recompute) * 4)))
+                .map(|&t| (t.to_string(), json!(activation_bytes(&model, batch, t, recompute, dtype))))
                 .collect::<serde_json::Map<_, _>>(),
             "kv_cache_bytes_per_token": kv_cache_bytes_per_token(&model),
         });
         super::out!("{out}")?;
         return Ok(());
     }
-    print_table(&model, batch, seq, recompute, &memory)?;
+    print_table(&model, (batch, seq, recompute, dtype), &memory)?;
     Ok(())
 }
 
@@ -97,9 +99,7 @@ fn forward_flops(m: &ModelConfig, seq: usize) -> f64 {
 
 fn print_table(
     m: &ModelConfig,
-    batch: usize,
-    seq: usize,
-    recompute: Recompute,
+    (batch, seq, recompute, dtype): (usize, usize, Recompute, DType),
     memory: &[(Recompute, TrainMemory)],
 ) -> Result<()> {
     let attn =
@@ -135,7 +135,9 @@ fn print_table(
         m.train_flops_per_token(seq),
         m.matmul_params()
     )?;
-    super::out!("\ntraining memory at batch {batch} x block {seq}, fp32 (MiB):")?;
+    // bf16 runs keep their matmul inputs in bf16; weights, gradients and
+    // AdamW stay f32 either way.
+    super::out!("\ntraining memory at batch {batch} x block {seq}, {dtype} matmuls (MiB):")?;
     super::out!(
         "  {:<12} {:>10} {:>10} {:>10} {:>12} {:>10}",
         "recompute",
@@ -159,7 +161,7 @@ fn print_table(
     }
     let at: Vec<String> = CONTEXTS
         .iter()
-        .map(|&t| format!("{:.1} MiB at {t}", (activation_floats(m, batch, t, recompute) * 4) as f64 / MIB))
+        .map(|&t| format!("{:.1} MiB at {t}", activation_bytes(m, batch, t, recompute, dtype) as f64 / MIB))
         .collect();
     super::out!(
         "  activations at other block sizes (batch {batch}, recompute {}): {}",

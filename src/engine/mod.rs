@@ -159,6 +159,9 @@ pub struct AdamWStep {
 /// otherwise (norms, softmax, the loss and AdamW always accumulate in f32).
 /// Memory operations take any dtype: uploads and writes round f32 values to
 /// the buffer's dtype (to nearest even), downloads give f32 values back.
+/// The kernels whose outputs only feed matmuls (norms, MLP activations,
+/// attention) may write f32 or bf16, computing in f32 and rounding once as
+/// they store: that is how bf16 training keeps those activations.
 ///
 /// Conventions: `*_fwd` overwrite their outputs; parameter gradients are
 /// always accumulated (`+=`) so gradient accumulation needs no extra pass;
@@ -292,6 +295,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     // ---- normalisation ----
     /// LayerNorm (eps 1e-5, as PyTorch's default) over rows of `channels`.
+    /// `out` is f32 or bf16.
     fn layernorm_fwd(
         &self,
         out: &mut Self::Buf,
@@ -317,7 +321,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
         rows: usize,
         channels: usize,
     );
-    /// RMSNorm (eps 1e-6): `out = inp / rms(inp) * weight`.
+    /// RMSNorm (eps 1e-6): `out = inp / rms(inp) * weight`; `out` is f32 or bf16.
     fn rmsnorm_fwd(
         &self,
         out: &mut Self::Buf,
@@ -371,11 +375,11 @@ pub trait Backend: Clone + Send + Sync + 'static {
     );
 
     // ---- MLP activations ----
-    /// On the first `n` elements.
+    /// On the first `n` elements; `out` is f32 or bf16.
     fn activation_fwd(&self, out: &mut Self::Buf, inp: &Self::Buf, n: usize, act: Activation);
     fn activation_bwd(&self, dinp: &mut Self::Buf, inp: &Self::Buf, dout: &Self::Buf, n: usize, act: Activation);
     /// SwiGLU: `inp` rows are `[gate | up]` (`2 * hidden` wide), `out[r] =
-    /// silu(gate) * up`.
+    /// silu(gate) * up` (`out` f32 or bf16).
     fn swiglu_fwd(&self, out: &mut Self::Buf, inp: &Self::Buf, rows: usize, hidden: usize);
     fn swiglu_bwd(&self, dinp: &mut Self::Buf, inp: &Self::Buf, dout: &Self::Buf, rows: usize, hidden: usize);
 
@@ -383,7 +387,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// `out` from `qkv`; keeps per-row softmax statistics in `stats`
     /// ([`AttnShape::stats_len`] floats, the backend's to define) from which
     /// the backward pass recomputes the probabilities, as flash attention
-    /// does: memory linear in the sequence, not quadratic.
+    /// does: memory linear in the sequence, not quadratic. `out` is f32 or bf16.
     fn attention_fwd(
         &self,
         out: &mut Self::Buf,

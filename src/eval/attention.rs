@@ -3,7 +3,7 @@
 //! of how far back it looks.
 
 use crate::engine::{Backend, Dropout};
-use crate::model::{Activations, Gpt, Recompute};
+use crate::model::{Gpt, Recompute};
 use anyhow::Result;
 use serde::Serialize;
 
@@ -44,7 +44,7 @@ fn bin_of(d: usize) -> usize {
 pub fn attention_stats<B: Backend>(model: &Gpt<B>, windows: &[Vec<u32>]) -> Result<Vec<HeadStats>> {
     let (batch, seq) = (windows.len(), windows[0].len());
     let cfg = &model.cfg;
-    let mut acts = Activations::<B>::new(&model.be, cfg, batch, seq, Recompute::None)?;
+    let mut acts = model.activations(batch, seq, Recompute::None)?;
     let x: Vec<u32> = windows.iter().flatten().copied().collect();
     model.forward(&mut acts, &x, None, None, Dropout::OFF)?;
     let shape = cfg.attn_shape(batch, seq);

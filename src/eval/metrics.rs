@@ -38,11 +38,11 @@ pub fn evaluate<B: Backend>(
     let starts: Vec<usize> = (0..targets).step_by(block).collect();
     let (full, tail): (Vec<usize>, Vec<usize>) = starts.into_iter().partition(|&s| s + block <= targets);
     let mut sums = Sums::default();
-    let mut acts = Activations::<B>::new(&model.be, &model.cfg, batch, block, Recompute::None)?;
+    let mut acts = model.activations(batch, block, Recompute::None)?;
     for group in full.chunks(batch) {
         if group.len() < batch {
             // The last, smaller group of full windows.
-            let mut a = Activations::<B>::new(&model.be, &model.cfg, group.len(), block, Recompute::None)?;
+            let mut a = model.activations(group.len(), block, Recompute::None)?;
             score(model, &mut a, tokens, group, block, token_bytes, &mut sums)?;
         } else {
             score(model, &mut acts, tokens, group, block, token_bytes, &mut sums)?;
@@ -50,7 +50,7 @@ pub fn evaluate<B: Backend>(
     }
     if let Some(&s) = tail.first() {
         let len = targets - s;
-        let mut a = Activations::<B>::new(&model.be, &model.cfg, 1, len, Recompute::None)?;
+        let mut a = model.activations(1, len, Recompute::None)?;
         score(model, &mut a, tokens, &[s], len, token_bytes, &mut sums)?;
     }
     Ok(sums.report())

@@ -2,7 +2,7 @@
 //! shape and reused by every step, and what activation recomputation keeps.
 
 use super::config::ModelConfig;
-use crate::engine::Backend;
+use crate::engine::{Backend, DType};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
@@ -43,51 +43,69 @@ pub struct BlockActs<T> {
 }
 
 impl<T> BlockActs<T> {
-    /// Buffers for `rows` rows, with `stats` floats of attention statistics.
+    /// Buffers for `rows` rows, with `stats` floats of attention statistics;
+    /// `alloc(len, dtype)`, the buffers only matmuls read in `inputs`.
     pub fn build(
         cfg: &ModelConfig,
         rows: usize,
         stats: usize,
-        alloc: &mut impl FnMut(usize) -> Result<T>,
+        inputs: DType,
+        alloc: &mut impl FnMut(usize, DType) -> Result<T>,
     ) -> Result<Self> {
         let (n, c, w) = (rows, cfg.n_embd, cfg.qkv_width());
         let qk = if cfg.qk_norm { 1 } else { 0 };
+        let f32 = DType::F32;
         Ok(BlockActs {
-            ln1: alloc(n * c)?,
-            ln1_mean: alloc(n)?,
-            ln1_rstd: alloc(n)?,
-            qkv_raw: alloc(qk * n * w)?,
-            qk_rstd: alloc(qk * n * (cfg.n_head + cfg.kv_heads()))?,
-            qkv: alloc(n * w)?,
-            att_stats: alloc(stats)?,
-            atty: alloc(n * c)?,
-            res_attn: alloc(n * c)?,
-            ln2: alloc(n * c)?,
-            ln2_mean: alloc(n)?,
-            ln2_rstd: alloc(n)?,
+            ln1: alloc(n * c, inputs)?,
+            ln1_mean: alloc(n, f32)?,
+            ln1_rstd: alloc(n, f32)?,
+            qkv_raw: alloc(qk * n * w, f32)?,
+            qk_rstd: alloc(qk * n * (cfg.n_head + cfg.kv_heads()), f32)?,
+            qkv: alloc(n * w, f32)?,
+            att_stats: alloc(stats, f32)?,
+            atty: alloc(n * c, inputs)?,
+            res_attn: alloc(n * c, f32)?,
+            ln2: alloc(n * c, inputs)?,
+            ln2_mean: alloc(n, f32)?,
+            ln2_rstd: alloc(n, f32)?,
         })
     }
 }
 
-/// The MLP's hidden activations: before (`fc`) and after the activation.
+/// The MLP's hidden activations: before (`fc`, f32: the activation's
+/// backward reads it) and after the activation (`act`, in `inputs`).
 pub struct MlpActs<T> {
     pub fc: T,
     pub act: T,
 }
 
 impl<T> MlpActs<T> {
-    pub fn build(cfg: &ModelConfig, rows: usize, alloc: &mut impl FnMut(usize) -> Result<T>) -> Result<Self> {
-        Ok(MlpActs { fc: alloc(rows * cfg.fc_width())?, act: alloc(rows * cfg.hidden())? })
+    pub fn build(
+        cfg: &ModelConfig,
+        rows: usize,
+        inputs: DType,
+        alloc: &mut impl FnMut(usize, DType) -> Result<T>,
+    ) -> Result<Self> {
+        Ok(MlpActs { fc: alloc(rows * cfg.fc_width(), DType::F32)?, act: alloc(rows * cfg.hidden(), inputs)? })
     }
 }
 
 /// Buffers of a training step over `[batch, seq]` tokens. Generic over the
 /// buffer type so the same code that allocates them also counts them
-/// ([`activation_floats`]).
+/// ([`activation_bytes`]).
+///
+/// The buffers that only matmuls read (norm outputs, attention's output,
+/// the MLP's activation) are stored in `inputs`: the model's matmul
+/// arithmetic. In bf16 training that halves them at no cost in accuracy:
+/// the bf16 matmul rounds its operands to bf16 anyway (the same rounding),
+/// so the products are the ones f32 storage gives, to the bit. Everything
+/// else a backward kernel reads (residual stream, pre-activations, q/k/v,
+/// statistics) stays f32, as do the gradients.
 pub struct Acts<T> {
     pub batch: usize,
     pub seq: usize,
     pub recompute: Recompute,
+    pub inputs: DType,
     /// Each token's position (`t` of `[b, t]`), on the host.
     pub positions: Vec<u32>,
     pub encoded: T,
@@ -119,13 +137,14 @@ pub struct Acts<T> {
 pub type Activations<B> = Acts<<B as Backend>::Buf>;
 
 impl<T> Acts<T> {
-    /// Lays out every buffer, creating each with `alloc(len)`.
+    /// Lays out every buffer, creating each with `alloc(len, dtype)`.
     pub fn build(
         cfg: &ModelConfig,
         batch: usize,
         seq: usize,
         recompute: Recompute,
-        mut alloc: impl FnMut(usize) -> Result<T>,
+        inputs: DType,
+        mut alloc: impl FnMut(usize, DType) -> Result<T>,
     ) -> Result<Self> {
         let n = batch * seq;
         let (c, w) = (cfg.n_embd, cfg.qkv_width());
@@ -133,19 +152,23 @@ impl<T> Acts<T> {
         let stored_blocks = if recompute == Recompute::Block { 1 } else { cfg.n_layer };
         let stored_mlps = if recompute == Recompute::None { cfg.n_layer } else { 1 };
         let stats = cfg.attn_shape(batch, seq).stats_len();
-        let blocks = (0..stored_blocks).map(|_| BlockActs::build(cfg, n, stats, &mut alloc)).collect::<Result<_>>()?;
-        let mlps = (0..stored_mlps).map(|_| MlpActs::build(cfg, n, &mut alloc)).collect::<Result<_>>()?;
+        let blocks =
+            (0..stored_blocks).map(|_| BlockActs::build(cfg, n, stats, inputs, &mut alloc)).collect::<Result<_>>()?;
+        let mlps = (0..stored_mlps).map(|_| MlpActs::build(cfg, n, inputs, &mut alloc)).collect::<Result<_>>()?;
+        let lnf = alloc(n * c, inputs)?;
+        let mut alloc = |len| alloc(len, DType::F32);
         Ok(Acts {
             batch,
             seq,
             recompute,
+            inputs,
             // Filled by `new`: counting the buffers must not allocate.
             positions: Vec::new(),
             encoded: alloc(n * c)?,
             outputs: (0..cfg.n_layer).map(|_| alloc(n * c)).collect::<Result<_>>()?,
             blocks,
             mlps,
-            lnf: alloc(n * c)?,
+            lnf,
             lnf_mean: alloc(n)?,
             lnf_rstd: alloc(n)?,
             logits: alloc(n * cfg.padded_vocab)?,
@@ -181,25 +204,27 @@ impl<T> Acts<T> {
 }
 
 impl<T> Acts<T> {
-    /// Allocates the buffers on a backend.
+    /// Allocates the buffers on a backend, matmul inputs in `inputs` (see
+    /// [`Acts`]; `Gpt::activations` picks the model's arithmetic).
     pub fn new<B: Backend<Buf = T>>(
         be: &B,
         cfg: &ModelConfig,
         batch: usize,
         seq: usize,
         recompute: Recompute,
+        inputs: DType,
     ) -> Result<Self> {
-        let mut acts = Acts::build(cfg, batch, seq, recompute, |len| be.zeros(len))?;
+        let mut acts = Acts::build(cfg, batch, seq, recompute, inputs, |len, dtype| be.zeros_as(len, dtype))?;
         acts.positions = (0..batch * seq).map(|i| (i % seq) as u32).collect();
         Ok(acts)
     }
 }
 
-/// Number of f32 values all the activation buffers hold.
-pub fn activation_floats(cfg: &ModelConfig, batch: usize, seq: usize, recompute: Recompute) -> usize {
+/// Bytes all the activation buffers take, matmul inputs in `inputs`.
+pub fn activation_bytes(cfg: &ModelConfig, batch: usize, seq: usize, recompute: Recompute, inputs: DType) -> usize {
     let mut total = 0;
-    let counted = Acts::build(cfg, batch, seq, recompute, |len| {
-        total += len;
+    let counted = Acts::build(cfg, batch, seq, recompute, inputs, |len, dtype| {
+        total += len * dtype.bytes();
         Ok(())
     });
     counted.expect("counting cannot fail");
@@ -214,10 +239,10 @@ mod tests {
     fn recompute_stores_less() {
         let cfg = ModelConfig::gpt2(65, 64, 4, 4, 128);
         let [none, mlp, block] =
-            [Recompute::None, Recompute::Mlp, Recompute::Block].map(|r| activation_floats(&cfg, 12, 64, r));
+            [Recompute::None, Recompute::Mlp, Recompute::Block].map(|r| activation_bytes(&cfg, 12, 64, r, DType::F32));
         assert!(none > mlp && mlp > block, "{none} {mlp} {block}");
         // Recomputing the MLP saves its two hidden buffers in all but one block.
-        assert_eq!(none - mlp, 3 * 12 * 64 * (4 * 128 + 4 * 128));
+        assert_eq!(none - mlp, 4 * 3 * 12 * 64 * (4 * 128 + 4 * 128));
     }
 
     #[test]
@@ -225,7 +250,20 @@ mod tests {
         // Attention keeps row statistics, not `T x T` probabilities.
         let cfg = ModelConfig::gpt2(65, 4096, 4, 4, 128);
         for r in [Recompute::None, Recompute::Mlp, Recompute::Block] {
-            assert_eq!(activation_floats(&cfg, 2, 2048, r), 2 * activation_floats(&cfg, 2, 1024, r));
+            for dt in [DType::F32, DType::BF16] {
+                assert_eq!(activation_bytes(&cfg, 2, 2048, r, dt), 2 * activation_bytes(&cfg, 2, 1024, r, dt));
+            }
         }
+    }
+
+    #[test]
+    fn bf16_matmul_inputs_halve_their_buffers() {
+        // Per block: ln1, attention output, ln2 (n x c each) and the MLP's
+        // activation (n x 4c), plus the final norm's output, at 2 bytes less.
+        let cfg = ModelConfig::gpt2(65, 64, 4, 4, 128);
+        let (n, c) = (12 * 64, 128);
+        let f32 = activation_bytes(&cfg, 12, 64, Recompute::None, DType::F32);
+        let bf16 = activation_bytes(&cfg, 12, 64, Recompute::None, DType::BF16);
+        assert_eq!(f32 - bf16, 2 * (4 * n * 7 * c + n * c));
     }
 }

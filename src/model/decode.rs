@@ -55,14 +55,17 @@ impl<T> Buffers<T> {
         let rows = if slots == 0 { 0 } else { cap.max(slots) };
         let k = (0..cfg.n_layer).map(|_| alloc(slots * cap * width, kv)).collect::<Result<_>>()?;
         let v = (0..cfg.n_layer).map(|_| alloc(slots * cap * width, kv)).collect::<Result<_>>()?;
+        // Decoding's matmuls take f32 rows (the mat-vec kernels read them).
+        let block = BlockActs::build(cfg, rows, 0, DType::F32, &mut alloc)?;
+        let mlp = MlpActs::build(cfg, rows, DType::F32, &mut alloc)?;
         let mut alloc = |len: usize| alloc(len, DType::F32);
         Ok(Buffers {
             k,
             v,
             x: alloc(rows * c)?,
             y: alloc(rows * c)?,
-            block: BlockActs::build(cfg, rows, 0, &mut alloc)?,
-            mlp: MlpActs::build(cfg, rows, &mut alloc)?,
+            block,
+            mlp,
             proj: alloc(rows * c)?,
             last: alloc(rows * c)?,
             last_ln: alloc(rows * c)?,
@@ -238,8 +241,8 @@ impl<B: Backend> KvCache<B> {
 /// cache must reproduce), for tests.
 #[cfg(test)]
 pub(crate) fn full_logits<B: Backend>(model: &Gpt<B>, ctx: &[u32]) -> Vec<f32> {
-    use super::{Activations, Recompute};
-    let mut acts = Activations::<B>::new(&model.be, &model.cfg, 1, ctx.len(), Recompute::None).unwrap();
+    use super::Recompute;
+    let mut acts = model.activations(1, ctx.len(), Recompute::None).unwrap();
     model.forward(&mut acts, ctx, None, None, Dropout::OFF).unwrap();
     let (pv, v) = (model.cfg.padded_vocab, model.cfg.vocab_size);
     let mut logits = model.be.read_range(&acts.logits, (ctx.len() - 1) * pv, v).unwrap();

@@ -93,6 +93,12 @@ impl<B: Backend> Gpt<B> {
         Ok(Gpt { be, cfg, layout, params, compute: DType::F32, kv_dtype: DType::F32, sinusoid, rope })
     }
 
+    /// Buffers for a forward (and backward) pass over `[batch, seq]`, the
+    /// matmul inputs stored in the model's arithmetic (see [`Activations`]).
+    pub fn activations(&self, batch: usize, seq: usize, recompute: Recompute) -> Result<Activations<B>> {
+        Activations::<B>::new(&self.be, &self.cfg, batch, seq, recompute, self.compute)
+    }
+
     pub fn params_to_host(&self) -> Result<Vec<Vec<f32>>> {
         self.params.iter().map(|p| self.be.to_host(p)).collect()
     }
@@ -508,7 +514,7 @@ mod tests {
 
     fn grads(model: &Gpt<Cpu>, recompute: Recompute, drop: Dropout) -> Vec<Vec<f32>> {
         let (x, y) = batch(&model.cfg);
-        let mut acts = Activations::<Cpu>::new(&model.be, &model.cfg, B, T, recompute).unwrap();
+        let mut acts = model.activations(B, T, recompute).unwrap();
         let mut g = model.zeros_like_params().unwrap();
         model.forward(&mut acts, &x, Some(&y), Some(1.0), drop).unwrap();
         model.backward(&mut acts, &mut g, &x, drop);
@@ -521,7 +527,7 @@ mod tests {
             let mut model = random_model(cfg.clone());
             let analytic = grads(&model, Recompute::None, Dropout::OFF);
             let (x, y) = batch(&cfg);
-            let mut acts = Activations::<Cpu>::new(&model.be, &cfg, B, T, Recompute::None).unwrap();
+            let mut acts = model.activations(B, T, Recompute::None).unwrap();
             for (i, grad) in analytic.iter().enumerate() {
                 let name = format!("{:?} {}", cfg.pos, model.layout.specs[i].name);
                 let mut p = model.params[i].clone();
@@ -541,7 +547,7 @@ mod tests {
             let mut model = Gpt::new(Cpu, cfg.clone(), 3).unwrap();
             let (x, y) = batch(&cfg);
             let run = |model: &Gpt<Cpu>| {
-                let mut acts = Activations::<Cpu>::new(&model.be, &model.cfg, B, T, Recompute::None).unwrap();
+                let mut acts = model.activations(B, T, Recompute::None).unwrap();
                 let loss = model.forward(&mut acts, &x, Some(&y), None, Dropout::OFF).unwrap().unwrap();
                 (loss, grads(model, Recompute::None, Dropout::OFF))
             };
@@ -555,6 +561,29 @@ mod tests {
             let cos = dot / (norm(&a) * norm(&b));
             assert!(cos > 0.999, "{:?}: gradient cosine {cos}", cfg.pos);
             assert_ne!(a, b, "bf16 arithmetic changed nothing: not wired in");
+        }
+    }
+
+    #[test]
+    fn bf16_stored_matmul_inputs_give_the_same_gradients_to_the_bit() {
+        // The bf16 matmul rounds its operands as the bf16 stores do.
+        for cfg in test_variants() {
+            let mut model = Gpt::new(Cpu, ModelConfig { dropout: 0.2, ..cfg.clone() }, 5).unwrap();
+            model.compute = DType::BF16;
+            let (x, y) = batch(&cfg);
+            let drop = Dropout { p: 0.2, seed: 3 };
+            let run = |inputs: DType, recompute: Recompute| {
+                let mut acts = Activations::<Cpu>::new(&model.be, &model.cfg, B, T, recompute, inputs).unwrap();
+                assert_eq!(acts.blocks[0].ln1.dtype(), inputs);
+                let mut g = model.zeros_like_params().unwrap();
+                let loss = model.forward(&mut acts, &x, Some(&y), Some(1.0), drop).unwrap();
+                model.backward(&mut acts, &mut g, &x, drop);
+                (loss, g.iter().map(|b| b.to_vec()).collect::<Vec<_>>())
+            };
+            let wide = run(DType::F32, Recompute::None);
+            for recompute in [Recompute::None, Recompute::Mlp, Recompute::Block] {
+                assert_eq!(run(DType::BF16, recompute), wide, "{:?} {recompute:?}", cfg.pos);
+            }
         }
     }
 

@@ -1,9 +1,10 @@
 //! What a model costs: parameters by component, FLOPs per token, and the
 //! memory a training run and the KV cache need (for `ferrite info`).
 
-use super::activations::{activation_floats, Recompute};
+use super::activations::{activation_bytes, Recompute};
 use super::config::ModelConfig;
 use super::params::param_specs;
+use crate::engine::DType;
 use serde::Serialize;
 
 const F32: usize = std::mem::size_of::<f32>();
@@ -46,13 +47,14 @@ pub struct TrainMemory {
 }
 
 impl TrainMemory {
-    pub fn new(cfg: &ModelConfig, batch: usize, seq: usize, recompute: Recompute) -> TrainMemory {
+    /// `dtype`: the run's matmul arithmetic (bf16 stores matmul inputs in bf16).
+    pub fn new(cfg: &ModelConfig, batch: usize, seq: usize, recompute: Recompute, dtype: DType) -> TrainMemory {
         let p = cfg.num_params() * F32;
         TrainMemory {
             params: p,
             grads: p,
             optimizer: 2 * p,
-            activations: activation_floats(cfg, batch, seq, recompute) * F32,
+            activations: activation_bytes(cfg, batch, seq, recompute, dtype),
         }
     }
 

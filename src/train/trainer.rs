@@ -134,7 +134,7 @@ impl<B: Backend> Trainer<B> {
         state: TrainState,
     ) -> Result<Self> {
         model.compute = cfg.dtype;
-        let acts = Activations::<B>::new(&model.be, &model.cfg, cfg.batch_size, cfg.model.block_size, cfg.recompute)?;
+        let acts = model.activations(cfg.batch_size, cfg.model.block_size, cfg.recompute)?;
         let run_dir = PathBuf::from(&cfg.out_dir);
         Ok(Trainer { cfg, model, opt, tokenizer, data, state, acts, run_dir, resumed_from: None, x: vec![], y: vec![] })
     }
@@ -344,7 +344,7 @@ fn say(line: &str) -> Result<()> {
 pub fn check_memory<B: Backend>(be: &B, cfg: &TrainConfig, model: &crate::model::ModelConfig) -> Result<()> {
     // The in-memory corpus or a benchmark's random tokens come on top; a
     // run that fits only without them is too close anyway.
-    let need = TrainMemory::new(model, cfg.batch_size, model.block_size, cfg.recompute).total()
+    let need = TrainMemory::new(model, cfg.batch_size, model.block_size, cfg.recompute, cfg.dtype).total()
         + be.attention_scratch_bytes(model.attn_shape(cfg.batch_size, model.block_size));
     let what = format!(
         "training this {:.1}M-parameter model at batch {} x block {}",

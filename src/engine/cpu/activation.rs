@@ -1,5 +1,6 @@
 //! MLP activations: GELU (tanh approximation and exact), ReLU², SwiGLU.
 
+use super::store::Store;
 use crate::engine::fastmath;
 use crate::engine::Activation;
 use rayon::prelude::*;
@@ -62,8 +63,8 @@ fn bwd_chunk(dinp: &mut [f32], inp: &[f32], dout: &[f32], act: Activation) {
     }
 }
 
-pub fn activation_fwd(out: &mut [f32], inp: &[f32], act: Activation) {
-    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(o, x)| fwd_chunk(o, x, act));
+pub fn activation_fwd<O: Store>(out: &mut [O], inp: &[f32], act: Activation) {
+    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(o, x)| O::through_f32(o, |o| fwd_chunk(o, x, act)));
 }
 
 pub fn activation_bwd(dinp: &mut [f32], inp: &[f32], dout: &[f32], act: Activation) {
@@ -79,18 +80,20 @@ fn rows_per_task(hidden: usize) -> usize {
 }
 
 /// `out[r] = silu(gate) * up` where `inp[r] = [gate | up]`.
-pub fn swiglu_fwd(out: &mut [f32], inp: &[f32], rows: usize, hidden: usize) {
+pub fn swiglu_fwd<O: Store>(out: &mut [O], inp: &[f32], rows: usize, hidden: usize) {
     let per = rows_per_task(hidden);
     out[..rows * hidden]
         .par_chunks_mut(per * hidden)
         .zip(inp[..rows * 2 * hidden].par_chunks(per * 2 * hidden))
         .for_each(|(o, x)| {
-            for (orow, xrow) in o.chunks_exact_mut(hidden).zip(x.chunks_exact(2 * hidden)) {
-                let (gate, up) = xrow.split_at(hidden);
-                for ((o, &g), &u) in orow.iter_mut().zip(gate).zip(up) {
-                    *o = g * fastmath::sigmoid(g) * u;
+            O::through_f32(o, |o| {
+                for (orow, xrow) in o.chunks_exact_mut(hidden).zip(x.chunks_exact(2 * hidden)) {
+                    let (gate, up) = xrow.split_at(hidden);
+                    for ((o, &g), &u) in orow.iter_mut().zip(gate).zip(up) {
+                        *o = g * fastmath::sigmoid(g) * u;
+                    }
                 }
-            }
+            })
         });
 }
 

@@ -16,6 +16,7 @@
 
 use super::matmul::{gemm_serial, SharedMut, View};
 use super::scratch::with_scratch;
+use super::store::Store;
 use crate::engine::fastmath::{self, axpy, dot};
 use crate::engine::{AttnShape, CacheRow, Dropout};
 use rayon::prelude::*;
@@ -74,18 +75,24 @@ unsafe fn scores(p: &mut [f32], q: *const f32, k: *const f32, t_len: usize, hd: 
     gemm_serial(t_len, t_len, hd, p.as_mut_ptr(), t_len, false, View::rows(q, w), View::transposed(k, w), scale);
 }
 
-pub fn attention_fwd(out: &mut [f32], stats: &mut [f32], qkv: &[f32], s: AttnShape, drop: Dropout) {
+/// `out` is f32 or bf16 (`u16`): a bf16 output is computed per head into
+/// scratch and rounded once as it is stored.
+pub fn attention_fwd<O: Store>(out: &mut [O], stats: &mut [f32], qkv: &[f32], s: AttnShape, drop: Dropout) {
     let (t_len, hd, heads, w, ow) = (s.seq, s.head_dim, s.heads, s.qkv_width(), s.q_width());
     let tt = t_len * t_len;
     assert!(out.len() >= s.batch * t_len * ow && qkv.len() >= s.batch * t_len * w);
     let scale = 1.0 / (hd as f32).sqrt();
     let out_ptr = SharedMut(out.as_mut_ptr());
+    let narrow = O::as_f32_ptr(out_ptr.0).is_none();
+    let scratch_len = if drop.active() { 2 * tt } else { tt } + if narrow { t_len * hd } else { 0 };
     stats[..s.stats_len()].par_chunks_mut(2 * t_len).enumerate().for_each(|(bh, st)| {
-        with_scratch(if drop.active() { 2 * tt } else { tt }, |scratch| {
-            let (p, dropped) = scratch.split_at_mut(tt);
+        with_scratch(scratch_len, |scratch| {
+            let (p, rest) = scratch.split_at_mut(tt);
+            let (dropped, head_out) = rest.split_at_mut(if drop.active() { tt } else { 0 });
             let (b, h) = (bh / heads, bh % heads);
             let (qo, ko, vo) = s.offsets(h);
             let row0 = qkv[b * t_len * w..].as_ptr();
+            let first = b * t_len * ow + h * hd;
             // SAFETY: all views stay inside this batch row of qkv and out;
             // tasks write disjoint heads.
             unsafe {
@@ -98,8 +105,16 @@ pub fn attention_fwd(out: &mut [f32], stats: &mut [f32], qkv: &[f32], s: AttnSha
                 } else {
                     p.as_ptr()
                 };
-                let o = out_ptr.at(b * t_len * ow + h * hd);
-                gemm_serial(t_len, hd, t_len, o, ow, false, View::rows(pd, t_len), View::rows(v, w), 1.0);
+                let (o, ldo) = match O::as_f32_ptr(out_ptr.at(first)) {
+                    Some(o) => (o, ow),
+                    None => (head_out.as_mut_ptr(), hd),
+                };
+                gemm_serial(t_len, hd, t_len, o, ldo, false, View::rows(pd, t_len), View::rows(v, w), 1.0);
+                if narrow {
+                    for (i, row) in head_out.chunks_exact(hd).enumerate() {
+                        O::store(std::slice::from_raw_parts_mut(out_ptr.at(first + i * ow), hd), row);
+                    }
+                }
             }
         })
     });
@@ -191,16 +206,12 @@ pub fn attention_bwd(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], stats: &[f32],
 #[allow(clippy::too_many_arguments)]
 /// What a KV cache stores: f32, or bf16 bits (half the bytes to stream
 /// per decoding step, which is memory-bound).
-pub trait CacheElem: Copy + Send + Sync {
-    fn store(dst: &mut [Self], src: &[f32]);
+pub trait CacheElem: Store {
     fn dot(q: &[f32], k: &[Self]) -> f32;
     fn axpy(y: &mut [f32], a: f32, v: &[Self]);
 }
 
 impl CacheElem for f32 {
-    fn store(dst: &mut [f32], src: &[f32]) {
-        dst.copy_from_slice(src)
-    }
     #[inline(always)]
     fn dot(q: &[f32], k: &[f32]) -> f32 {
         dot(q, k)
@@ -212,9 +223,6 @@ impl CacheElem for f32 {
 }
 
 impl CacheElem for u16 {
-    fn store(dst: &mut [u16], src: &[f32]) {
-        crate::engine::dtype::encode16(src, dst, crate::engine::DType::BF16)
-    }
     #[inline(always)]
     fn dot(q: &[f32], k: &[u16]) -> f32 {
         fastmath::dot_bf16(q, k)

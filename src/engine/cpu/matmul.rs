@@ -119,13 +119,13 @@ pub fn matmul(out: &mut [f32], a: &[f32], b: &[f32], mm: Matmul) {
 
 /// A raw output pointer shared by tasks that write disjoint parts of it.
 #[derive(Clone, Copy)]
-pub struct SharedMut(pub *mut f32);
+pub struct SharedMut<T = f32>(pub *mut T);
 // SAFETY: only used by kernels whose tasks write disjoint elements.
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
-impl SharedMut {
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+impl<T> SharedMut<T> {
     /// A method, not a field access, so closures capture the whole wrapper.
-    pub fn at(self, offset: usize) -> *mut f32 {
+    pub fn at(self, offset: usize) -> *mut T {
         self.0.wrapping_add(offset)
     }
 }

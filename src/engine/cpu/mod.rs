@@ -14,6 +14,25 @@ mod optim;
 mod rope;
 mod scratch;
 mod skinny;
+mod store;
+
+/// Runs a kernel that is generic over its output's [`store::Store`] type
+/// on `out`'s storage: f32, or bf16 (matmul inputs kept for backward).
+macro_rules! by_output {
+    ($out:expr, |$o:ident| $kernel:expr) => {
+        match $out {
+            CpuBuf::F32(v) => {
+                let $o = &mut v[..];
+                $kernel
+            }
+            CpuBuf::BF16(v) => {
+                let $o = &mut v[..];
+                $kernel
+            }
+            other => panic!("this operation writes f32 or bf16, not {}", other.dtype()),
+        }
+    };
+}
 
 pub use buffer::CpuBuf;
 
@@ -352,7 +371,8 @@ impl Backend for Cpu {
         profile::time(
             || "layernorm".into(),
             || {
-                norm::layernorm_fwd(out, mean, rstd, inp, weight, bias.map(|b| &b[..]), rows, channels);
+                let bias = bias.map(|b| &b[..]);
+                by_output!(out, |o| norm::layernorm_fwd(o, mean, rstd, inp, weight, bias, rows, channels));
             },
         )
     }
@@ -399,7 +419,7 @@ impl Backend for Cpu {
         profile::time(
             || "rmsnorm".into(),
             || {
-                norm::rmsnorm_fwd(out, rstd, inp, weight, rows, channels);
+                by_output!(out, |o| norm::rmsnorm_fwd(o, rstd, inp, weight, rows, channels));
             },
         )
     }
@@ -459,7 +479,7 @@ impl Backend for Cpu {
         profile::time(
             || format!("{act:?}"),
             || {
-                activation::activation_fwd(&mut out[..n], &inp[..n], act);
+                by_output!(out, |o| activation::activation_fwd(&mut o[..n], &inp[..n], act));
             },
         )
     }
@@ -475,7 +495,7 @@ impl Backend for Cpu {
         profile::time(
             || "swiglu".into(),
             || {
-                activation::swiglu_fwd(out, inp, rows, hidden);
+                by_output!(out, |o| activation::swiglu_fwd(o, inp, rows, hidden));
             },
         )
     }
@@ -492,7 +512,7 @@ impl Backend for Cpu {
         profile::time(
             || "attention".into(),
             || {
-                attention::attention_fwd(out, stats, qkv, shape, drop);
+                by_output!(out, |o| attention::attention_fwd(o, stats, qkv, shape, drop));
             },
         )
     }

@@ -1,6 +1,7 @@
 //! Normalisation: LayerNorm (eps 1e-5, as PyTorch's default), RMSNorm, and the
 //! per-head RMS normalisation of queries and keys (QK-norm).
 
+use super::store::Store;
 use crate::engine::{fastmath, AttnShape};
 use rayon::prelude::*;
 
@@ -9,8 +10,8 @@ pub const EPS: f32 = 1e-5;
 const ROWS_PER_TASK: usize = 16;
 
 #[allow(clippy::too_many_arguments)]
-pub fn layernorm_fwd(
-    out: &mut [f32],
+pub fn layernorm_fwd<O: Store>(
+    out: &mut [O],
     mean: &mut [f32],
     rstd: &mut [f32],
     inp: &[f32],
@@ -25,27 +26,39 @@ pub fn layernorm_fwd(
         .zip(rstd[..rows].par_chunks_mut(ROWS_PER_TASK))
         .enumerate()
         .for_each(|(ti, ((o, mu), rs))| {
-            for (ri, orow) in o.chunks_exact_mut(c).enumerate() {
-                let r = ti * ROWS_PER_TASK + ri;
-                let x = &inp[r * c..(r + 1) * c];
-                let m = fastmath::sum(x) / c as f32;
-                let s = 1.0 / (fastmath::sum_sq_dev(x, m) / c as f32 + EPS).sqrt();
-                match bias {
-                    Some(b) => {
-                        for i in 0..c {
-                            orow[i] = (x[i] - m) * s * weight[i] + b[i];
-                        }
-                    }
-                    None => {
-                        for i in 0..c {
-                            orow[i] = (x[i] - m) * s * weight[i];
-                        }
-                    }
-                }
-                mu[ri] = m;
-                rs[ri] = s;
-            }
+            O::through_f32(o, |o| layernorm_rows(o, mu, rs, &inp[ti * ROWS_PER_TASK * c..], weight, bias, c))
         });
+}
+
+/// [`layernorm_fwd`] of the rows of `out` (the first rows of `inp`).
+fn layernorm_rows(
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    c: usize,
+) {
+    for (ri, orow) in out.chunks_exact_mut(c).enumerate() {
+        let x = &inp[ri * c..(ri + 1) * c];
+        let m = fastmath::sum(x) / c as f32;
+        let s = 1.0 / (fastmath::sum_sq_dev(x, m) / c as f32 + EPS).sqrt();
+        match bias {
+            Some(b) => {
+                for i in 0..c {
+                    orow[i] = (x[i] - m) * s * weight[i] + b[i];
+                }
+            }
+            None => {
+                for i in 0..c {
+                    orow[i] = (x[i] - m) * s * weight[i];
+                }
+            }
+        }
+        mean[ri] = m;
+        rstd[ri] = s;
+    }
 }
 
 /// Row blocks of the backward pass. Each block sums its own parameter
@@ -111,22 +124,24 @@ fn inv_rms(x: &[f32]) -> f32 {
     1.0 / (fastmath::sum_sq_dev(x, 0.0) / x.len() as f32 + RMS_EPS).sqrt()
 }
 
-pub fn rmsnorm_fwd(out: &mut [f32], rstd: &mut [f32], inp: &[f32], weight: &[f32], rows: usize, c: usize) {
+pub fn rmsnorm_fwd<O: Store>(out: &mut [O], rstd: &mut [f32], inp: &[f32], weight: &[f32], rows: usize, c: usize) {
     let w = &weight[..c];
     out[..rows * c]
         .par_chunks_mut(c * ROWS_PER_TASK)
         .zip(rstd[..rows].par_chunks_mut(ROWS_PER_TASK))
         .enumerate()
         .for_each(|(ti, (o, rs))| {
-            for (ri, orow) in o.chunks_exact_mut(c).enumerate() {
-                let r = ti * ROWS_PER_TASK + ri;
-                let x = &inp[r * c..(r + 1) * c];
-                let s = inv_rms(x);
-                for ((o, &xi), &wi) in orow.iter_mut().zip(x).zip(w) {
-                    *o = xi * s * wi;
+            O::through_f32(o, |o| {
+                for (ri, orow) in o.chunks_exact_mut(c).enumerate() {
+                    let r = ti * ROWS_PER_TASK + ri;
+                    let x = &inp[r * c..(r + 1) * c];
+                    let s = inv_rms(x);
+                    for ((o, &xi), &wi) in orow.iter_mut().zip(x).zip(w) {
+                        *o = xi * s * wi;
+                    }
+                    rs[ri] = s;
                 }
-                rs[ri] = s;
-            }
+            })
         });
 }
 
