@@ -23,6 +23,11 @@ use std::cell::RefCell;
 
 /// k per packed block (a multiple of 32).
 const KC: usize = 2048;
+/// k per block when `A` is packed from its transpose (weight gradients,
+/// k = the batch's rows): short blocks leave room for wide `B` blocks, so
+/// the costly transposing pack of `A` runs once per k block, not once per
+/// column block (measured 1.3-1.6x on the `shakespeare-char` gradients).
+const KC_TRANSPOSED: usize = 256;
 /// bf16 values per packed `B` block (1 MiB): it stays in L2 while every
 /// 32-row strip of `A` passes over it.
 const B_PACK: usize = 1 << 19;
@@ -109,6 +114,25 @@ impl Elem for Bf16 {
     #[inline(always)]
     fn bf16(self) -> u16 {
         self.0
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "avx512bf16"))]
+    #[inline(always)]
+    fn encode_pairs(r0: &[Bf16; 16], r1: Option<&[Bf16; 16]>, dst: &mut [u16; 32]) {
+        // SAFETY: the build targets AVX512-BF16.
+        unsafe { avx512::encode_pairs(r0, r1, dst) }
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "avx512bf16"))]
+    fn pack_a_trans_fast(
+        pack: &mut [u16],
+        a: Mat<Bf16>,
+        i0: usize,
+        mr: usize,
+        p0: usize,
+        kc: usize,
+        ka: usize,
+    ) -> usize {
+        // SAFETY: the build targets AVX-512F and AVX512-BF16; bounds checked inside.
+        unsafe { avx512::pack_a_trans(pack, a.data, a.ld, i0, mr, p0, kc, ka) }
     }
 }
 #[derive(Clone, Copy)]
@@ -269,8 +293,9 @@ fn serial<A: Elem, B: Elem>(
         PACK_B.with(|pb| {
             let (mut pa, mut pb) = (pa.borrow_mut(), pb.borrow_mut());
             let mut c = [0.0f32; 32 * 32];
-            for p0 in (0..k).step_by(KC) {
-                let kc = KC.min(k - p0);
+            let kc_block = if a.trans { KC_TRANSPOSED } else { KC };
+            for p0 in (0..k).step_by(kc_block) {
+                let kc = kc_block.min(k - p0);
                 let kp = kc.div_ceil(32) * 32;
                 // A pack stride that is a multiple of 4 KiB puts every row
                 // in one L1 set: such strides get one cache line more.
@@ -469,22 +494,51 @@ mod avx512 {
         }
     }
 
-    /// [`super::Elem::encode_pairs`] for f32 rows.
+    /// A stored element type the vector packs read 16 at a time.
+    pub trait Lanes: Copy {
+        /// 16 values from `p` as bf16 bits in the low halves of 16 lanes.
+        ///
+        /// # Safety
+        /// AVX512-BF16; 16 values readable at `p`.
+        unsafe fn load16(p: *const Self) -> __m512i;
+        fn bf16(self) -> u16;
+    }
+    impl Lanes for f32 {
+        #[inline(always)]
+        unsafe fn load16(p: *const f32) -> __m512i {
+            // Rounds as `bf16_from_f32` does.
+            let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(p));
+            _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(v))
+        }
+        fn bf16(self) -> u16 {
+            super::bf16_from_f32(self)
+        }
+    }
+    impl Lanes for super::Bf16 {
+        #[inline(always)]
+        unsafe fn load16(p: *const super::Bf16) -> __m512i {
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()))
+        }
+        fn bf16(self) -> u16 {
+            self.0
+        }
+    }
+
+    /// [`super::Elem::encode_pairs`] with vector instructions.
     ///
     /// # Safety
     /// AVX512-BF16.
     #[inline]
-    pub unsafe fn encode_pairs(r0: &[f32; 16], r1: Option<&[f32; 16]>, dst: &mut [u16; 32]) {
-        let widen = |v: __m256bh| _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(v));
-        let lo = widen(_mm512_cvtneps_pbh(_mm512_loadu_ps(r0.as_ptr())));
+    pub unsafe fn encode_pairs<T: Lanes>(r0: &[T; 16], r1: Option<&[T; 16]>, dst: &mut [u16; 32]) {
+        let lo = T::load16(r0.as_ptr());
         let hi = match r1 {
-            Some(r1) => _mm512_slli_epi32::<16>(widen(_mm512_cvtneps_pbh(_mm512_loadu_ps(r1.as_ptr())))),
+            Some(r1) => _mm512_slli_epi32::<16>(T::load16(r1.as_ptr())),
             None => _mm512_setzero_si512(),
         };
         _mm512_storeu_si512(dst.as_mut_ptr().cast(), _mm512_or_si512(lo, hi));
     }
 
-    /// The vector path of [`super::pack_a`] for a transposed f32 `A`: two k
+    /// The vector path of [`super::pack_a`] for a transposed `A`: two k
     /// rows of 16 columns become 16 (k, k + 1) bf16 pairs (rounded as
     /// `bf16_from_f32` rounds), scattered to their 16 pack rows in one
     /// instruction. Returns how many of the `mr` rows it packed (a multiple of 16).
@@ -492,9 +546,9 @@ mod avx512 {
     /// # Safety
     /// AVX-512F and AVX512-BF16.
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn pack_a_trans(
+    pub unsafe fn pack_a_trans<T: Lanes>(
         pack: &mut [u16],
-        a: &[f32],
+        a: &[T],
         lda: usize,
         i0: usize,
         mr: usize,
@@ -512,14 +566,13 @@ mod avx512 {
             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
             _mm512_set1_epi32((ka / 2) as i32),
         );
-        let widen = |v: __m256bh| _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(v));
         // Pairs outer: each pair of source rows is read once, start to end,
         // and the pack rows written meanwhile (128 cache lines) stay in L1.
         for p in 0..pairs {
             let (row0, row1) = (a.as_ptr().add((p0 + 2 * p) * lda + i0), a.as_ptr().add((p0 + 2 * p + 1) * lda + i0));
             for s0 in (0..rows).step_by(16) {
-                let lo = widen(_mm512_cvtneps_pbh(_mm512_loadu_ps(row0.add(s0))));
-                let hi = _mm512_slli_epi32::<16>(widen(_mm512_cvtneps_pbh(_mm512_loadu_ps(row1.add(s0)))));
+                let lo = T::load16(row0.add(s0));
+                let hi = _mm512_slli_epi32::<16>(T::load16(row1.add(s0)));
                 let base = pack.as_mut_ptr().add(s0 * ka).cast::<i32>();
                 _mm512_i32scatter_epi32::<4>(base.add(p), idx, _mm512_or_si512(lo, hi));
             }
@@ -528,7 +581,7 @@ mod avx512 {
         if kc % 2 == 1 {
             let kk = kc - 1;
             for r in 0..rows {
-                pack[r * ka + kk] = super::bf16_from_f32(a[(p0 + kk) * lda + i0 + r]);
+                pack[r * ka + kk] = a[(p0 + kk) * lda + i0 + r].bf16();
                 pack[r * ka + kk + 1] = 0;
             }
         }
@@ -639,13 +692,15 @@ mod amx {
         for q in 0..kp / 32 {
             // A tiles: rows 0–15 and 16–31, k q*32.. (row stride kp bf16);
             // B tiles: k-pairs q*16.. of each strip (64-byte rows).
+            // Each product issues as soon as its two tiles are in, so the
+            // later loads overlap the earlier products.
             asm!(
                 "tileloadd tmm4, [{a0} + {sa}*1]",
-                "tileloadd tmm5, [{a1} + {sa}*1]",
                 "tileloadd tmm6, [{b0} + {sb}*1]",
-                "tileloadd tmm7, [{b1} + {sb}*1]",
                 "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
                 "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
                 "tdpbf16ps tmm2, tmm5, tmm6",
                 "tdpbf16ps tmm3, tmm5, tmm7",
                 a0 = in(reg) a.add(q * 32),
@@ -723,9 +778,12 @@ mod tests {
         let mut out = vec![0.5f32; m * mm.ldo];
         // Also from bf16 storage: the same rounded values.
         let ab: Vec<u16> = a.iter().map(|&x| bf16_from_f32(x)).collect();
-        for (i, src) in [Src::F32(&a), Src::BF16(&ab)].into_iter().enumerate() {
+        let bb: Vec<u16> = b.iter().map(|&x| bf16_from_f32(x)).collect();
+        let (a16, b16) = (Src::BF16(&ab), Src::BF16(&bb));
+        let pairs = [(Src::F32(&a), Src::F32(&b)), (a16, Src::F32(&b)), (Src::F32(&a), b16), (a16, b16)];
+        for (i, (sa, sb)) in pairs.into_iter().enumerate() {
             out.iter_mut().for_each(|x| *x = 0.5);
-            matmul_with(kernel, &mut out, src, Src::F32(&b), mm);
+            matmul_with(kernel, &mut out, sa, sb, mm);
             for r in 0..m {
                 for c in 0..mm.ldo {
                     let got = out[r * mm.ldo + c] as f64;
@@ -748,6 +806,8 @@ mod tests {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
                 for acc in [false, true] {
                     check(kernel, 37, 45, 70, ta, tb, acc);
+                    // Taller than wide: a weight gradient's swapped operands.
+                    check(kernel, 70, 37, 45, ta, tb, acc);
                 }
             }
             // Several k blocks, ragged edges everywhere.
