@@ -4,7 +4,7 @@
 //! GPT and its KV-cache inference), [`data`] (tokenizers, datasets, chat
 //! templates), [`checkpoint`] (saving and loading models), then its users:
 //! [`train`] (the loop, optimizer), [`generate`] (the generation API),
-//! [`eval`], and [`cli`] (the `ferrite` command). See ARCHITECTURE.md.
+//! [`eval`], [`serve`] (the HTTP server), and [`cli`] (the `ferrite` command). See ARCHITECTURE.md.
 
 pub mod checkpoint;
 pub mod cli;
@@ -14,4 +14,5 @@ pub mod eval;
 pub mod generate;
 pub mod model;
 pub mod plot;
+pub mod serve;
 pub mod train;

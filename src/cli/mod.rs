@@ -38,6 +38,7 @@ mod plot;
 mod precision;
 mod sample;
 mod sampling;
+mod serve;
 mod tokenizer;
 mod train;
 
@@ -79,6 +80,8 @@ enum Command {
     Tokenizer(tokenizer::TokenizerArgs),
     /// Prepare datasets: tokenise corpora into shards for `train --dataset`.
     Data(data::DataArgs),
+    /// Serve checkpoints: an OpenAI-compatible API, a chat page, a training dashboard.
+    Serve(serve::ServeArgs),
 }
 
 /// Options shared by `train`, `bench` and `info`: a preset, a TOML file, and
@@ -195,6 +198,7 @@ pub fn run() -> Result<()> {
         Command::Convert(args) => convert::run(&args),
         Command::Tokenizer(args) => tokenizer::run(&args),
         Command::Data(args) => data::run(&args),
+        Command::Serve(args) => serve::run(&args, device),
         Command::Bench(mut args) => {
             if let Some(("bench", m)) = matches.subcommand() {
                 args.run.collect_overrides(m);

@@ -1,0 +1,354 @@
+//! `POST /v1/completions` and `POST /v1/chat/completions`: a request becomes
+//! a job of choices for its model's batch; its text comes back whole or as
+//! server-sent events, in the OpenAI API's shapes.
+
+use super::errors::ApiError;
+use super::openai::{object, read, Checked, Message, PromptIn, PromptOne, Settings};
+use super::routes::{body, respond};
+use super::worker::{Choice, Job, ModelHandle, Update};
+use super::Shared;
+use crate::generate::chat::{Conversation, Turn};
+use crate::generate::{Finish, FinishReason};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+/// `max_tokens` when a request gives none: OpenAI's 16 for completions; for
+/// chat, as `ferrite chat`.
+const DEFAULT_MAX_TOKENS: (usize, usize) = (16, 256);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Chat,
+}
+
+/// What a response says about itself.
+struct Meta {
+    kind: Kind,
+    id: String,
+    created: u64,
+    model: String,
+    choices: usize,
+    prompt_tokens: usize,
+    include_usage: bool,
+}
+
+fn next_id(kind: Kind) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let tag = crate::engine::fastmath::mix64(t ^ n.rotate_left(32));
+    format!("{}-{tag:016x}", if kind == Kind::Chat { "chatcmpl" } else { "cmpl" })
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub async fn completions(State(s): State<Shared>, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> Response {
+    let r = async {
+        s.authorize(&headers)?;
+        let v = object(&body(b, s.opts.limits.max_body_bytes)?)?;
+        let settings: Settings = read(&v, None)?;
+        let m = s.model(settings.model.as_deref())?;
+        let checked = settings.check(m.block_size, &s.opts.limits, DEFAULT_MAX_TOKENS.0)?;
+        let prompt: PromptIn = read(&v, Some("prompt"))?;
+        let mut choices = Vec::new();
+        let mut prompt_tokens = 0;
+        for p in prompt.into_prompts()? {
+            let tokens = match p {
+                PromptOne::Text(t) => m
+                    .tokenizer
+                    .encode(&t)
+                    .map_err(|e| ApiError::invalid_param("prompt", format!("cannot tokenize the prompt: {e:#}")))?,
+                PromptOne::Tokens(t) => {
+                    if let Some(bad) = t.iter().find(|&&x| x as usize >= m.vocab_size) {
+                        return Err(ApiError::invalid_param(
+                            "prompt",
+                            format!("prompt token {bad} is outside the model's vocabulary of {}", m.vocab_size),
+                        ));
+                    }
+                    t
+                }
+            };
+            prompt_tokens += tokens.len();
+            choices.extend(checked.choices(&tokens));
+        }
+        let kind = Kind::Text;
+        run(&s, m, checked, choices, prompt_tokens, kind).await
+    }
+    .await;
+    respond(&s, "completions", r)
+}
+
+pub async fn chat_completions(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    let r = async {
+        s.authorize(&headers)?;
+        let v = object(&body(b, s.opts.limits.max_body_bytes)?)?;
+        let settings: Settings = read(&v, None)?;
+        let m = s.model(settings.model.as_deref())?;
+        let limit = s.opts.limits.max_messages;
+        if v["messages"].as_array().is_some_and(|a| a.len() > limit) {
+            return Err(ApiError::invalid_param(
+                "messages",
+                format!("more messages than the server's limit of {limit}"),
+            ));
+        }
+        let messages: Vec<Message> = read(&v, Some("messages"))?;
+        if messages.is_empty() {
+            return Err(ApiError::invalid_param("messages", "messages must not be empty"));
+        }
+        let mut checked = settings.check(m.block_size, &s.opts.limits, DEFAULT_MAX_TOKENS.1)?;
+        let prompt = chat_prompt(m, &messages, checked.max_tokens)?;
+        // The template's turn markers end an answer too.
+        for stop in &m.template.stop {
+            if !checked.stop.contains(stop) {
+                checked.stop.push(stop.clone());
+            }
+        }
+        let choices = checked.choices(&prompt);
+        run(&s, m, checked, choices, prompt.len(), Kind::Chat).await
+    }
+    .await;
+    respond(&s, "chat", r)
+}
+
+/// The conversation as the model's prompt: system messages first, then the
+/// turns, then the last user message; the oldest turns are dropped until
+/// it fits with room for the answer (as `ferrite chat` does).
+fn chat_prompt(m: &ModelHandle, messages: &[Message], max_tokens: usize) -> Result<Vec<u32>, ApiError> {
+    let mut system = Vec::new();
+    let mut turns = Vec::new();
+    let mut user: Option<String> = None;
+    for msg in messages {
+        let text = msg.text()?;
+        match msg.role.as_str() {
+            "system" | "developer" => system.push(text),
+            "user" => {
+                user = Some(match user.take() {
+                    Some(prev) => format!("{prev}\n{text}"),
+                    None => text,
+                })
+            }
+            "assistant" => turns.push(Turn { user: user.take().unwrap_or_default(), assistant: text }),
+            other => {
+                return Err(ApiError::invalid_param(
+                    "messages",
+                    format!("message role `{other}` is not supported (system, user, assistant)"),
+                ))
+            }
+        }
+    }
+    let Some(question) = user else {
+        return Err(ApiError::invalid_param("messages", "the last message must be the user's"));
+    };
+    if question.is_empty() && turns.is_empty() && system.is_empty() {
+        return Err(ApiError::invalid_param("messages", "the conversation is empty"));
+    }
+    let system = if system.is_empty() { m.template.default_system() } else { system.join("\n") };
+    let conv = Conversation { template: m.template.clone(), system, turns };
+    let (tok, block) = (&m.tokenizer, m.block_size);
+    let reserve = max_tokens.min(block / 2);
+    let fits = |p: &str| tok.encode(p).map(|t| t.len() + reserve <= block).unwrap_or(true);
+    let text = conv.prompt(&question, fits);
+    let tokens = tok.encode(&text).map_err(|e| {
+        ApiError::invalid_param("messages", format!("cannot write these messages in the model's vocabulary: {e:#}"))
+    })?;
+    if tokens.is_empty() {
+        return Err(ApiError::invalid_param("messages", "the conversation is empty"));
+    }
+    Ok(tokens)
+}
+
+async fn run(
+    s: &Shared,
+    m: &ModelHandle,
+    checked: Checked,
+    choices: Vec<Choice>,
+    prompt_tokens: usize,
+    kind: Kind,
+) -> Result<Response, ApiError> {
+    if choices.len() > s.opts.limits.max_choices {
+        return Err(ApiError::invalid_param(
+            "n",
+            format!(
+                "{} choices (prompts × n) is more than the server's limit of {}",
+                choices.len(),
+                s.opts.limits.max_choices
+            ),
+        ));
+    }
+    let meta = Meta {
+        kind,
+        id: next_id(kind),
+        created: now(),
+        model: m.name.clone(),
+        choices: choices.len(),
+        prompt_tokens,
+        include_usage: checked.include_usage,
+    };
+    let (tx, rx) = unbounded_channel();
+    m.submit(Job { choices, updates: tx }).map_err(|_| ApiError::queue_full())?;
+    if checked.stream {
+        Ok(stream(meta, rx))
+    } else {
+        whole(meta, rx).await
+    }
+}
+
+fn usage(prompt: usize, completion: usize) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+fn finish_reason(f: &Finish) -> Result<&'static str, ApiError> {
+    match &f.reason {
+        FinishReason::Error(e) => Err(ApiError::server(format!("generation failed: {e}"))),
+        r => Ok(r.as_str()),
+    }
+}
+
+/// Waits for every choice, then answers at once.
+async fn whole(meta: Meta, mut rx: UnboundedReceiver<Update>) -> Result<Response, ApiError> {
+    let mut texts = vec![String::new(); meta.choices];
+    let mut finishes: Vec<Option<Finish>> = vec![None; meta.choices];
+    let mut done = 0;
+    while done < meta.choices {
+        match rx.recv().await {
+            Some(Update::Text { index, text }) => texts[index].push_str(&text),
+            Some(Update::Finish { index, finish }) => {
+                finishes[index] = Some(finish);
+                done += 1;
+            }
+            Some(Update::Error { message, .. }) => return Err(ApiError::invalid(message)),
+            None => return Err(ApiError::server("the model's batch stopped")),
+        }
+    }
+    let mut out = Vec::new();
+    let mut completion = 0;
+    for (index, (text, f)) in texts.into_iter().zip(finishes).enumerate() {
+        let f = f.expect("every choice finished");
+        completion += f.completion_tokens;
+        let reason = finish_reason(&f)?;
+        out.push(match meta.kind {
+            Kind::Text => json!({"index": index, "text": text, "logprobs": null, "finish_reason": reason}),
+            Kind::Chat => json!({
+                "index": index, "message": {"role": "assistant", "content": text},
+                "logprobs": null, "finish_reason": reason,
+            }),
+        });
+    }
+    let object = if meta.kind == Kind::Chat { "chat.completion" } else { "text_completion" };
+    Ok(Json(json!({
+        "id": meta.id, "object": object, "created": meta.created, "model": meta.model,
+        "choices": out, "usage": usage(meta.prompt_tokens, completion),
+    }))
+    .into_response())
+}
+
+impl Meta {
+    /// One streamed chunk for choice `index`: `text` (none: the opening
+    /// role delta of a chat), and the finish reason on the last.
+    fn chunk(&self, index: usize, text: Option<&str>, reason: Option<&str>) -> Event {
+        let choice = match self.kind {
+            Kind::Text => {
+                json!({"index": index, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": reason})
+            }
+            Kind::Chat => {
+                let delta = match (text, reason) {
+                    (None, None) => json!({"role": "assistant", "content": ""}),
+                    (Some(t), _) => json!({"content": t}),
+                    (None, Some(_)) => json!({}),
+                };
+                json!({"index": index, "delta": delta, "logprobs": null, "finish_reason": reason})
+            }
+        };
+        self.event(vec![choice], None)
+    }
+
+    fn event(&self, choices: Vec<Value>, usage: Option<Value>) -> Event {
+        let object = if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
+        let mut v =
+            json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices});
+        if self.include_usage {
+            v["usage"] = usage.unwrap_or(Value::Null);
+        }
+        Event::default().data(v.to_string())
+    }
+}
+
+/// Server-sent events: a chunk per text piece, a last chunk per choice with
+/// its finish reason, the usage (when asked), then `[DONE]`. Dropping the
+/// stream (the client went away) drops the receiver, which frees the slots.
+fn stream(meta: Meta, rx: UnboundedReceiver<Update>) -> Response {
+    struct State {
+        meta: Meta,
+        rx: UnboundedReceiver<Update>,
+        queue: VecDeque<Event>,
+        done: usize,
+        completion: usize,
+        over: bool,
+    }
+    let mut queue = VecDeque::new();
+    if meta.kind == Kind::Chat {
+        for i in 0..meta.choices {
+            queue.push_back(meta.chunk(i, None, None));
+        }
+    }
+    let state = State { meta, rx, queue, done: 0, completion: 0, over: false };
+    let events = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(e) = st.queue.pop_front() {
+                return Some((Ok::<_, Infallible>(e), st));
+            }
+            if st.over {
+                return None;
+            }
+            let fail = |st: &mut State, e: ApiError| {
+                st.queue.push_back(Event::default().data(e.body().to_string()));
+                st.queue.push_back(Event::default().data("[DONE]"));
+                st.over = true;
+            };
+            match st.rx.recv().await {
+                Some(Update::Text { index, text }) => {
+                    let e = st.meta.chunk(index, Some(&text), None);
+                    st.queue.push_back(e);
+                }
+                Some(Update::Finish { index, finish }) => match finish_reason(&finish) {
+                    Ok(reason) => {
+                        st.completion += finish.completion_tokens;
+                        let e = st.meta.chunk(index, None, Some(reason));
+                        st.queue.push_back(e);
+                        st.done += 1;
+                        if st.done == st.meta.choices {
+                            if st.meta.include_usage {
+                                let e = st.meta.event(vec![], Some(usage(st.meta.prompt_tokens, st.completion)));
+                                st.queue.push_back(e);
+                            }
+                            st.queue.push_back(Event::default().data("[DONE]"));
+                            st.over = true;
+                        }
+                    }
+                    Err(e) => fail(&mut st, e),
+                },
+                Some(Update::Error { message, .. }) => fail(&mut st, ApiError::invalid(message)),
+                None => fail(&mut st, ApiError::server("the model's batch stopped")),
+            }
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+}
