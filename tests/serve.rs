@@ -350,3 +350,62 @@ fn garbage_on_every_endpoint_never_stops_the_server() {
     let ok = post(&s, "/v1/completions", json!({"prompt": "the", "max_tokens": 3}));
     assert_eq!(ok["usage"]["completion_tokens"], 3);
 }
+
+/// The official `openai` Python package against the server (skipped, with
+/// a note, where the package is not installed; CI installs it).
+#[test]
+fn the_openai_python_client_drives_both_endpoints() {
+    let has = Command::new("python3").args(["-c", "import openai"]).status().is_ok_and(|s| s.success());
+    if !has {
+        eprintln!("skipped: `pip install openai` to run scripts/test_openai_client.py");
+        return;
+    }
+    let dir = scratch("serve-openai");
+    let run = model(&dir);
+    let s = Server::start(&["--checkpoint", &run, "--api-key", "k3y"]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test_openai_client.py");
+    let out = Command::new("python3")
+        .args([script, "--base-url", &format!("{}/v1", s.url), "--api-key", "k3y"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Headless Chromium on the chat page and the dashboard (skipped, with a
+/// note, without Chromium, chromedriver and Selenium; CI installs them).
+#[test]
+fn a_real_browser_chats_and_watches_a_run_train() {
+    let has = Command::new("python3").args(["-c", "import selenium"]).status().is_ok_and(|s| s.success())
+        && ["/usr/bin/chromium", "/usr/bin/chromium-browser"].iter().any(|p| Path::new(p).exists())
+        && Path::new("/usr/bin/chromedriver").exists();
+    if !has {
+        eprintln!("skipped: install chromium, chromium-driver and selenium to run scripts/test_browser.py");
+        return;
+    }
+    let dir = scratch("serve-browser");
+    let run = model(&dir);
+    let runs = dir.join("runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    // A run that keeps writing metrics.jsonl while the page watches.
+    let data = dir.join("corpus.txt");
+    let mut training = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(["train", "--preset", "tiny", "--data", &p(&data), "--max-iters", "1000000", "--log-interval", "1"])
+        .args(["--eval-interval", "500", "--sample-tokens", "0", "--out", &p(&runs.join("live"))])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let s = Server::start(&["--checkpoint", &run, "--runs", &p(&runs)]);
+    let shots = dir.join("screenshots");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test_browser.py");
+    let out =
+        Command::new("python3").args([script, "--url", &s.url, "--shots", &p(&shots), "--runs"]).output().unwrap();
+    let _ = training.kill();
+    let _ = training.wait();
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{log}");
+    for shot in ["chat.png", "chat-phone.png", "runs.png"] {
+        assert!(shots.join(shot).exists(), "no {shot}");
+    }
+    eprintln!("{log}screenshots in {}", shots.display());
+}

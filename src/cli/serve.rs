@@ -123,11 +123,15 @@ fn load<B: Backend>(
     model.kv_dtype = kv;
     let tok = Arc::new(ck.tokenizer.clone());
     let (template_name, template) = ChatTemplate::choose(&a.template, ck.chat_template.as_ref(), &tok, None)?;
+    let kv_bytes = crate::model::decode::cache_bytes(&model.cfg, a.parallel, kv);
     eprintln!(
-        "model {name}: {} ({:.1}M parameters, context {}), chat template {template_name}",
+        "model {name}: {} ({:.1}M parameters, context {}), chat template {template_name}, \
+         KV cache {:.1} MiB for {} sequences",
         dir.display(),
         model.cfg.num_params() as f64 / 1e6,
-        model.cfg.block_size
+        model.cfg.block_size,
+        kv_bytes as f64 / (1 << 20) as f64,
+        a.parallel
     );
     serve::spawn(name, model, tok, template, (a.parallel, a.queue), metrics)
 }

@@ -76,8 +76,9 @@ impl<T> Buffers<T> {
     }
 }
 
-/// Bytes a cache for `slots` sequences of a model takes, keys and values in `kv`.
-fn cache_bytes(cfg: &ModelConfig, slots: usize, kv: DType) -> usize {
+/// Bytes a cache for `slots` sequences of a model takes (keys and values
+/// in `kv`, with its scratch rows).
+pub fn cache_bytes(cfg: &ModelConfig, slots: usize, kv: DType) -> usize {
     let mut bytes = 0;
     Buffers::build(cfg, slots, kv, |len, dtype| {
         bytes += len * dtype.bytes();

@@ -45,7 +45,7 @@ fn run_config(run: &std::path::Path) -> Value {
     for ck in ["last", "best"] {
         if let Ok(text) = std::fs::read_to_string(run.join(ck).join("config.json")) {
             if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                return json!({"model": v.get("model"), "training": v.get("training")});
+                return json!({"model": v.get("model"), "training": v.get("train")});
             }
         }
     }
