@@ -27,6 +27,8 @@ fn main() -> anyhow::Result<()> {
         for (id, event) in batch.step() {
             match event {
                 Event::Text(t) => texts.entry(id).or_default().push_str(&t),
+                // Only requests with `logprobs` set get these.
+                Event::Token(_) => {}
                 Event::Finish(f) => println!(
                     "{}{}\n[{}: {} tokens, first after {:?}]\n",
                     names[&id],

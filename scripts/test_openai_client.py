@@ -59,6 +59,13 @@ def main():
     assert "e" not in stopped.choices[0].text, stopped
     assert stopped.choices[0].finish_reason in ("stop", "length"), stopped
 
+    # Log-probabilities, as the client parses them.
+    lp = client.chat.completions.create(model=name, messages=messages, max_tokens=10, seed=4, logprobs=True, top_logprobs=2)
+    content = lp.choices[0].logprobs.content
+    assert len(content) == lp.usage.completion_tokens, lp
+    assert all(len(c.top_logprobs) == 2 and c.logprob <= 0 for c in content), content
+    assert "".join(c.token for c in content).startswith(lp.choices[0].message.content[:1]), content
+
     # Errors come back as the client's exceptions.
     for call, status in [
         (lambda: client.completions.create(model="no-such-model", prompt="x", max_tokens=2), 404),

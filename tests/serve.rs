@@ -168,6 +168,37 @@ fn openai_shapes_and_batching_that_changes_no_answer() {
         assert_eq!(t["choices"][0]["text"], one["choices"][0]["text"], "{r}");
     }
 
+    // Log-probabilities: one entry per token, spelling the text, streamed
+    // as whole; the chosen token no likelier than the likeliest.
+    let lp = post(&s, "/v1/completions", json!({"prompt": "the", "max_tokens": 15, "seed": 2, "logprobs": 2}));
+    let l = &lp["choices"][0]["logprobs"];
+    let toks: Vec<&str> = l["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(toks.len(), 15);
+    assert_eq!(toks.concat(), lp["choices"][0]["text"].as_str().unwrap());
+    for (i, top) in l["top_logprobs"].as_array().unwrap().iter().enumerate() {
+        let best = top.as_object().unwrap().values().map(|v| v.as_f64().unwrap()).fold(f64::MIN, f64::max);
+        let chosen = l["token_logprobs"][i].as_f64().unwrap();
+        assert!(chosen <= best + 1e-6 && chosen <= 0.0, "{l}");
+        assert_eq!(top.as_object().unwrap().len(), 2);
+    }
+    let chat_lp = json!({"messages": [{"role": "user", "content": "the lord"}], "max_tokens": 12, "seed": 6,
+        "logprobs": true, "top_logprobs": 3});
+    let whole = post(&s, "/v1/chat/completions", chat_lp.clone());
+    let content = whole["choices"][0]["logprobs"]["content"].as_array().unwrap().clone();
+    assert_eq!(content.len(), whole["usage"]["completion_tokens"].as_u64().unwrap() as usize);
+    assert!(content.iter().all(|c| c["top_logprobs"].as_array().unwrap().len() == 3 && c["bytes"].is_array()));
+    let mut streamed_lp = chat_lp.clone();
+    streamed_lp["stream"] = json!(true);
+    let mut streamed = Vec::new();
+    for e in stream(&s, "/v1/chat/completions", streamed_lp) {
+        if let Ok(v) = serde_json::from_str::<Value>(&e) {
+            if let Some(c) = v["choices"][0]["logprobs"]["content"].as_array() {
+                streamed.extend(c.iter().cloned());
+            }
+        }
+    }
+    assert_eq!(streamed, content);
+
     // Tokenize and detokenize round-trip; metrics count what happened.
     let toks = post(&s, "/tokenize", json!({"content": "the king"}));
     let back = post(&s, "/detokenize", json!({"tokens": toks["tokens"]}));
@@ -203,6 +234,19 @@ fn bad_requests_get_openai_errors_with_the_right_status() {
         ("/v1/completions", json!({"prompt": "a", "max_tokens": 100000}).to_string(), 400, "context"),
         ("/v1/completions", json!({"prompt": "a", "max_tokens": -1}).to_string(), 400, "at least 1"),
         ("/v1/completions", json!({"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}).to_string(), 400, "stop"),
+        ("/v1/completions", json!({"prompt": "a", "logprobs": 6}).to_string(), 400, "from 0 to 5"),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2}).to_string(),
+            400,
+            "needs logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "a"}], "logprobs": 3}).to_string(),
+            400,
+            "true or false",
+        ),
         ("/v1/completions", json!({"prompt": "a", "model": "nope"}).to_string(), 404, "does not exist"),
         ("/v1/completions", json!({"prompt": "a".repeat(5000)}).to_string(), 413, "limit"),
         ("/v1/chat/completions", json!({"messages": []}).to_string(), 400, "messages"),

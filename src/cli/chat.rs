@@ -152,6 +152,7 @@ fn chat<B: Backend>(a: &ChatArgs, be: B) -> Result<()> {
                     }
                     Event::Finish(Finish { reason: FinishReason::Error(e), .. }) => bail!("{e}"),
                     Event::Finish(_) => break 'answer,
+                    Event::Token(_) => {}
                 }
             }
         }

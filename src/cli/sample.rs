@@ -203,6 +203,7 @@ fn decode_together<B: Backend>(
         for (id, event) in batch.step() {
             match event {
                 Event::Text(t) => texts.entry(id).or_default().push_str(&t),
+                Event::Token(_) => {}
                 Event::Finish(Finish { reason: FinishReason::Error(e), .. }) => bail!("{e}"),
                 Event::Finish(f) => {
                     finishes.insert(id, f);

@@ -10,7 +10,7 @@
 //! ([`Backend::batch_invariant_rows`]) its logits do not depend on the
 //! other rows of a pass.
 
-use super::request::{Event, Finish, FinishReason, Prompt, Request, SeqId};
+use super::request::{Event, Finish, FinishReason, Prompt, Request, SeqId, TokenLogprobs, MAX_TOP_LOGPROBS};
 use super::sampler::Sampler;
 use super::speculative::Speculative;
 use super::text::TextStream;
@@ -51,6 +51,8 @@ struct Plain {
     sampler: Sampler,
     /// Logits for the next position; none until the prompt is prefilled.
     logits: Option<Vec<f32>>,
+    /// Alternatives per token when the request asked for log-probabilities.
+    logprobs: Option<usize>,
 }
 
 /// A sequence decoding speculatively.
@@ -159,7 +161,13 @@ impl<B: Backend> Batch<B> {
             first_token: None,
         };
         let sampler = Sampler::new(req.sampling, req.seed);
+        if req.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+            bail!("at most {MAX_TOP_LOGPROBS} alternatives per token");
+        }
         if let Some(draft) = req.draft {
+            if req.logprobs.is_some() {
+                bail!("log-probabilities are not available with a draft model");
+            }
             let mut spec = Speculative::new(self.model.clone(), draft.model, sampler, draft.tokens)?;
             spec.prefill(&tokens)?;
             self.drafted.push(Drafted { seq, spec });
@@ -168,7 +176,7 @@ impl<B: Backend> Batch<B> {
                 bail!("the batch is full: {} sequences are decoding", self.slots.len());
             };
             self.cache.truncate(slot, 0);
-            self.slots[slot] = Some(Plain { seq, tokens, sampler, logits: None });
+            self.slots[slot] = Some(Plain { seq, tokens, sampler, logits: None, logprobs: req.logprobs });
         }
         self.next_id += 1;
         Ok(id)
@@ -193,6 +201,7 @@ impl<B: Backend> Batch<B> {
         for (_, event) in events {
             match event {
                 Event::Text(t) => held.push_str(&t),
+                Event::Token(_) => {}
                 Event::Finish(f) => return Some((held, f)),
             }
         }
@@ -234,6 +243,9 @@ impl<B: Backend> Batch<B> {
             }
             let logits = p.logits.as_ref().expect("prefilled");
             let t = p.sampler.sample(logits, &p.tokens);
+            if let Some(n) = p.logprobs {
+                events.push((p.seq.id, Event::Token(token_logprobs(logits, t, n))));
+            }
             p.tokens.push(t);
             if p.seq.token(t, events) {
                 self.slots[slot] = None;
@@ -315,6 +327,26 @@ impl<B: Backend> Drafted<B> {
     }
 }
 
+/// `token`'s log-probability under `logits` (a log-softmax in f64) and the
+/// `n` most likely tokens' (ties: the lower id first).
+fn token_logprobs(logits: &[f32], token: u32, n: usize) -> TokenLogprobs {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let log_sum = max + logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+    let lp = |i: usize| (logits[i] as f64 - log_sum) as f32;
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    let n = n.min(order.len());
+    if n > 0 {
+        order.select_nth_unstable_by(n - 1, |&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        order.truncate(n);
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    }
+    TokenLogprobs {
+        token,
+        logprob: lp(token as usize),
+        top: order.into_iter().take(n).map(|i| (i as u32, lp(i))).collect(),
+    }
+}
+
 /// Runs one request to its end, handing each text piece to `on_text`;
 /// returns its finish (a device failure is an error). The simplest use of
 /// [`Batch`]: one slot.
@@ -332,6 +364,7 @@ pub fn complete<B: Backend>(
         for (_, event) in batch.step() {
             match event {
                 Event::Text(text) => on_text(&text)?,
+                Event::Token(_) => {}
                 Event::Finish(Finish { reason: FinishReason::Error(e), .. }) => bail!("{e}"),
                 Event::Finish(f) => return Ok(f),
             }
@@ -370,6 +403,45 @@ mod tests {
         (tok.encode(&text).unwrap(), finish)
     }
 
+    #[test]
+    fn logprobs_come_with_every_token_and_change_no_token() {
+        let model = Arc::new(Gpt::new(Cpu, test_variants()[0].clone(), 4).unwrap());
+        let tok = chars();
+        let prompt = [1u32, 2, 3];
+        // Within the context, where the full forward is the reference.
+        let n = model.cfg.block_size - prompt.len();
+        let (plain, _) = alone(&model, &tok, request(&prompt, SamplerConfig::default(), 9, n));
+        let mut batch = Batch::new(model.clone(), tok.clone(), 2).unwrap();
+        batch.add(Request { logprobs: Some(3), ..request(&prompt, SamplerConfig::default(), 9, n) }).unwrap();
+        let (mut infos, mut text) = (Vec::new(), String::new());
+        'run: for _ in 0..100 {
+            for (_, e) in batch.step() {
+                match e {
+                    Event::Token(t) => infos.push(t),
+                    Event::Text(t) => text.push_str(&t),
+                    Event::Finish(_) => break 'run,
+                }
+            }
+        }
+        assert_eq!(tok.encode(&text).unwrap(), plain);
+        assert_eq!(infos.iter().map(|i| i.token).collect::<Vec<_>>(), plain);
+        let mut ctx = prompt.to_vec();
+        for info in &infos {
+            let logits = full_logits(&model, &ctx);
+            let log_sum = logits.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+            let want = |t: u32| (logits[t as usize] as f64 - log_sum) as f32;
+            assert!((info.logprob - want(info.token)).abs() < 1e-4, "{} vs {}", info.logprob, want(info.token));
+            assert_eq!(info.top.len(), 3);
+            for w in info.top.windows(2) {
+                assert!(w[0].1 >= w[1].1, "{:?}", info.top);
+            }
+            assert!(info.top.iter().all(|&(t, lp)| (lp - want(t)).abs() < 1e-4));
+            assert!(info.logprob <= info.top[0].1 + 1e-6);
+            ctx.push(info.token);
+        }
+        assert!(batch.add(Request { logprobs: Some(21), ..request(&prompt, SamplerConfig::default(), 9, 2) }).is_err());
+    }
+
     type Outputs = std::collections::HashMap<SeqId, (String, Option<Finish>)>;
 
     /// One step of a batch, its events collected per sequence.
@@ -378,6 +450,7 @@ mod tests {
             let entry = out.entry(id).or_default();
             match e {
                 Event::Text(t) => entry.0.push_str(&t),
+                Event::Token(_) => {}
                 Event::Finish(f) => entry.1 = Some(f),
             }
         }

@@ -12,7 +12,7 @@ pub mod stop;
 pub mod text;
 
 pub use batch::{complete, Batch};
-pub use request::{Draft, Event, Finish, FinishReason, Prompt, Request, SeqId};
+pub use request::{Draft, Event, Finish, FinishReason, Prompt, Request, SeqId, TokenLogprobs, MAX_TOP_LOGPROBS};
 pub use sampler::{Sampler, SamplerConfig};
 pub use stop::StopMatcher;
 pub use text::{TextStream, Utf8Stream};

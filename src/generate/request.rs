@@ -42,12 +42,38 @@ pub struct Request<B: Backend> {
     pub stop: Vec<String>,
     pub max_tokens: usize,
     pub draft: Option<Draft<B>>,
+    /// With `Some(n)`, each generated token also comes as an
+    /// [`Event::Token`]: its log-probability under the model (the raw
+    /// distribution, before penalties, truncation and temperature) and the
+    /// `n` most likely tokens' (at most [`MAX_TOP_LOGPROBS`]).
+    pub logprobs: Option<usize>,
+}
+
+/// Most alternatives a token's [`TokenLogprobs`] lists.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// A generated token and how likely the model found it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    pub token: u32,
+    pub logprob: f32,
+    /// The most likely tokens and their log-probabilities, most likely first.
+    pub top: Vec<(u32, f32)>,
 }
 
 impl<B: Backend> Request<B> {
-    /// A request with default sampling, seed 0, no stop sequences, no draft.
+    /// A request with default sampling, seed 0, no stop sequences, no draft,
+    /// no log-probabilities.
     pub fn new(prompt: Prompt, max_tokens: usize) -> Self {
-        Request { prompt, sampling: SamplerConfig::default(), seed: 0, stop: Vec::new(), max_tokens, draft: None }
+        Request {
+            prompt,
+            sampling: SamplerConfig::default(),
+            seed: 0,
+            stop: Vec::new(),
+            max_tokens,
+            draft: None,
+            logprobs: None,
+        }
     }
 }
 
@@ -96,6 +122,10 @@ pub struct Finish {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
+    /// A generated token's log-probabilities (only for requests that ask,
+    /// [`Request::logprobs`]); it comes before the token's text, which may
+    /// be held back (a split character, a possible stop sequence).
+    Token(TokenLogprobs),
     /// New text: always whole UTF-8 characters; never contains a stop sequence.
     Text(String),
     /// The last event of a sequence.

@@ -7,8 +7,9 @@ use super::openai::{object, read, Checked, Message, PromptIn, PromptOne, Setting
 use super::routes::{body, respond};
 use super::worker::{Choice, Job, ModelHandle, Update};
 use super::Shared;
+use crate::data::Tokenizer;
 use crate::generate::chat::{Conversation, Turn};
-use crate::generate::{Finish, FinishReason};
+use crate::generate::{Finish, FinishReason, TokenLogprobs};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -20,6 +21,7 @@ use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 /// `max_tokens` when a request gives none: OpenAI's 16 for completions; for
@@ -41,6 +43,9 @@ struct Meta {
     choices: usize,
     prompt_tokens: usize,
     include_usage: bool,
+    /// Whether the request asked for log-probabilities.
+    logprobs: bool,
+    tokenizer: Arc<Tokenizer>,
 }
 
 fn next_id(kind: Kind) -> String {
@@ -62,7 +67,7 @@ pub async fn completions(State(s): State<Shared>, headers: HeaderMap, b: Result<
         let v = object(&body(b, s.opts.limits.max_body_bytes)?)?;
         let settings: Settings = read(&v, None)?;
         let m = s.model(settings.model.as_deref())?;
-        let checked = settings.check(m.block_size, &s.opts.limits, DEFAULT_MAX_TOKENS.0)?;
+        let checked = settings.check(m.block_size, &s.opts.limits, DEFAULT_MAX_TOKENS.0, false)?;
         let prompt: PromptIn = read(&v, Some("prompt"))?;
         let mut choices = Vec::new();
         let mut prompt_tokens = 0;
@@ -113,7 +118,7 @@ pub async fn chat_completions(
         if messages.is_empty() {
             return Err(ApiError::invalid_param("messages", "messages must not be empty"));
         }
-        let mut checked = settings.check(m.block_size, &s.opts.limits, DEFAULT_MAX_TOKENS.1)?;
+        let mut checked = settings.check(m.block_size, &s.opts.limits, DEFAULT_MAX_TOKENS.1, true)?;
         let prompt = chat_prompt(m, &messages, checked.max_tokens)?;
         // The template's turn markers end an answer too.
         for stop in &m.template.stop {
@@ -201,6 +206,8 @@ async fn run(
         choices: choices.len(),
         prompt_tokens,
         include_usage: checked.include_usage,
+        logprobs: checked.logprobs.is_some(),
+        tokenizer: m.tokenizer.clone(),
     };
     let (tx, rx) = unbounded_channel();
     m.submit(Job { choices, updates: tx }).map_err(|_| ApiError::queue_full())?;
@@ -225,10 +232,12 @@ fn finish_reason(f: &Finish) -> Result<&'static str, ApiError> {
 /// Waits for every choice, then answers at once.
 async fn whole(meta: Meta, mut rx: UnboundedReceiver<Update>) -> Result<Response, ApiError> {
     let mut texts = vec![String::new(); meta.choices];
+    let mut tokens: Vec<Vec<TokenLogprobs>> = vec![Vec::new(); meta.choices];
     let mut finishes: Vec<Option<Finish>> = vec![None; meta.choices];
     let mut done = 0;
     while done < meta.choices {
         match rx.recv().await {
+            Some(Update::Token { index, info }) => tokens[index].push(info),
             Some(Update::Text { index, text }) => texts[index].push_str(&text),
             Some(Update::Finish { index, finish }) => {
                 finishes[index] = Some(finish);
@@ -240,15 +249,16 @@ async fn whole(meta: Meta, mut rx: UnboundedReceiver<Update>) -> Result<Response
     }
     let mut out = Vec::new();
     let mut completion = 0;
-    for (index, (text, f)) in texts.into_iter().zip(finishes).enumerate() {
+    for (index, ((text, f), infos)) in texts.into_iter().zip(finishes).zip(&tokens).enumerate() {
         let f = f.expect("every choice finished");
         completion += f.completion_tokens;
         let reason = finish_reason(&f)?;
+        let logprobs = meta.logprobs_json(infos, &mut 0);
         out.push(match meta.kind {
-            Kind::Text => json!({"index": index, "text": text, "logprobs": null, "finish_reason": reason}),
+            Kind::Text => json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}),
             Kind::Chat => json!({
                 "index": index, "message": {"role": "assistant", "content": text},
-                "logprobs": null, "finish_reason": reason,
+                "logprobs": logprobs, "finish_reason": reason,
             }),
         });
     }
@@ -261,12 +271,58 @@ async fn whole(meta: Meta, mut rx: UnboundedReceiver<Update>) -> Result<Response
 }
 
 impl Meta {
+    /// A token as text (a piece of a character shows as U+FFFD) and bytes.
+    fn token_text(&self, t: u32) -> (String, Vec<u8>) {
+        let bytes = self.tokenizer.decode_bytes(&[t]);
+        (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+    }
+
+    /// `infos` as OpenAI writes log-probabilities (null when not asked
+    /// for): chat's `content` list, or completions' parallel lists, whose
+    /// `text_offset`s count on from `offset`.
+    fn logprobs_json(&self, infos: &[TokenLogprobs], offset: &mut usize) -> Value {
+        if !self.logprobs {
+            return Value::Null;
+        }
+        match self.kind {
+            Kind::Chat => {
+                let entry = |t: u32, lp: f32| {
+                    let (text, bytes) = self.token_text(t);
+                    json!({"token": text, "logprob": lp, "bytes": bytes})
+                };
+                let content: Vec<Value> = infos
+                    .iter()
+                    .map(|i| {
+                        let mut e = entry(i.token, i.logprob);
+                        e["top_logprobs"] = i.top.iter().map(|&(t, lp)| entry(t, lp)).collect();
+                        e
+                    })
+                    .collect();
+                json!({"content": content})
+            }
+            Kind::Text => {
+                let (mut tokens, mut lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
+                for i in infos {
+                    let (text, _) = self.token_text(i.token);
+                    offsets.push(*offset);
+                    *offset += text.len();
+                    tokens.push(text);
+                    lps.push(i.logprob);
+                    let top: serde_json::Map<String, Value> =
+                        i.top.iter().map(|&(t, lp)| (self.token_text(t).0, json!(lp))).collect();
+                    tops.push(Value::Object(top));
+                }
+                json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
+            }
+        }
+    }
+
     /// One streamed chunk for choice `index`: `text` (none: the opening
     /// role delta of a chat), and the finish reason on the last.
-    fn chunk(&self, index: usize, text: Option<&str>, reason: Option<&str>) -> Event {
+    fn chunk(&self, index: usize, text: Option<&str>, reason: Option<&str>, logprobs: Value) -> Event {
         let choice = match self.kind {
             Kind::Text => {
-                json!({"index": index, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": reason})
+                json!({"index": index, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": reason})
             }
             Kind::Chat => {
                 let delta = match (text, reason) {
@@ -274,7 +330,7 @@ impl Meta {
                     (Some(t), _) => json!({"content": t}),
                     (None, Some(_)) => json!({}),
                 };
-                json!({"index": index, "delta": delta, "logprobs": null, "finish_reason": reason})
+                json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason})
             }
         };
         self.event(vec![choice], None)
@@ -299,6 +355,10 @@ fn stream(meta: Meta, rx: UnboundedReceiver<Update>) -> Response {
         meta: Meta,
         rx: UnboundedReceiver<Update>,
         queue: VecDeque<Event>,
+        /// Per choice: log-probabilities of tokens whose text is not sent
+        /// yet, and the text sent so far (completions' offsets).
+        tokens: Vec<Vec<TokenLogprobs>>,
+        offsets: Vec<usize>,
         done: usize,
         completion: usize,
         over: bool,
@@ -306,10 +366,11 @@ fn stream(meta: Meta, rx: UnboundedReceiver<Update>) -> Response {
     let mut queue = VecDeque::new();
     if meta.kind == Kind::Chat {
         for i in 0..meta.choices {
-            queue.push_back(meta.chunk(i, None, None));
+            queue.push_back(meta.chunk(i, None, None, Value::Null));
         }
     }
-    let state = State { meta, rx, queue, done: 0, completion: 0, over: false };
+    let (tokens, offsets) = (vec![Vec::new(); meta.choices], vec![0; meta.choices]);
+    let state = State { meta, rx, queue, tokens, offsets, done: 0, completion: 0, over: false };
     let events = futures_util::stream::unfold(state, |mut st| async move {
         loop {
             if let Some(e) = st.queue.pop_front() {
@@ -324,14 +385,23 @@ fn stream(meta: Meta, rx: UnboundedReceiver<Update>) -> Response {
                 st.over = true;
             };
             match st.rx.recv().await {
+                Some(Update::Token { index, info }) => st.tokens[index].push(info),
                 Some(Update::Text { index, text }) => {
-                    let e = st.meta.chunk(index, Some(&text), None);
+                    let infos = std::mem::take(&mut st.tokens[index]);
+                    let lp = st.meta.logprobs_json(&infos, &mut st.offsets[index]);
+                    let e = st.meta.chunk(index, Some(&text), None, lp);
                     st.queue.push_back(e);
                 }
                 Some(Update::Finish { index, finish }) => match finish_reason(&finish) {
                     Ok(reason) => {
                         st.completion += finish.completion_tokens;
-                        let e = st.meta.chunk(index, None, Some(reason));
+                        let infos = std::mem::take(&mut st.tokens[index]);
+                        let lp = if infos.is_empty() {
+                            Value::Null
+                        } else {
+                            st.meta.logprobs_json(&infos, &mut st.offsets[index])
+                        };
+                        let e = st.meta.chunk(index, None, Some(reason), lp);
                         st.queue.push_back(e);
                         st.done += 1;
                         if st.done == st.meta.choices {

@@ -136,6 +136,8 @@ pub struct Checked {
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Alternatives per token when log-probabilities are asked for.
+    pub logprobs: Option<usize>,
 }
 
 impl Checked {
@@ -148,6 +150,7 @@ impl Checked {
                 seed: self.seed.wrapping_add(i as u64),
                 stop: self.stop.clone(),
                 max_tokens: self.max_tokens,
+                logprobs: self.logprobs,
             })
             .collect()
     }
@@ -163,8 +166,9 @@ fn in_range(name: &str, v: Option<f64>, lo: f64, hi: f64, default: f64) -> Resul
 
 impl Settings {
     /// Checks the settings against the model's context and the server's
-    /// limits. `default_max`: `max_tokens` when the request gives none.
-    pub fn check(&self, context: usize, limits: &Limits, default_max: usize) -> Result<Checked, ApiError> {
+    /// limits. `default_max`: `max_tokens` when the request gives none;
+    /// `chat`: the chat endpoint's (its `logprobs` differ).
+    pub fn check(&self, context: usize, limits: &Limits, default_max: usize, chat: bool) -> Result<Checked, ApiError> {
         let cap = limits.max_tokens.min(context);
         let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
             None => default_max.min(cap),
@@ -236,11 +240,7 @@ impl Settings {
         if stop.iter().any(|s| s.is_empty() || s.len() > 256) {
             return Err(ApiError::invalid_param("stop", "stop sequences must be 1 to 256 bytes long"));
         }
-        if self.logprobs.as_ref().is_some_and(|v| !(v.is_null() || *v == false || *v == 0))
-            || self.top_logprobs.as_ref().is_some_and(|v| !(v.is_null() || *v == 0))
-        {
-            return Err(ApiError::invalid_param("logprobs", "logprobs are not served by ferrite yet"));
-        }
+        let logprobs = self.logprobs(chat)?;
         let stream = self.stream.unwrap_or(false);
         let include_usage = self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
         if self.stream_options.is_some() && !stream {
@@ -256,7 +256,45 @@ impl Settings {
                     .unwrap_or(0),
             ),
         };
-        Ok(Checked { sampling, seed, n, max_tokens, stop, stream, include_usage })
+        Ok(Checked { sampling, seed, n, max_tokens, stop, stream, include_usage, logprobs })
+    }
+
+    /// Alternatives per token to report, if any: the completions endpoint's
+    /// `logprobs` (0 to 5), the chat endpoint's `logprobs: true` with
+    /// `top_logprobs` (0 to 20).
+    fn logprobs(&self, chat: bool) -> Result<Option<usize>, ApiError> {
+        let int = |name: &str, v: &Value, max: u64| match v.as_u64() {
+            Some(n) if n <= max => Ok(n as usize),
+            _ => Err(ApiError::invalid_param(name, format!("{name} must be an integer from 0 to {max}, got {v}"))),
+        };
+        let given = |v: &Option<Value>| v.as_ref().filter(|v| !v.is_null()).cloned();
+        match (chat, given(&self.logprobs), given(&self.top_logprobs)) {
+            (false, None, None) => Ok(None),
+            (false, Some(v), None) => int("logprobs", &v, 5).map(Some),
+            (false, _, Some(_)) => {
+                Err(ApiError::invalid_param("top_logprobs", "top_logprobs is for chat; completions take logprobs: N"))
+            }
+            (true, lp, top) => {
+                let on = match lp {
+                    None => false,
+                    Some(Value::Bool(b)) => b,
+                    Some(v) => {
+                        return Err(ApiError::invalid_param(
+                            "logprobs",
+                            format!("logprobs must be true or false, got {v}"),
+                        ))
+                    }
+                };
+                match (on, top) {
+                    (false, None) => Ok(None),
+                    (false, Some(_)) => {
+                        Err(ApiError::invalid_param("top_logprobs", "top_logprobs needs logprobs: true"))
+                    }
+                    (true, None) => Ok(Some(0)),
+                    (true, Some(v)) => int("top_logprobs", &v, crate::generate::MAX_TOP_LOGPROBS as u64).map(Some),
+                }
+            }
+        }
     }
 }
 

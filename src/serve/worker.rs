@@ -8,7 +8,7 @@ use super::metrics::Metrics;
 use crate::data::Tokenizer;
 use crate::engine::Backend;
 use crate::generate::chat::ChatTemplate;
-use crate::generate::{Batch, Event, Finish, Prompt, Request, SamplerConfig, SeqId};
+use crate::generate::{Batch, Event, Finish, Prompt, Request, SamplerConfig, SeqId, TokenLogprobs};
 use crate::model::Gpt;
 use anyhow::{Context, Result};
 use std::collections::{HashMap, VecDeque};
@@ -26,14 +26,29 @@ pub struct Choice {
     pub seed: u64,
     pub stop: Vec<String>,
     pub max_tokens: usize,
+    pub logprobs: Option<usize>,
 }
 
 /// What a request hears back, per choice (`index`).
 #[derive(Debug)]
 pub enum Update {
-    Text { index: usize, text: String },
-    Finish { index: usize, finish: Finish },
-    Error { index: usize, message: String },
+    /// A token's log-probabilities (when asked for), before its text.
+    Token {
+        index: usize,
+        info: TokenLogprobs,
+    },
+    Text {
+        index: usize,
+        text: String,
+    },
+    Finish {
+        index: usize,
+        finish: Finish,
+    },
+    Error {
+        index: usize,
+        message: String,
+    },
 }
 
 /// A request: its choices, and where their updates go. Dropping the
@@ -143,6 +158,9 @@ impl<B: Backend> Worker<B> {
                 let index = *index;
                 // A failed send: the client is gone; its slot is freed above next time.
                 match event {
+                    Event::Token(info) => {
+                        let _ = tx.send(Update::Token { index, info });
+                    }
                     Event::Text(text) => {
                         let _ = tx.send(Update::Text { index, text });
                     }
@@ -169,6 +187,7 @@ impl<B: Backend> Worker<B> {
                     sampling: choice.sampling,
                     seed: choice.seed,
                     stop: choice.stop,
+                    logprobs: choice.logprobs,
                     ..Request::new(Prompt::Tokens(choice.prompt), choice.max_tokens)
                 };
                 match self.batch.add(req) {
