@@ -24,9 +24,11 @@ pub struct ChatArgs {
     /// System prompt (default: the template's; "" for none).
     #[arg(long)]
     system: Option<String>,
-    /// How the conversation is written for the model: `dolly`, `dialogue`
+    /// How the conversation is written for the model: `special`
+    /// (`<|system|>`/`<|user|>`/`<|assistant|>` tokens), `dolly`, `dialogue`
     /// (User:/Assistant:), `none` (plain text), or `auto`: the checkpoint's
-    /// own, else the first its vocabulary can write.
+    /// own, else `special` where the tokenizer has those tokens, else the
+    /// first its vocabulary can write.
     #[arg(long, default_value = "auto")]
     template: String,
     #[command(flatten)]

@@ -35,8 +35,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     runs: Option<PathBuf>,
     /// How chat messages are written for the model: `auto` (the
-    /// checkpoint's own, else the first its vocabulary can write), `dolly`,
-    /// `dialogue` or `none`.
+    /// checkpoint's own, else `special` where the tokenizer has
+    /// `<|system|>`/`<|user|>`/`<|assistant|>` tokens, else the first its
+    /// vocabulary can write), `special`, `dolly`, `dialogue` or `none`.
     #[arg(long, default_value = "auto")]
     template: String,
     /// Largest request body, in bytes (past it: HTTP 413).

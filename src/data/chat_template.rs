@@ -51,12 +51,34 @@ impl ChatTemplate {
         }
     }
 
+    /// Turns marked by the special tokens of ferrite's BPE tokenizers
+    /// (`<|system|>`, `<|user|>`, `<|assistant|>`): one token each, which
+    /// no text can spell by accident.
+    pub fn special() -> ChatTemplate {
+        ChatTemplate {
+            system: "<|system|>\n{content}\n".into(),
+            user: "<|user|>\n{content}\n".into(),
+            assistant: "<|assistant|>\n{content}\n".into(),
+            stop: vec!["<|user|>".into(), "<|system|>".into(), "<|endoftext|>".into()],
+        }
+    }
+
+    /// Whether the tokenizer has the turn markers of [`Self::special`] as
+    /// single special tokens.
+    pub fn has_special_tokens(tok: &Tokenizer) -> bool {
+        ["<|system|>", "<|user|>", "<|assistant|>"]
+            .iter()
+            .all(|t| tok.encode(t).is_ok_and(|ids| ids.len() == 1 && tok.is_special(ids[0])))
+    }
+
     /// The templates `ferrite chat --template` knows, in the order an
-    /// automatic choice tries them.
-    pub const NAMES: [&'static str; 3] = ["dolly", "dialogue", "none"];
+    /// automatic choice tries them (`special` only where the tokenizer has
+    /// those tokens).
+    pub const NAMES: [&'static str; 4] = ["special", "dolly", "dialogue", "none"];
 
     pub fn named(name: &str) -> Result<ChatTemplate> {
         Ok(match name {
+            "special" => ChatTemplate::special(),
             "dolly" => ChatTemplate::dolly(),
             "dialogue" => ChatTemplate::dialogue(),
             "none" => ChatTemplate::none(),
@@ -97,7 +119,11 @@ impl ChatTemplate {
         let (name, t) = match (choice, saved) {
             ("auto", Some(t)) => ("the checkpoint's own".to_string(), t.clone()),
             ("auto", None) => {
-                let name = Self::NAMES.iter().find(|n| Self::named(n).is_ok_and(|t| t.spellable(tok, system)));
+                let usable = |n: &&&str| {
+                    (**n != "special" || Self::has_special_tokens(tok))
+                        && Self::named(n).is_ok_and(|t| t.spellable(tok, system))
+                };
+                let name = Self::NAMES.iter().find(usable);
                 let name = name.unwrap_or(&"none");
                 (name.to_string(), Self::named(name)?)
             }
@@ -119,5 +145,27 @@ impl ChatTemplate {
     /// The text before the assistant's answer (its opening, without `{content}`).
     pub fn assistant_open(&self) -> &str {
         self.assistant.split("{content}").next().unwrap_or("")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn special_tokens_template_is_chosen_where_the_tokenizer_has_them() {
+        let text = "the king shall speak and we will hear thee now good lord ".repeat(50);
+        let hf = crate::data::tokenizer::HfTokenizer::train_bpe(300, std::iter::once(text.as_str())).unwrap();
+        let bpe = Tokenizer::Hf { tokenizer: hf };
+        assert!(ChatTemplate::has_special_tokens(&bpe));
+        let (name, t) = ChatTemplate::choose("auto", None, &bpe, None).unwrap();
+        assert_eq!((name.as_str(), &t), ("special", &ChatTemplate::special()));
+        // Each marker is one token in a rendered turn.
+        let ids = bpe.encode(&ChatTemplate::fill(&t.user, "the king")).unwrap();
+        assert!(bpe.is_special(ids[0]), "{ids:?}");
+        // A character vocabulary has no special tokens: not chosen there.
+        let chars = Tokenizer::char_from_corpus("<|>systemuran \nthe king");
+        assert!(!ChatTemplate::has_special_tokens(&chars));
+        assert_ne!(ChatTemplate::choose("auto", None, &chars, None).unwrap().0, "special");
     }
 }

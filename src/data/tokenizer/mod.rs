@@ -87,6 +87,14 @@ impl Tokenizer {
         !matches!(self, Tokenizer::Byte)
     }
 
+    /// Whether `id` is a special token (only `tokenizer.json` vocabularies have them).
+    pub fn is_special(&self, id: u32) -> bool {
+        match self {
+            Tokenizer::Hf { tokenizer } => tokenizer.is_special(id),
+            _ => false,
+        }
+    }
+
     /// The end-of-text token that separates documents, if the vocabulary has one.
     pub fn end_of_text(&self) -> Option<u32> {
         match self {
