@@ -87,7 +87,11 @@ fn post(s: &Server, path: &str, body: Value) -> Value {
 
 /// A streamed request's `data:` payloads, `[DONE]` last.
 fn stream(s: &Server, path: &str, body: Value) -> Vec<String> {
-    let mut resp = agent().post(format!("{}{path}", s.url)).send(body.to_string()).unwrap();
+    let mut resp = agent()
+        .post(format!("{}{path}", s.url))
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let reader = BufReader::new(resp.body_mut().as_reader());
     reader.lines().map(|l| l.unwrap()).filter_map(|l| l.strip_prefix("data: ").map(String::from)).collect()
@@ -275,6 +279,15 @@ fn bad_requests_get_openai_errors_with_the_right_status() {
         assert!(msg.contains(needle), "{path} {body}: {msg:?} lacks {needle:?}");
         assert!(v["error"]["type"].is_string());
     }
+    // Not declared JSON (a plain form post from another web page): 415.
+    let mut resp = agent()
+        .post(url("/v1/completions"))
+        .header("Authorization", "Bearer sekret")
+        .header("Content-Type", "text/plain")
+        .send(json!({"prompt": "a"}).to_string())
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+    assert!(resp.body_mut().read_to_string().unwrap().contains("application/json"));
     for auth in [vec![], vec![("Authorization", "Bearer wrong")], vec![("Authorization", "sekret")]] {
         let (got, _, text) = post_raw(&url("/v1/completions"), &json!({"prompt": "a"}).to_string(), &auth);
         assert_eq!(got, 401, "{auth:?}: {text}");
@@ -383,7 +396,7 @@ fn garbage_on_every_endpoint_never_stops_the_server() {
         let reply = String::from_utf8_lossy(&reply);
         assert!(reply.starts_with("HTTP/1.1 "), "case {case} {path}: {reply:?}");
         let status: u16 = reply[9..12].parse().unwrap();
-        assert!([200, 400, 404, 405, 413].contains(&status), "case {case} {path}: {reply}");
+        assert!([200, 400, 404, 405, 413, 415].contains(&status), "case {case} {path}: {reply}");
     }
     // And garbage that is not even HTTP.
     for _ in 0..20 {

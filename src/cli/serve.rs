@@ -25,7 +25,8 @@ pub struct ServeArgs {
     /// Sequences each model decodes together (continuous batching).
     #[arg(long, default_value_t = 8)]
     parallel: usize,
-    /// Requests waiting for a slot, per model; past it: HTTP 429.
+    /// Sequences (a request's choices) waiting for a slot, per model; past
+    /// it: HTTP 429.
     #[arg(long, default_value_t = 64)]
     queue: usize,
     /// Require `Authorization: Bearer KEY` on the API.

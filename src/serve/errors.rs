@@ -75,6 +75,25 @@ impl ApiError {
         }
     }
 
+    /// 503: the model's batch thread is gone (a bug; restart the server).
+    pub fn stopped(model: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            format!("the model {model} stopped decoding; restart the server"),
+        )
+    }
+
+    /// 415: generation and tokenizer endpoints take JSON only (which also
+    /// keeps other web pages' plain form posts out).
+    pub fn not_json() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "send the body as JSON, with `Content-Type: application/json`",
+        )
+    }
+
     pub fn server(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }

@@ -4,9 +4,9 @@
 
 use super::errors::ApiError;
 use super::openai::{object, read, Checked, Message, PromptIn, PromptOne, Settings};
-use super::routes::{body, respond};
-use super::worker::{Choice, Job, ModelHandle, Update};
-use super::Shared;
+use super::routes::{json_body, respond};
+use super::worker::{Choice, Job, ModelHandle, Rejected, Update};
+use super::{AppState, Shared};
 use crate::data::Tokenizer;
 use crate::generate::chat::{Conversation, Turn};
 use crate::generate::{Finish, FinishReason, TokenLogprobs};
@@ -61,39 +61,21 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// A checked request, ready to queue.
+struct Prepared {
+    model: usize,
+    checked: Checked,
+    choices: Vec<Choice>,
+    /// Tokens of the whole prompts (usage counts them all).
+    prompt_tokens: usize,
+    kind: Kind,
+}
+
 pub async fn completions(State(s): State<Shared>, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> Response {
-    let r = async {
-        s.authorize(&headers)?;
-        let v = object(&body(b, s.opts.limits.max_body_bytes)?)?;
-        let settings: Settings = read(&v, None)?;
-        let m = s.model(settings.model.as_deref())?;
-        let checked = settings.check(m.block_size, &s.opts.limits, DEFAULT_MAX_TOKENS.0, false)?;
-        let prompt: PromptIn = read(&v, Some("prompt"))?;
-        let mut choices = Vec::new();
-        let mut prompt_tokens = 0;
-        for p in prompt.into_prompts()? {
-            let tokens = match p {
-                PromptOne::Text(t) => m
-                    .tokenizer
-                    .encode(&t)
-                    .map_err(|e| ApiError::invalid_param("prompt", format!("cannot tokenize the prompt: {e:#}")))?,
-                PromptOne::Tokens(t) => {
-                    if let Some(bad) = t.iter().find(|&&x| x as usize >= m.vocab_size) {
-                        return Err(ApiError::invalid_param(
-                            "prompt",
-                            format!("prompt token {bad} is outside the model's vocabulary of {}", m.vocab_size),
-                        ));
-                    }
-                    t
-                }
-            };
-            prompt_tokens += tokens.len();
-            choices.extend(checked.choices(&tokens));
-        }
-        let kind = Kind::Text;
-        run(&s, m, checked, choices, prompt_tokens, kind).await
-    }
-    .await;
+    let r = match prepare(&s, headers, b, Kind::Text).await {
+        Ok(p) => run(&s, p).await,
+        Err(e) => Err(e),
+    };
     respond(&s, "completions", r)
 }
 
@@ -102,35 +84,103 @@ pub async fn chat_completions(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let r = async {
-        s.authorize(&headers)?;
-        let v = object(&body(b, s.opts.limits.max_body_bytes)?)?;
-        let settings: Settings = read(&v, None)?;
-        let m = s.model(settings.model.as_deref())?;
-        let limit = s.opts.limits.max_messages;
-        if v["messages"].as_array().is_some_and(|a| a.len() > limit) {
-            return Err(ApiError::invalid_param(
-                "messages",
-                format!("more messages than the server's limit of {limit}"),
-            ));
-        }
-        let messages: Vec<Message> = read(&v, Some("messages"))?;
-        if messages.is_empty() {
-            return Err(ApiError::invalid_param("messages", "messages must not be empty"));
-        }
-        let mut checked = settings.check(m.block_size, &s.opts.limits, DEFAULT_MAX_TOKENS.1, true)?;
-        let prompt = chat_prompt(m, &messages, checked.max_tokens)?;
-        // The template's turn markers end an answer too.
-        for stop in &m.template.stop {
-            if !checked.stop.contains(stop) {
-                checked.stop.push(stop.clone());
-            }
-        }
-        let choices = checked.choices(&prompt);
-        run(&s, m, checked, choices, prompt.len(), Kind::Chat).await
-    }
-    .await;
+    let r = match prepare(&s, headers, b, Kind::Chat).await {
+        Ok(p) => run(&s, p).await,
+        Err(e) => Err(e),
+    };
     respond(&s, "chat", r)
+}
+
+/// Parses, checks and tokenizes on a blocking thread: a long conversation
+/// must not stall the runtime that serves every other connection.
+async fn prepare(
+    s: &Shared,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+    kind: Kind,
+) -> Result<Prepared, ApiError> {
+    let s = s.clone();
+    tokio::task::spawn_blocking(move || {
+        s.authorize(&headers)?;
+        let v = object(&json_body(&headers, b, s.opts.limits.max_body_bytes)?)?;
+        match kind {
+            Kind::Text => prepare_completion(&s, &v),
+            Kind::Chat => prepare_chat(&s, &v),
+        }
+    })
+    .await
+    .map_err(|e| ApiError::server(format!("preparing the request failed: {e}")))?
+}
+
+/// The last `block_size` tokens: all of a prompt the model reads.
+fn window(tokens: &[u32], m: &ModelHandle) -> Vec<u32> {
+    tokens[tokens.len().saturating_sub(m.block_size)..].to_vec()
+}
+
+fn prepare_completion(s: &AppState, v: &Value) -> Result<Prepared, ApiError> {
+    let settings: Settings = read(v, None)?;
+    let (model, m) = s.model(settings.model.as_deref())?;
+    let checked = settings.check(m.block_size, &s.opts.limits, DEFAULT_MAX_TOKENS.0, false)?;
+    let prompt: PromptIn = read(v, Some("prompt"))?;
+    let prompts = prompt.into_prompts()?;
+    check_choices(prompts.len() * checked.n, &s.opts.limits)?;
+    let mut choices = Vec::new();
+    let mut prompt_tokens = 0;
+    for p in prompts {
+        let tokens = match p {
+            PromptOne::Text(t) => m
+                .tokenizer
+                .encode(&t)
+                .map_err(|e| ApiError::invalid_param("prompt", format!("cannot tokenize the prompt: {e:#}")))?,
+            PromptOne::Tokens(t) => {
+                if let Some(bad) = t.iter().find(|&&x| x as usize >= m.vocab_size) {
+                    return Err(ApiError::invalid_param(
+                        "prompt",
+                        format!("prompt token {bad} is outside the model's vocabulary of {}", m.vocab_size),
+                    ));
+                }
+                t
+            }
+        };
+        prompt_tokens += tokens.len();
+        choices.extend(checked.choices(&window(&tokens, m)));
+    }
+    Ok(Prepared { model, checked, choices, prompt_tokens, kind: Kind::Text })
+}
+
+fn prepare_chat(s: &AppState, v: &Value) -> Result<Prepared, ApiError> {
+    let settings: Settings = read(v, None)?;
+    let (model, m) = s.model(settings.model.as_deref())?;
+    let limit = s.opts.limits.max_messages;
+    if v["messages"].as_array().is_some_and(|a| a.len() > limit) {
+        return Err(ApiError::invalid_param("messages", format!("more messages than the server's limit of {limit}")));
+    }
+    let messages: Vec<Message> = read(v, Some("messages"))?;
+    if messages.is_empty() {
+        return Err(ApiError::invalid_param("messages", "messages must not be empty"));
+    }
+    let mut checked = settings.check(m.block_size, &s.opts.limits, DEFAULT_MAX_TOKENS.1, true)?;
+    check_choices(checked.n, &s.opts.limits)?;
+    let prompt = chat_prompt(m, &messages, checked.max_tokens)?;
+    // The template's turn markers end an answer too.
+    for stop in &m.template.stop {
+        if !checked.stop.contains(stop) {
+            checked.stop.push(stop.clone());
+        }
+    }
+    let choices = checked.choices(&window(&prompt, m));
+    Ok(Prepared { model, checked, choices, prompt_tokens: prompt.len(), kind: Kind::Chat })
+}
+
+/// Prompts × n within the server's limit (checked before any tokenizing).
+fn check_choices(n: usize, limits: &super::Limits) -> Result<(), ApiError> {
+    if n > limits.max_choices {
+        return Err(ApiError::invalid_param(
+            "n",
+            format!("{n} choices (prompts × n) is more than the server's limit of {}", limits.max_choices),
+        ));
+    }
+    Ok(())
 }
 
 /// The conversation as the model's prompt: system messages first, then the
@@ -180,38 +230,25 @@ fn chat_prompt(m: &ModelHandle, messages: &[Message], max_tokens: usize) -> Resu
     Ok(tokens)
 }
 
-async fn run(
-    s: &Shared,
-    m: &ModelHandle,
-    checked: Checked,
-    choices: Vec<Choice>,
-    prompt_tokens: usize,
-    kind: Kind,
-) -> Result<Response, ApiError> {
-    if choices.len() > s.opts.limits.max_choices {
-        return Err(ApiError::invalid_param(
-            "n",
-            format!(
-                "{} choices (prompts × n) is more than the server's limit of {}",
-                choices.len(),
-                s.opts.limits.max_choices
-            ),
-        ));
-    }
+async fn run(s: &Shared, p: Prepared) -> Result<Response, ApiError> {
+    let m = &s.models[p.model];
     let meta = Meta {
-        kind,
-        id: next_id(kind),
+        kind: p.kind,
+        id: next_id(p.kind),
         created: now(),
         model: m.name.clone(),
-        choices: choices.len(),
-        prompt_tokens,
-        include_usage: checked.include_usage,
-        logprobs: checked.logprobs.is_some(),
+        choices: p.choices.len(),
+        prompt_tokens: p.prompt_tokens,
+        include_usage: p.checked.include_usage,
+        logprobs: p.checked.logprobs.is_some(),
         tokenizer: m.tokenizer.clone(),
     };
     let (tx, rx) = unbounded_channel();
-    m.submit(Job { choices, updates: tx }).map_err(|_| ApiError::queue_full())?;
-    if checked.stream {
+    m.submit(Job { choices: p.choices, updates: tx }).map_err(|e| match e {
+        Rejected::Full => ApiError::queue_full(),
+        Rejected::Stopped => ApiError::stopped(&m.name),
+    })?;
+    if p.checked.stream {
         Ok(stream(meta, rx))
     } else {
         whole(meta, rx).await
@@ -257,7 +294,7 @@ async fn whole(meta: Meta, mut rx: UnboundedReceiver<Update>) -> Result<Response
         out.push(match meta.kind {
             Kind::Text => json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}),
             Kind::Chat => json!({
-                "index": index, "message": {"role": "assistant", "content": text},
+                "index": index, "message": {"role": "assistant", "content": text, "refusal": null},
                 "logprobs": logprobs, "finish_reason": reason,
             }),
         });
@@ -305,7 +342,7 @@ impl Meta {
                 for i in infos {
                     let (text, _) = self.token_text(i.token);
                     offsets.push(*offset);
-                    *offset += text.len();
+                    *offset += text.chars().count();
                     tokens.push(text);
                     lps.push(i.logprob);
                     let top: serde_json::Map<String, Value> =

@@ -87,7 +87,7 @@ impl Metrics {
             }
         }
         let name = "time_to_first_token_seconds";
-        header(&mut out, name, "histogram", "From joining the queue to the first token.");
+        header(&mut out, name, "histogram", "From joining the batch (prefill included) to the first token.");
         for (b, bound) in self.ttft_buckets.iter().zip(TTFT_BUCKETS) {
             let _ = writeln!(out, "ferrite_{name}_bucket{{le=\"{bound}\"}} {}", b.load(Ordering::Relaxed));
         }

@@ -44,11 +44,12 @@ pub struct AppState {
 pub type Shared = Arc<AppState>;
 
 impl AppState {
-    /// The model a request names (the first one when it names none).
-    pub fn model(&self, name: Option<&str>) -> Result<&ModelHandle, errors::ApiError> {
+    /// The model a request names (the first one when it names none), and
+    /// its index.
+    pub fn model(&self, name: Option<&str>) -> Result<(usize, &ModelHandle), errors::ApiError> {
         match name {
-            None | Some("") => Ok(&self.models[0]),
-            Some(n) => self.models.iter().find(|m| m.name == n).ok_or_else(|| {
+            None | Some("") => Ok((0, &self.models[0])),
+            Some(n) => self.models.iter().enumerate().find(|(_, m)| m.name == n).ok_or_else(|| {
                 errors::ApiError::unknown_model(n, &self.models.iter().map(|m| m.name.clone()).collect::<Vec<_>>())
             }),
         }

@@ -16,8 +16,18 @@ use serde_json::json;
 const CHAT_PAGE: &str = include_str!("web/chat.html");
 const RUNS_PAGE: &str = include_str!("web/runs.html");
 
+/// A JSON request's body, or the error a client gets for it (415 when it
+/// is not declared JSON, 413 past the limit).
+pub fn json_body(headers: &HeaderMap, b: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    let kind = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !kind.trim_start().to_ascii_lowercase().starts_with("application/json") {
+        return Err(ApiError::not_json());
+    }
+    body(b, limit)
+}
+
 /// The body, or the error a client gets for it (413 past the limit).
-pub fn body(b: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+fn body(b: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     b.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(limit)
@@ -43,6 +53,9 @@ pub async fn runs_page() -> Html<&'static str> {
 }
 
 pub async fn health(State(s): State<Shared>) -> Response {
+    if let Some(m) = s.models.iter().find(|m| !m.alive.load(std::sync::atomic::Ordering::SeqCst)) {
+        return respond(&s, "health", Err(ApiError::stopped(&m.name)));
+    }
     let slots: usize = s.models.iter().map(|m| m.parallel).sum();
     let busy: usize = s.models.iter().map(|m| m.active.load(std::sync::atomic::Ordering::SeqCst)).sum();
     respond(
@@ -85,8 +98,8 @@ struct DetokenizeBody {
 pub async fn tokenize(State(s): State<Shared>, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> Response {
     let r = (|| {
         s.authorize(&headers)?;
-        let req: TokenizeBody = read(&object(&body(b, s.opts.limits.max_body_bytes)?)?, None)?;
-        let m = s.model(req.model.as_deref())?;
+        let req: TokenizeBody = read(&object(&json_body(&headers, b, s.opts.limits.max_body_bytes)?)?, None)?;
+        let (_, m) = s.model(req.model.as_deref())?;
         let tokens = m
             .tokenizer
             .encode(&req.content)
@@ -99,8 +112,8 @@ pub async fn tokenize(State(s): State<Shared>, headers: HeaderMap, b: Result<Byt
 pub async fn detokenize(State(s): State<Shared>, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> Response {
     let r = (|| {
         s.authorize(&headers)?;
-        let req: DetokenizeBody = read(&object(&body(b, s.opts.limits.max_body_bytes)?)?, None)?;
-        let m = s.model(req.model.as_deref())?;
+        let req: DetokenizeBody = read(&object(&json_body(&headers, b, s.opts.limits.max_body_bytes)?)?, None)?;
+        let (_, m) = s.model(req.model.as_deref())?;
         if let Some(bad) = req.tokens.iter().find(|&&t| t as usize >= m.vocab_size) {
             return Err(ApiError::invalid_param(
                 "tokens",

@@ -5,6 +5,7 @@
 use super::errors::ApiError;
 use super::routes::respond;
 use super::Shared;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -15,6 +16,8 @@ use std::path::PathBuf;
 
 /// A metrics log larger than this is not served (a run logs ~100 bytes a line).
 const MAX_LOG_BYTES: u64 = 64 << 20;
+/// Runs the dashboard lists at most.
+const MAX_RUNS: usize = 200;
 
 fn runs_dir(s: &Shared) -> Result<&PathBuf, ApiError> {
     s.opts.runs.as_ref().ok_or_else(|| ApiError::invalid("the server was started without --runs DIR"))
@@ -68,11 +71,21 @@ fn read_log(run: &std::path::Path, since: usize) -> Result<(Vec<Value>, usize), 
     Ok((records, lines.len()))
 }
 
+/// Runs `f` (file reading) on a blocking thread, off the runtime.
+async fn blocking(s: &Shared, f: impl FnOnce(&Shared) -> Result<Response, ApiError> + Send + 'static) -> Response {
+    let state = s.clone();
+    let r = tokio::task::spawn_blocking(move || f(&state))
+        .await
+        .unwrap_or_else(|e| Err(ApiError::server(format!("reading the runs failed: {e}"))));
+    respond(s, "runs", r)
+}
+
 pub async fn list(State(s): State<Shared>, headers: HeaderMap) -> Response {
-    let r = (|| {
+    blocking(&s, move |s| {
         s.authorize(&headers)?;
-        let runs: Vec<Value> = list_runs(runs_dir(&s)?)
+        let runs: Vec<Value> = list_runs(runs_dir(s)?)
             .into_iter()
+            .take(MAX_RUNS)
             .map(|(name, path)| {
                 let (records, lines) = read_log(&path, 0).unwrap_or_default();
                 let last = |kind: &str| records.iter().rev().find(|r| r["kind"] == kind).cloned();
@@ -83,8 +96,8 @@ pub async fn list(State(s): State<Shared>, headers: HeaderMap) -> Response {
             })
             .collect();
         Ok(Json(json!({"runs": runs})).into_response())
-    })();
-    respond(&s, "runs", r)
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -92,16 +105,22 @@ pub struct Since {
     since: Option<usize>,
 }
 
-pub async fn one(State(s): State<Shared>, headers: HeaderMap, Path(name): Path<String>, q: Query<Since>) -> Response {
-    let r = (|| {
+pub async fn one(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    q: Result<Query<Since>, QueryRejection>,
+) -> Response {
+    blocking(&s, move |s| {
         s.authorize(&headers)?;
+        let since = q.map_err(|e| ApiError::invalid_param("since", format!("since must be a line number: {e}")))?.since;
         // Only names the listing gives: no paths from the client.
-        let runs = list_runs(runs_dir(&s)?);
+        let runs = list_runs(runs_dir(s)?);
         let Some((_, path)) = runs.iter().find(|(n, _)| *n == name) else {
             return Err(ApiError::not_found(&format!("/api/runs/{name}")));
         };
-        let (records, lines) = read_log(path, q.since.unwrap_or(0))?;
+        let (records, lines) = read_log(path, since.unwrap_or(0))?;
         Ok(Json(json!({"name": name, "records": records, "lines": lines, "config": run_config(path)})).into_response())
-    })();
-    respond(&s, "runs", r)
+    })
+    .await
 }

@@ -12,7 +12,7 @@ use crate::generate::{Batch, Event, Finish, Prompt, Request, SamplerConfig, SeqI
 use crate::model::Gpt;
 use anyhow::{Context, Result};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -66,28 +66,56 @@ pub struct ModelHandle {
     pub block_size: usize,
     pub vocab_size: usize,
     pub parallel: usize,
-    /// Requests queued, not yet taken by the batch.
+    /// Most sequences that may wait for a slot.
+    pub queue: usize,
+    /// Sequences (choices) waiting for a slot: queued or taken but not in
+    /// the batch yet.
     pub waiting: Arc<AtomicUsize>,
     /// Sequences in the batch.
     pub active: Arc<AtomicUsize>,
+    /// False once the batch thread has stopped (it should not: a bug).
+    pub alive: Arc<AtomicBool>,
     submit: SyncSender<Job>,
 }
 
+/// Why a job was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rejected {
+    /// `queue` sequences are waiting already.
+    Full,
+    /// The batch thread is gone.
+    Stopped,
+}
+
 impl ModelHandle {
-    /// Queues a job; gives it back when the queue is full.
-    pub fn submit(&self, job: Job) -> std::result::Result<(), Job> {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
+    /// Queues a job unless its sequences would overfill the queue.
+    pub fn submit(&self, job: Job) -> std::result::Result<(), Rejected> {
+        let n = job.choices.len();
+        if self.waiting.fetch_add(n, Ordering::SeqCst) + n > self.queue {
+            self.waiting.fetch_sub(n, Ordering::SeqCst);
+            return Err(Rejected::Full);
+        }
         self.submit.try_send(job).map_err(|e| {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            self.waiting.fetch_sub(n, Ordering::SeqCst);
             match e {
-                std::sync::mpsc::TrySendError::Full(j) | std::sync::mpsc::TrySendError::Disconnected(j) => j,
+                std::sync::mpsc::TrySendError::Full(_) => Rejected::Full,
+                std::sync::mpsc::TrySendError::Disconnected(_) => Rejected::Stopped,
             }
         })
     }
 }
 
+/// Marks the model's batch as stopped when its thread ends, however it ends.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
 /// Starts the batch thread of `model`: up to `parallel` sequences decode
-/// together, up to `queue` requests wait.
+/// together, up to `queue` more wait.
 pub fn spawn<B: Backend>(
     name: String,
     model: Gpt<B>,
@@ -98,9 +126,12 @@ pub fn spawn<B: Backend>(
 ) -> Result<ModelHandle> {
     let (block_size, vocab_size) = (model.cfg.block_size, model.cfg.vocab_size);
     let batch = Batch::new(Arc::new(model), tokenizer.clone(), parallel)?;
+    // At most `queue` jobs: each has at least one sequence.
     let (submit, jobs) = sync_channel(queue);
     let waiting = Arc::new(AtomicUsize::new(0));
     let active = Arc::new(AtomicUsize::new(0));
+    let alive = Arc::new(AtomicBool::new(true));
+    let guard = AliveGuard(alive.clone());
     let worker = Worker {
         name: name.clone(),
         batch,
@@ -113,9 +144,24 @@ pub fn spawn<B: Backend>(
     };
     std::thread::Builder::new()
         .name(format!("batch-{name}"))
-        .spawn(move || worker.run())
+        .spawn(move || {
+            let _guard = guard;
+            worker.run()
+        })
         .context("cannot start the batch thread")?;
-    Ok(ModelHandle { name, tokenizer, template, block_size, vocab_size, parallel, waiting, active, submit })
+    Ok(ModelHandle {
+        name,
+        tokenizer,
+        template,
+        block_size,
+        vocab_size,
+        parallel,
+        queue,
+        waiting,
+        active,
+        alive,
+        submit,
+    })
 }
 
 struct Worker<B: Backend> {
@@ -180,6 +226,7 @@ impl<B: Backend> Worker<B> {
     fn admit(&mut self) -> bool {
         while self.batch.free_slots() > 0 {
             if let Some((index, choice, tx)) = self.pending.pop_front() {
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
                 if tx.is_closed() {
                     continue;
                 }
@@ -212,7 +259,11 @@ impl<B: Backend> Worker<B> {
                     Err(TryRecvError::Disconnected) => break,
                 }
             };
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            // A client that left while queued: its sequences never start.
+            if job.updates.is_closed() {
+                self.waiting.fetch_sub(job.choices.len(), Ordering::SeqCst);
+                continue;
+            }
             for (index, choice) in job.choices.into_iter().enumerate() {
                 self.pending.push_back((index, choice, job.updates.clone()));
             }
