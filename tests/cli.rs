@@ -373,7 +373,7 @@ fn info_describes_presets_and_checkpoints() {
     train("llama-tiny", &data, &run, &["--max-iters", "1", "--batch-size", "2", "--eval-iters", "1"]);
     let text = ok(&["info", "--checkpoint", &run]);
     assert!(text.contains("sharing 2 key/value heads") && text.contains("rope positions"), "{text}");
-    assert!(text.contains("KV cache: 2048 bytes per token"), "{text}");
+    assert!(text.contains("KV cache: 1024 bytes per token in bf16"), "{text}");
     // And the Llama-style checkpoint samples.
     let sample = ok(&["sample", "--checkpoint", &run, "--max-new-tokens", "30", "--prompt", "KING"]);
     assert_eq!(sample.trim_end_matches('\n').chars().count(), 30);

@@ -78,7 +78,8 @@ pub fn run(a: &InfoArgs) -> Result<()> {
             "activation_bytes_by_block_size": CONTEXTS.iter()
                 .map(|&t| (t.to_string(), json!(activation_bytes(&model, batch, t, recompute, dtype))))
                 .collect::<serde_json::Map<_, _>>(),
-            "kv_cache_bytes_per_token": kv_cache_bytes_per_token(&model),
+            "kv_cache_bytes_per_token": kv_cache_bytes_per_token(&model, DType::BF16),
+            "kv_cache_bytes_per_token_f32": kv_cache_bytes_per_token(&model, DType::F32),
         });
         super::out!("{out}")?;
         return Ok(());
@@ -168,9 +169,10 @@ fn print_table(
         label(recompute),
         at.join(", ")
     )?;
-    let kv = kv_cache_bytes_per_token(m);
+    // bf16 is what sample, chat and serve store by default (`--kv-dtype`).
+    let kv = kv_cache_bytes_per_token(m, DType::BF16);
     super::out!(
-        "\nKV cache: {kv} bytes per token ({:.2} MiB for a full {}-token context)",
+        "\nKV cache: {kv} bytes per token in bf16 ({:.2} MiB for a full {}-token context; f32 (--kv-dtype f32): twice that)",
         (kv * m.block_size) as f64 / MIB,
         m.block_size
     )?;

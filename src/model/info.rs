@@ -63,9 +63,10 @@ impl TrainMemory {
     }
 }
 
-/// Key/value cache bytes per token of context (all layers, f32).
-pub fn kv_cache_bytes_per_token(cfg: &ModelConfig) -> usize {
-    2 * cfg.n_layer * cfg.attn_shape(1, 1).kv_width() * F32
+/// Key/value cache bytes per token of context (all layers), keys and
+/// values stored as `kv` (bf16 is the inference commands' default).
+pub fn kv_cache_bytes_per_token(cfg: &ModelConfig, kv: DType) -> usize {
+    2 * cfg.n_layer * cfg.attn_shape(1, 1).kv_width() * kv.bytes()
 }
 
 #[cfg(test)]
@@ -94,7 +95,7 @@ mod tests {
         // 6N + 12·L·T·C with N the matmul weights (head over the 65 real tokens).
         let n = l * 12 * c * c + 65 * c;
         assert_eq!(cfg.train_flops_per_token(64), (6 * n + 12 * l * 64 * c) as f64);
-        assert_eq!(kv_cache_bytes_per_token(&cfg), 2 * l * c * 4);
+        assert_eq!(kv_cache_bytes_per_token(&cfg, DType::F32), 2 * l * c * 4);
     }
 
     #[test]
@@ -119,6 +120,7 @@ mod tests {
         assert_eq!(count("lm head"), Some(128 * c));
         assert_eq!(count("norms"), Some(l * 2 * c + c));
         // The KV cache holds 2 of 6 heads: a third of multi-head attention's.
-        assert_eq!(kv_cache_bytes_per_token(&cfg), 2 * l * 2 * 64 * 4);
+        assert_eq!(kv_cache_bytes_per_token(&cfg, DType::F32), 2 * l * 2 * 64 * 4);
+        assert_eq!(kv_cache_bytes_per_token(&cfg, DType::BF16), 2 * l * 2 * 64 * 2);
     }
 }
