@@ -45,6 +45,32 @@ pub enum Src<'a> {
     F16(&'a [u16]),
 }
 
+/// The vector paths of [`Elem::encode_pairs`] and [`Elem::pack_a_trans_fast`]
+/// for a type the AVX-512 packs read (`avx512::Lanes`), in its `impl Elem`.
+macro_rules! vector_packs {
+    () => {
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "avx512bf16"))]
+        #[inline(always)]
+        fn encode_pairs(r0: &[Self; 16], r1: Option<&[Self; 16]>, dst: &mut [u16; 32]) {
+            // SAFETY: the build targets AVX512-BF16.
+            unsafe { avx512::encode_pairs(r0, r1, dst) }
+        }
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "avx512bf16"))]
+        fn pack_a_trans_fast(
+            pack: &mut [u16],
+            a: Mat<Self>,
+            i0: usize,
+            mr: usize,
+            p0: usize,
+            kc: usize,
+            ka: usize,
+        ) -> usize {
+            // SAFETY: the build targets AVX-512F and AVX512-BF16; bounds checked inside.
+            unsafe { avx512::pack_a_trans(pack, a.data, a.ld, i0, mr, p0, kc, ka) }
+        }
+    };
+}
+
 /// How a stored element becomes bf16 bits.
 trait Elem: Copy + Send + Sync {
     fn bf16(self) -> u16;
@@ -83,25 +109,7 @@ impl Elem for f32 {
         // SAFETY: the build targets AVX512-BF16.
         unsafe { avx512::encode(src, dst) }
     }
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "avx512bf16"))]
-    #[inline(always)]
-    fn encode_pairs(r0: &[f32; 16], r1: Option<&[f32; 16]>, dst: &mut [u16; 32]) {
-        // SAFETY: the build targets AVX512-BF16.
-        unsafe { avx512::encode_pairs(r0, r1, dst) }
-    }
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "avx512bf16"))]
-    fn pack_a_trans_fast(
-        pack: &mut [u16],
-        a: Mat<f32>,
-        i0: usize,
-        mr: usize,
-        p0: usize,
-        kc: usize,
-        ka: usize,
-    ) -> usize {
-        // SAFETY: the build targets AVX-512F and AVX512-BF16; bounds checked inside.
-        unsafe { avx512::pack_a_trans(pack, a.data, a.ld, i0, mr, p0, kc, ka) }
-    }
+    vector_packs!();
     #[inline(always)]
     fn bf16(self) -> u16 {
         bf16_from_f32(self)
@@ -115,25 +123,7 @@ impl Elem for Bf16 {
     fn bf16(self) -> u16 {
         self.0
     }
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "avx512bf16"))]
-    #[inline(always)]
-    fn encode_pairs(r0: &[Bf16; 16], r1: Option<&[Bf16; 16]>, dst: &mut [u16; 32]) {
-        // SAFETY: the build targets AVX512-BF16.
-        unsafe { avx512::encode_pairs(r0, r1, dst) }
-    }
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "avx512bf16"))]
-    fn pack_a_trans_fast(
-        pack: &mut [u16],
-        a: Mat<Bf16>,
-        i0: usize,
-        mr: usize,
-        p0: usize,
-        kc: usize,
-        ka: usize,
-    ) -> usize {
-        // SAFETY: the build targets AVX-512F and AVX512-BF16; bounds checked inside.
-        unsafe { avx512::pack_a_trans(pack, a.data, a.ld, i0, mr, p0, kc, ka) }
-    }
+    vector_packs!();
 }
 #[derive(Clone, Copy)]
 #[repr(transparent)]
@@ -495,13 +485,12 @@ mod avx512 {
     }
 
     /// A stored element type the vector packs read 16 at a time.
-    pub trait Lanes: Copy {
+    pub(super) trait Lanes: super::Elem {
         /// 16 values from `p` as bf16 bits in the low halves of 16 lanes.
         ///
         /// # Safety
         /// AVX512-BF16; 16 values readable at `p`.
         unsafe fn load16(p: *const Self) -> __m512i;
-        fn bf16(self) -> u16;
     }
     impl Lanes for f32 {
         #[inline(always)]
@@ -510,17 +499,11 @@ mod avx512 {
             let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(p));
             _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(v))
         }
-        fn bf16(self) -> u16 {
-            super::bf16_from_f32(self)
-        }
     }
     impl Lanes for super::Bf16 {
         #[inline(always)]
         unsafe fn load16(p: *const super::Bf16) -> __m512i {
             _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()))
-        }
-        fn bf16(self) -> u16 {
-            self.0
         }
     }
 
@@ -529,7 +512,7 @@ mod avx512 {
     /// # Safety
     /// AVX512-BF16.
     #[inline]
-    pub unsafe fn encode_pairs<T: Lanes>(r0: &[T; 16], r1: Option<&[T; 16]>, dst: &mut [u16; 32]) {
+    pub(super) unsafe fn encode_pairs<T: Lanes>(r0: &[T; 16], r1: Option<&[T; 16]>, dst: &mut [u16; 32]) {
         let lo = T::load16(r0.as_ptr());
         let hi = match r1 {
             Some(r1) => _mm512_slli_epi32::<16>(T::load16(r1.as_ptr())),
@@ -546,7 +529,7 @@ mod avx512 {
     /// # Safety
     /// AVX-512F and AVX512-BF16.
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn pack_a_trans<T: Lanes>(
+    pub(super) unsafe fn pack_a_trans<T: Lanes>(
         pack: &mut [u16],
         a: &[T],
         lda: usize,
