@@ -79,6 +79,11 @@ fn post_raw(url: &str, body: &str, headers: &[(&str, &str)]) -> (u16, Option<Str
     (resp.status().as_u16(), retry, resp.body_mut().read_to_string().unwrap())
 }
 
+/// GETs `path`; the body as text.
+fn get(s: &Server, path: &str) -> String {
+    agent().get(format!("{}{path}", s.url)).call().unwrap().body_mut().read_to_string().unwrap()
+}
+
 fn post(s: &Server, path: &str, body: Value) -> Value {
     let (status, _, text) = post_raw(&format!("{}{path}", s.url), &body.to_string(), &[]);
     assert_eq!(status, 200, "{path} {body}: {text}");
@@ -115,15 +120,9 @@ fn openai_shapes_and_batching_that_changes_no_answer() {
     let run = model(&dir);
     let s = Server::start(&["--checkpoint", &format!("shakes={run}"), "--parallel", "4"]);
 
-    let health: Value = serde_json::from_str(
-        &agent().get(format!("{}/health", s.url)).call().unwrap().body_mut().read_to_string().unwrap(),
-    )
-    .unwrap();
+    let health: Value = serde_json::from_str(&get(&s, "/health")).unwrap();
     assert_eq!(health["status"], "ok");
-    let models: Value = serde_json::from_str(
-        &agent().get(format!("{}/v1/models", s.url)).call().unwrap().body_mut().read_to_string().unwrap(),
-    )
-    .unwrap();
+    let models: Value = serde_json::from_str(&get(&s, "/v1/models")).unwrap();
     assert_eq!(models["data"][0]["id"], "shakes");
 
     // Completions: whole and streamed agree; usage and finish as OpenAI gives them.
@@ -207,11 +206,11 @@ fn openai_shapes_and_batching_that_changes_no_answer() {
     let toks = post(&s, "/tokenize", json!({"content": "the king"}));
     let back = post(&s, "/detokenize", json!({"tokens": toks["tokens"]}));
     assert_eq!(back["content"], "the king");
-    let metrics = agent().get(format!("{}/metrics", s.url)).call().unwrap().body_mut().read_to_string().unwrap();
+    let metrics = get(&s, "/metrics");
     assert!(metrics.contains("ferrite_requests_total{endpoint=\"completions\",status=\"200\"}"), "{metrics}");
     assert!(metrics.contains("ferrite_time_to_first_token_seconds_count"), "{metrics}");
     for page in ["/", "/runs"] {
-        let html = agent().get(format!("{}{page}", s.url)).call().unwrap().body_mut().read_to_string().unwrap();
+        let html = get(&s, page);
         assert!(html.contains("<title>ferrite"), "{page}");
     }
 }
@@ -327,7 +326,7 @@ fn a_full_queue_says_429_and_a_gone_client_frees_its_slot() {
     // The slot is free again well before 3 x 250 tokens could decode.
     let start = std::time::Instant::now();
     loop {
-        let health = agent().get(format!("{}/health", s.url)).call().unwrap().body_mut().read_to_string().unwrap();
+        let health = get(&s, "/health");
         if health.contains("\"slots_processing\":0") {
             break;
         }
@@ -336,7 +335,7 @@ fn a_full_queue_says_429_and_a_gone_client_frees_its_slot() {
     }
     let after = post(&s, "/v1/completions", json!({"prompt": "the", "max_tokens": 10}));
     assert_eq!(after["usage"]["completion_tokens"], 10);
-    let metrics = agent().get(format!("{}/metrics", s.url)).call().unwrap().body_mut().read_to_string().unwrap();
+    let metrics = get(&s, "/metrics");
     let cancelled = metrics.lines().find_map(|l| l.strip_prefix("ferrite_cancelled_total ")).unwrap();
     assert!(cancelled.parse::<u64>().unwrap() >= 1, "no sequence was cancelled: {metrics}");
 }

@@ -51,14 +51,8 @@ struct Meta {
 fn next_id(kind: Kind) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let t =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    let tag = crate::engine::fastmath::mix64(t ^ n.rotate_left(32));
+    let tag = crate::engine::fastmath::mix64(super::unix_time().as_nanos() as u64 ^ n.rotate_left(32));
     format!("{}-{tag:016x}", if kind == Kind::Chat { "chatcmpl" } else { "cmpl" })
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// A checked request, ready to queue.
@@ -235,7 +229,7 @@ async fn run(s: &Shared, p: Prepared) -> Result<Response, ApiError> {
     let meta = Meta {
         kind: p.kind,
         id: next_id(p.kind),
-        created: now(),
+        created: super::unix_time().as_secs(),
         model: m.name.clone(),
         choices: p.choices.len(),
         prompt_tokens: p.prompt_tokens,

@@ -66,6 +66,12 @@ impl AppState {
     }
 }
 
+/// Time since the Unix epoch (zero on a clock set before it): response
+/// timestamps, ids and fresh seeds.
+pub fn unix_time() -> std::time::Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}
+
 /// Compares without stopping at the first difference (no timing hint).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -92,7 +98,7 @@ pub fn router(state: Shared) -> Router {
 
 /// Serves until Ctrl-C (or SIGTERM); prints the address first.
 pub fn serve(opts: Options, models: Vec<ModelHandle>, metrics: Arc<Metrics>) -> Result<()> {
-    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let started = unix_time().as_secs();
     let (host, port) = (opts.host.clone(), opts.port);
     let state = Arc::new(AppState { models, opts, metrics, started });
     let rt = tokio::runtime::Builder::new_multi_thread()

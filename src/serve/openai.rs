@@ -249,12 +249,7 @@ impl Settings {
         let seed = match self.seed {
             Some(s) => s as u64,
             // No seed: a fresh one, as OpenAI and llama-server do.
-            None => crate::engine::fastmath::mix64(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(0),
-            ),
+            None => crate::engine::fastmath::mix64(super::unix_time().as_nanos() as u64),
         };
         Ok(Checked { sampling, seed, n, max_tokens, stop, stream, include_usage, logprobs })
     }
