@@ -60,8 +60,7 @@ super::on_device!(ChatArgs, chat);
 
 fn chat<B: Backend>(a: &ChatArgs, be: B) -> Result<()> {
     let kv = a.kv.check()?;
-    let checkpoint::Loaded { mut model, config: ck, dir, .. } = a.weights.load(be, &a.checkpoint)?;
-    model.kv_dtype = kv;
+    let checkpoint::Loaded { model, config: ck, dir, .. } = a.weights.load_decoding(be, &a.checkpoint, kv)?;
     let (model, tok) = (Arc::new(model), Arc::new(ck.tokenizer.clone()));
     let (template_name, template) =
         ChatTemplate::choose(&a.template, ck.chat_template.as_ref(), &tok, a.system.as_deref())?;

@@ -29,6 +29,13 @@ impl WeightArgs {
     pub fn load<B: Backend>(&self, be: B, dir: &Path) -> Result<Loaded<B>> {
         checkpoint::load_model_as(be, dir, self.dtype)
     }
+
+    /// [`Self::load`] for decoding, its KV cache in `kv`.
+    pub fn load_decoding<B: Backend>(&self, be: B, dir: &Path, kv: DType) -> Result<Loaded<B>> {
+        let mut loaded = self.load(be, dir)?;
+        loaded.model.kv_dtype = kv;
+        Ok(loaded)
+    }
 }
 
 impl KvArgs {

@@ -58,8 +58,7 @@ super::on_device!(SampleArgs, sample);
 
 fn sample<B: Backend>(a: &SampleArgs, be: B) -> Result<()> {
     let kv = a.kv.check()?;
-    let Loaded { mut model, config: ck, .. } = a.weights.load(be.clone(), &a.checkpoint)?;
-    model.kv_dtype = kv;
+    let Loaded { model, config: ck, .. } = a.weights.load_decoding(be.clone(), &a.checkpoint, kv)?;
     let (model, tok) = (Arc::new(model), Arc::new(ck.tokenizer));
     a.sampling.config()?;
     if let Some(file) = &a.prompts {
@@ -71,8 +70,7 @@ fn sample<B: Backend>(a: &SampleArgs, be: B) -> Result<()> {
     let draft = match &a.draft {
         None => None,
         Some(dir) => {
-            let mut d = a.weights.load(be, dir)?;
-            d.model.kv_dtype = kv;
+            let d = a.weights.load_decoding(be, dir, kv)?;
             if d.config.tokenizer != *tok {
                 bail!("the draft checkpoint {} uses a different tokenizer than the model", dir.display());
             }

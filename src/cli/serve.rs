@@ -121,8 +121,7 @@ fn load<B: Backend>(
     kv: crate::engine::DType,
     metrics: Arc<Metrics>,
 ) -> Result<serve::ModelHandle> {
-    let crate::checkpoint::Loaded { mut model, config: ck, dir, .. } = a.weights.load(be, dir)?;
-    model.kv_dtype = kv;
+    let crate::checkpoint::Loaded { model, config: ck, dir, .. } = a.weights.load_decoding(be, dir, kv)?;
     let tok = Arc::new(ck.tokenizer.clone());
     let (template_name, template) = ChatTemplate::choose(&a.template, ck.chat_template.as_ref(), &tok, None)?;
     let kv_bytes = crate::model::decode::cache_bytes(&model.cfg, a.parallel, kv);
