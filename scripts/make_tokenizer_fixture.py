@@ -1,5 +1,5 @@
 """Writes tests/fixtures/tokenizers.json: texts and their token ids under
-Python tiktoken's gpt2, cl100k_base and o200k_base (loaded offline, see
+Python tiktoken's gpt2, p50k_base, cl100k_base and o200k_base (loaded offline, see
 tiktoken_offline.py). `cargo test` checks ferrite's encodings against it.
 
     pip install tiktoken && python scripts/make_tokenizer_fixture.py
@@ -45,7 +45,7 @@ def main():
     out = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "tokenizers.json")
     texts = TEXTS + random_texts(200)
     fixture = {"texts": texts, "ids": {}}
-    for name in ["gpt2", "cl100k_base", "o200k_base"]:
+    for name in ["gpt2", "p50k_base", "cl100k_base", "o200k_base"]:
         enc = get_encoding(name)
         fixture["ids"][name] = [enc.encode_ordinary(t) for t in texts]
     with open(out, "w", encoding="utf-8") as f:

@@ -8,6 +8,8 @@
 //! `train/` interprets (readers that need a few of its keys, like `ferrite
 //! eval`, take them with [`CheckpointConfig::training`]).
 
+pub mod gguf;
+pub mod hf;
 pub mod tensors;
 
 use crate::data::{ChatTemplate, Tokenizer};
@@ -202,15 +204,27 @@ pub fn load_model_as<B: Backend>(be: B, dir: &Path, weights: Option<DType>) -> R
 pub fn convert(src: &Path, dst: &Path, dtype: DType) -> Result<PathBuf> {
     let src = resolve_dir(src, Prefer::Best)?;
     let ck = load(&src, param_specs, false)?;
-    let specs = param_specs(&ck.config.model);
-    let params: Vec<&[f32]> = ck.params.iter().map(|p| &p[..]).collect();
+    save_inference(dst, &ck.config, &ck.params, dtype, &ck.state)?;
+    Ok(src)
+}
+
+/// Writes an inference checkpoint (no optimizer state) with the tensors
+/// stored as `dtype`, atomically: what `convert` and `ferrite import` write.
+pub fn save_inference(
+    dst: &Path,
+    config: &CheckpointConfig,
+    params: &[Vec<f32>],
+    dtype: DType,
+    state: &TrainState,
+) -> Result<()> {
+    let specs = param_specs(&config.model);
+    let params: Vec<&[f32]> = params.iter().map(|p| &p[..]).collect();
     write_atomically(dst, |tmp| {
         save_safetensors_as(&tmp.join("model.safetensors"), &named_tensors(&specs, "", &params), dtype)?;
-        std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&ck.config)?)?;
-        std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(&ck.state)?)?;
+        std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(config)?)?;
+        std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
         Ok(())
-    })?;
-    Ok(src)
+    })
 }
 
 /// Writes a checkpoint to `dir` atomically (temp dir, then rename).
@@ -236,7 +250,7 @@ pub fn save<'a>(
 
 /// Fills a temporary directory beside `dir` with `fill`, syncs it, and
 /// renames it into place (the old `dir`, if any, goes last).
-fn write_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+pub fn write_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("ckpt");

@@ -1,6 +1,6 @@
 //! `ferrite data prepare`: tokenise a corpus into shards for `train --dataset`.
 
-use crate::data::hub::{parse_bytes, HubCache, HubDataset};
+use crate::data::hub::{parse_bytes, HubCache, HubRepo, RepoKind};
 use crate::data::prepare::{self, Format, InstructionTemplate, PrepareOptions, SourceOptions};
 use crate::data::shards::Dtype;
 use crate::data::Tokenizer;
@@ -91,7 +91,8 @@ pub fn run(a: &DataArgs) -> Result<()> {
                     dirs::cache_dir().context("no user cache directory; pass --cache-dir")?.join("ferrite").join("hub")
                 }
             };
-            let ds = HubDataset {
+            let ds = HubRepo {
+                kind: RepoKind::Dataset,
                 repo: repo.clone(),
                 revision: p.hf_revision.clone(),
                 files: p.hf_files.clone(),

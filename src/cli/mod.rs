@@ -33,6 +33,8 @@ mod chat;
 mod convert;
 mod data;
 mod eval;
+mod export;
+mod import;
 mod info;
 mod plot;
 mod precision;
@@ -70,6 +72,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Write a checkpoint's weights in another dtype (bf16: a half-size inference copy).
     Convert(convert::ConvertArgs),
+    /// Import a Hugging Face model (GPT-2 or Llama architecture) as a checkpoint.
+    Import(import::ImportArgs),
+    /// Export a checkpoint for Hugging Face transformers or llama.cpp (GGUF).
+    Export(export::ExportArgs),
     /// Parameters, FLOPs per token and memory of a configuration or checkpoint.
     Info(info::InfoArgs),
     /// Loss, perplexity, bits per byte and accuracy of a checkpoint; attention analysis.
@@ -196,6 +202,8 @@ pub fn run() -> Result<()> {
         Command::Eval(args) => eval::run(&args, device),
         Command::Plot(args) => plot::run(&args),
         Command::Convert(args) => convert::run(&args),
+        Command::Import(args) => import::run(&args),
+        Command::Export(args) => export::run(&args),
         Command::Tokenizer(args) => tokenizer::run(&args),
         Command::Data(args) => data::run(&args),
         Command::Serve(args) => serve::run(&args, device),
@@ -267,6 +275,7 @@ mod tests {
             ("n_kv_head", "2", json!(2)),
             ("n_layer", "3", json!(3)),
             ("norm", "rmsnorm", json!("rmsnorm")),
+            ("norm_eps", "0.25", json!(0.25)),
             ("on_nonfinite", "skip", json!("skip")),
             ("out_dir", "runs/x", json!("runs/x")),
             ("pos", "rope", json!("rope")),

@@ -1,14 +1,18 @@
-//! Parquet shards of a Hugging Face Hub dataset, fetched on demand into a
-//! local cache with a size limit: before each download the least recently
-//! used files are evicted, so a corpus larger than the disk streams through
-//! it shard by shard. Sizes (and, when the Hub gives them, SHA-256 digests)
-//! are verified; interrupted downloads resume where they stopped.
+//! Files of a Hugging Face Hub repository, fetched on demand into a local
+//! cache with a size limit: parquet shards of a dataset (before each
+//! download the least recently used files are evicted, so a corpus larger
+//! than the disk streams through it shard by shard), or a model's weights
+//! and tokenizer for `ferrite import`. Sizes (and, when the Hub gives them,
+//! SHA-256 digests) are verified; interrupted downloads resume where they
+//! stopped.
 //!
 //! Speaks the Hub's public HTTP API: the file tree
-//! (`/api/datasets/OWNER/NAME/tree/REV?recursive=true`, paged by `Link`
-//! headers) and file downloads (`/datasets/OWNER/NAME/resolve/REV/PATH`,
-//! with `Range` to resume). `HF_ENDPOINT` points it elsewhere (a mirror, or
-//! the test server), `HF_TOKEN` authorises private or gated datasets.
+//! (`/api/datasets/OWNER/NAME/tree/REV?recursive=true`, `/api/models/...`
+//! for models, paged by `Link` headers) and file downloads
+//! (`/datasets/OWNER/NAME/resolve/REV/PATH`, `/OWNER/NAME/resolve/...` for
+//! models, with `Range` to resume). `HF_ENDPOINT` points it elsewhere (a
+//! mirror, or the test server), `HF_TOKEN` authorises private or gated
+//! repositories.
 
 use super::files::sha256_file;
 use super::units::{parse_scaled, SIZE_SUFFIXES};
@@ -19,9 +23,17 @@ use std::time::SystemTime;
 
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
-/// Which files of which dataset.
+/// What a repository holds: the Hub keeps the two apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepoKind {
+    Dataset,
+    Model,
+}
+
+/// Which files of which repository.
 #[derive(Clone, Debug)]
-pub struct HubDataset {
+pub struct HubRepo {
+    pub kind: RepoKind,
     /// `OWNER/NAME`.
     pub repo: String,
     pub revision: String,
@@ -55,11 +67,11 @@ fn get(url: &str, range_from: u64) -> Result<ureq::http::Response<ureq::Body>, u
     req.call()
 }
 
-impl HubDataset {
+impl HubRepo {
     fn check(&self) -> Result<()> {
         let parts: Vec<&str> = self.repo.split('/').collect();
         if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
-            bail!("--hf-dataset takes OWNER/NAME, got {:?}", self.repo);
+            bail!("a Hub repository is named OWNER/NAME, got {:?}", self.repo);
         }
         Ok(())
     }
@@ -68,7 +80,11 @@ impl HubDataset {
     pub fn list(&self) -> Result<Vec<RemoteFile>> {
         self.check()?;
         let pattern = glob::Pattern::new(&self.files).map_err(|e| anyhow!("bad --hf-files pattern: {e}"))?;
-        let mut url = Some(format!("{}/api/datasets/{}/tree/{}?recursive=true", endpoint(), self.repo, self.revision));
+        let kind = match self.kind {
+            RepoKind::Dataset => "datasets",
+            RepoKind::Model => "models",
+        };
+        let mut url = Some(format!("{}/api/{kind}/{}/tree/{}?recursive=true", endpoint(), self.repo, self.revision));
         let mut files = Vec::new();
         while let Some(u) = url.take() {
             let mut resp = get(&u, 0).map_err(|e| anyhow!("cannot list {} on the Hub ({e})", self.repo))?;
@@ -112,7 +128,16 @@ impl HubDataset {
     }
 
     fn url(&self, file: &RemoteFile) -> String {
-        format!("{}/datasets/{}/resolve/{}/{}", endpoint(), self.repo, self.revision, file.path)
+        let prefix = if self.kind == RepoKind::Dataset { "/datasets" } else { "" };
+        format!("{}{prefix}/{}/resolve/{}/{}", endpoint(), self.repo, self.revision, file.path)
+    }
+
+    /// Where the cache keeps this repository's files (models apart from datasets).
+    fn local_dir(&self, cache: &Path) -> PathBuf {
+        match self.kind {
+            RepoKind::Dataset => cache.join(&self.repo).join(&self.revision),
+            RepoKind::Model => cache.join("models").join(&self.repo).join(&self.revision),
+        }
     }
 }
 
@@ -134,8 +159,11 @@ pub struct HubCache {
 impl HubCache {
     /// The local copy of `file`, downloading it (after evicting the least
     /// recently used files to make room) unless it is cached and complete.
-    pub fn fetch(&self, ds: &HubDataset, file: &RemoteFile) -> Result<PathBuf> {
-        let local = self.dir.join(&ds.repo).join(&ds.revision).join(&file.path);
+    pub fn fetch(&self, ds: &HubRepo, file: &RemoteFile) -> Result<PathBuf> {
+        if file.path.split('/').any(|c| c == ".." || c.is_empty()) {
+            bail!("the Hub lists a file path {:?} that leaves the repository", file.path);
+        }
+        let local = ds.local_dir(&self.dir).join(&file.path);
         if std::fs::metadata(&local).is_ok_and(|m| m.len() == file.size) {
             touch(&local);
             return Ok(local);
@@ -255,7 +283,8 @@ mod tests {
         assert_eq!(parse_bytes("1.5M").unwrap(), 1_500_000);
         assert_eq!(parse_bytes("4096").unwrap(), 4096);
         assert!(parse_bytes("lots").is_err() && parse_bytes("-1G").is_err());
-        let ds = |config: Option<&str>, split: Option<&str>| HubDataset {
+        let ds = |config: Option<&str>, split: Option<&str>| HubRepo {
+            kind: RepoKind::Dataset,
             repo: "o/n".into(),
             revision: "main".into(),
             files: "*.parquet".into(),
@@ -268,6 +297,6 @@ mod tests {
         assert!(ds(Some("sample"), None).wanted("sample/10BT/000_00000.parquet"));
         assert!(!ds(Some("sample"), None).wanted("data/CC-MAIN/000.parquet"));
         assert!(ds(None, None).check().is_ok());
-        assert!(HubDataset { repo: "nope".into(), ..ds(None, None) }.check().is_err());
+        assert!(HubRepo { repo: "nope".into(), ..ds(None, None) }.check().is_err());
     }
 }

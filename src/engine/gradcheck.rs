@@ -100,7 +100,17 @@ pub fn check_layernorm<B: Backend>(be: &B, with_bias: bool) {
             (be.zeros(rows * c).unwrap(), be.zeros(rows).unwrap(), be.zeros(rows).unwrap());
         let bb = be.upload(bias).unwrap();
         let bopt = if with_bias { Some(&bb) } else { None };
-        be.layernorm_fwd(&mut out, &mut mean, &mut rstd, &be.upload(x).unwrap(), &be.upload(w).unwrap(), bopt, rows, c);
+        be.layernorm_fwd(
+            &mut out,
+            &mut mean,
+            &mut rstd,
+            &be.upload(x).unwrap(),
+            &be.upload(w).unwrap(),
+            bopt,
+            rows,
+            c,
+            1e-5,
+        );
         (out, mean, rstd)
     };
     let (_, mean, rstd) = fwd(&x, &w, &bias);
@@ -163,7 +173,7 @@ pub fn check_rmsnorm<B: Backend>(be: &B) {
     let r = rand_vec(rows * c, 16);
     let fwd = |x: &[f32], w: &[f32]| {
         let (mut out, mut rstd) = (be.zeros(rows * c).unwrap(), be.zeros(rows).unwrap());
-        be.rmsnorm_fwd(&mut out, &mut rstd, &be.upload(x).unwrap(), &be.upload(w).unwrap(), rows, c);
+        be.rmsnorm_fwd(&mut out, &mut rstd, &be.upload(x).unwrap(), &be.upload(w).unwrap(), rows, c, 1e-6);
         (out, rstd)
     };
     let (_, rstd) = fwd(&x, &w);

@@ -294,8 +294,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
     );
 
     // ---- normalisation ----
-    /// LayerNorm (eps 1e-5, as PyTorch's default) over rows of `channels`.
-    /// `out` is f32 or bf16.
+    /// LayerNorm over rows of `channels` (`eps` inside the square root;
+    /// PyTorch's default is 1e-5). `out` is f32 or bf16.
+    #[allow(clippy::too_many_arguments)]
     fn layernorm_fwd(
         &self,
         out: &mut Self::Buf,
@@ -306,6 +307,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
         bias: Option<&Self::Buf>,
         rows: usize,
         channels: usize,
+        eps: f32,
     );
     /// Accumulates into `dinp` (it sits on the residual stream).
     fn layernorm_bwd(
@@ -321,7 +323,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
         rows: usize,
         channels: usize,
     );
-    /// RMSNorm (eps 1e-6): `out = inp / rms(inp) * weight`; `out` is f32 or bf16.
+    /// RMSNorm: `out = inp / sqrt(mean(inp^2) + eps) * weight`; `out` is f32 or bf16.
+    #[allow(clippy::too_many_arguments)]
     fn rmsnorm_fwd(
         &self,
         out: &mut Self::Buf,
@@ -330,6 +333,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
         weight: &Self::Buf,
         rows: usize,
         channels: usize,
+        eps: f32,
     );
     /// Accumulates into `dinp` and `dweight`.
     fn rmsnorm_bwd(

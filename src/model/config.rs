@@ -82,6 +82,10 @@ pub struct ModelConfig {
     pub rope_base: f32,
     #[serde(default)]
     pub norm: NormKind,
+    /// The norms' epsilon; `None`: 1e-5 for LayerNorm (PyTorch's default),
+    /// 1e-6 for RMSNorm (Llama's).
+    #[serde(default)]
+    pub norm_eps: Option<f32>,
     /// RMS-normalise every query and key head before attention.
     #[serde(default)]
     pub qk_norm: bool,
@@ -138,6 +142,7 @@ impl ModelConfig {
             pos: PosEncoding::Learned,
             rope_base: default_rope_base(),
             norm: NormKind::LayerNorm,
+            norm_eps: None,
             qk_norm: false,
             mlp: MlpKind::GeluTanh,
             mlp_hidden: None,
@@ -184,6 +189,11 @@ impl ModelConfig {
         if !(self.rope_base > 1.0 && self.rope_base.is_finite()) {
             bail!("rope_base must be a finite number above 1, got {}", self.rope_base);
         }
+        if let Some(eps) = self.norm_eps {
+            if !(eps > 0.0 && eps < 1.0) {
+                bail!("norm_eps must be in (0, 1), got {eps}");
+            }
+        }
         if self.mlp_hidden == Some(0) {
             bail!("mlp_hidden must be at least 1");
         }
@@ -193,6 +203,13 @@ impl ModelConfig {
             }
         }
         Ok(())
+    }
+
+    pub fn norm_eps(&self) -> f32 {
+        self.norm_eps.unwrap_or(match self.norm {
+            NormKind::LayerNorm => 1e-5,
+            NormKind::RmsNorm => 1e-6,
+        })
     }
 
     pub fn head_dim(&self) -> usize {

@@ -145,10 +145,18 @@ impl<B: Backend> Gpt<B> {
     pub(crate) fn norm(&self, out: &mut B::Buf, stats: NormStats<B::Buf>, inp: &B::Buf, idx: NormIdx, rows: usize) {
         let (be, c) = (&self.be, self.cfg.n_embd);
         match self.cfg.norm {
-            NormKind::LayerNorm => {
-                be.layernorm_fwd(out, stats.mean, stats.rstd, inp, self.p(idx.w), idx.b.map(|b| self.p(b)), rows, c)
-            }
-            NormKind::RmsNorm => be.rmsnorm_fwd(out, stats.rstd, inp, self.p(idx.w), rows, c),
+            NormKind::LayerNorm => be.layernorm_fwd(
+                out,
+                stats.mean,
+                stats.rstd,
+                inp,
+                self.p(idx.w),
+                idx.b.map(|b| self.p(b)),
+                rows,
+                c,
+                self.cfg.norm_eps(),
+            ),
+            NormKind::RmsNorm => be.rmsnorm_fwd(out, stats.rstd, inp, self.p(idx.w), rows, c, self.cfg.norm_eps()),
         }
     }
 

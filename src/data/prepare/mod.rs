@@ -18,7 +18,7 @@ mod writer;
 pub use sources::{expand_inputs, read_documents, Doc, Format, InstructionTemplate, SourceOptions};
 
 use super::files::{sha256_file, write_atomic};
-use super::hub::{HubCache, HubDataset, RemoteFile};
+use super::hub::{HubCache, HubRepo, RemoteFile};
 use super::shards::{Dtype, Manifest, SourceInfo, SplitInfo, MANIFEST};
 use super::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
@@ -33,7 +33,7 @@ use writer::ShardWriter;
 pub struct PrepareOptions {
     pub inputs: Vec<String>,
     /// Files of a Hugging Face Hub dataset, fetched one at a time through a cache.
-    pub hub: Option<(HubDataset, HubCache)>,
+    pub hub: Option<(HubRepo, HubCache)>,
     pub source: SourceOptions,
     pub tokenizer: Tokenizer,
     pub out: PathBuf,

@@ -135,21 +135,25 @@ fn token_bytes_table(tok: &Tokenizer) -> Vec<Vec<u8>> {
 }
 
 /// GPT-2's printable stand-ins for the 256 byte values (the byte-level
-/// format of `tokenizer.json` vocabularies), inverted.
-fn byte_alphabet() -> HashMap<char, u8> {
+/// format of `tokenizer.json` and GGUF vocabularies), indexed by byte.
+pub fn byte_chars() -> Vec<char> {
     let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
     let mut next = 256u32;
     (0..=255u8)
         .map(|b| {
             if printable(b) {
-                (char::from(b), b)
+                char::from(b)
             } else {
-                let c = char::from_u32(next).expect("a valid code point");
                 next += 1;
-                (c, b)
+                char::from_u32(next - 1).expect("a valid code point")
             }
         })
         .collect()
+}
+
+/// [`byte_chars`], inverted.
+fn byte_alphabet() -> HashMap<char, u8> {
+    byte_chars().into_iter().zip(0..=255u8).collect()
 }
 
 impl PartialEq for HfTokenizer {

@@ -8,11 +8,13 @@
 //! [`Tokenizer::needs_utf8`]). Decoding gives bytes; text output replaces
 //! incomplete sequences with U+FFFD.
 
+mod export;
 mod gpt2_fast;
 mod hf;
 mod openai;
 
-pub use hf::{HfTokenizer, SPECIAL_TOKENS};
+pub use export::BpeVocab;
+pub use hf::{byte_chars, HfTokenizer, SPECIAL_TOKENS};
 pub use openai::{split_for_parallel, OpenAiVocab};
 
 use anyhow::{bail, Result};
@@ -26,7 +28,7 @@ pub enum Tokenizer {
     Char { chars: String },
     /// One token per byte (256 symbols); any input is encodable.
     Byte,
-    /// An OpenAI vocabulary: `gpt2`, `cl100k_base` or `o200k_base`.
+    /// An OpenAI vocabulary: `gpt2`, `p50k_base`, `cl100k_base` or `o200k_base`.
     Tiktoken { name: OpenAiVocab },
     /// A Hugging Face tokenizer, its whole `tokenizer.json` inline.
     Hf { tokenizer: HfTokenizer },
@@ -34,7 +36,7 @@ pub enum Tokenizer {
 
 impl Tokenizer {
     /// The names `--tokenizer` takes, besides a path to a `tokenizer.json`.
-    pub const NAMES: &'static str = "char, byte, gpt2, cl100k_base, o200k_base";
+    pub const NAMES: &'static str = "char, byte, gpt2, p50k_base, cl100k_base, o200k_base";
 
     /// A tokenizer from its command-line name: `char` (needs the corpus),
     /// `byte`, an OpenAI vocabulary, or the path of a `tokenizer.json`.

@@ -10,6 +10,9 @@ pub enum OpenAiVocab {
     /// GPT-2's 50257 tokens (tiktoken's `r50k_base`).
     #[serde(rename = "gpt2")]
     Gpt2,
+    /// GPT-2's tokens and 24 runs of spaces (Codex, GPT-3.5's text models).
+    #[serde(rename = "p50k_base")]
+    P50kBase,
     #[serde(rename = "cl100k_base")]
     Cl100kBase,
     #[serde(rename = "o200k_base")]
@@ -17,11 +20,13 @@ pub enum OpenAiVocab {
 }
 
 impl OpenAiVocab {
-    pub const ALL: [OpenAiVocab; 3] = [OpenAiVocab::Gpt2, OpenAiVocab::Cl100kBase, OpenAiVocab::O200kBase];
+    pub const ALL: [OpenAiVocab; 4] =
+        [OpenAiVocab::Gpt2, OpenAiVocab::P50kBase, OpenAiVocab::Cl100kBase, OpenAiVocab::O200kBase];
 
     pub fn name(self) -> &'static str {
         match self {
             OpenAiVocab::Gpt2 => "gpt2",
+            OpenAiVocab::P50kBase => "p50k_base",
             OpenAiVocab::Cl100kBase => "cl100k_base",
             OpenAiVocab::O200kBase => "o200k_base",
         }
@@ -34,6 +39,7 @@ impl OpenAiVocab {
     pub fn bpe(self) -> &'static CoreBPE {
         match self {
             OpenAiVocab::Gpt2 => tiktoken_rs::r50k_base_singleton(),
+            OpenAiVocab::P50kBase => tiktoken_rs::p50k_base_singleton(),
             OpenAiVocab::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
             OpenAiVocab::O200kBase => tiktoken_rs::o200k_base_singleton(),
         }
@@ -44,15 +50,17 @@ impl OpenAiVocab {
     pub fn vocab_size(self) -> usize {
         match self {
             OpenAiVocab::Gpt2 => 50257,
+            OpenAiVocab::P50kBase => 50281,
             OpenAiVocab::Cl100kBase => 100277,
             OpenAiVocab::O200kBase => 200019,
         }
     }
 
-    /// `<|endoftext|>`: the first special token (every id from it on is one).
+    /// `<|endoftext|>`: the first special token (every id from it on is
+    /// one, but p50k_base's runs of spaces after it).
     pub fn end_of_text(self) -> u32 {
         match self {
-            OpenAiVocab::Gpt2 => 50256,
+            OpenAiVocab::Gpt2 | OpenAiVocab::P50kBase => 50256,
             OpenAiVocab::Cl100kBase => 100257,
             OpenAiVocab::O200kBase => 199999,
         }

@@ -367,12 +367,13 @@ impl Backend for Cpu {
         bias: Option<&CpuBuf>,
         rows: usize,
         channels: usize,
+        eps: f32,
     ) {
         profile::time(
             || "layernorm".into(),
             || {
                 let bias = bias.map(|b| &b[..]);
-                by_output!(out, |o| norm::layernorm_fwd(o, mean, rstd, inp, weight, bias, rows, channels));
+                by_output!(out, |o| norm::layernorm_fwd(o, mean, rstd, inp, weight, bias, rows, channels, eps));
             },
         )
     }
@@ -415,11 +416,12 @@ impl Backend for Cpu {
         weight: &CpuBuf,
         rows: usize,
         channels: usize,
+        eps: f32,
     ) {
         profile::time(
             || "rmsnorm".into(),
             || {
-                by_output!(out, |o| norm::rmsnorm_fwd(o, rstd, inp, weight, rows, channels));
+                by_output!(out, |o| norm::rmsnorm_fwd(o, rstd, inp, weight, rows, channels, eps));
             },
         )
     }

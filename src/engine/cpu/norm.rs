@@ -1,11 +1,10 @@
-//! Normalisation: LayerNorm (eps 1e-5, as PyTorch's default), RMSNorm, and the
+//! Normalisation: LayerNorm and RMSNorm (epsilon from the model), and the
 //! per-head RMS normalisation of queries and keys (QK-norm).
 
 use super::store::Store;
 use crate::engine::{fastmath, AttnShape};
 use rayon::prelude::*;
 
-pub const EPS: f32 = 1e-5;
 /// Rows per rayon task: enough work to amortise scheduling.
 const ROWS_PER_TASK: usize = 16;
 
@@ -19,6 +18,7 @@ pub fn layernorm_fwd<O: Store>(
     bias: Option<&[f32]>,
     rows: usize,
     c: usize,
+    eps: f32,
 ) {
     out[..rows * c]
         .par_chunks_mut(c * ROWS_PER_TASK)
@@ -26,7 +26,7 @@ pub fn layernorm_fwd<O: Store>(
         .zip(rstd[..rows].par_chunks_mut(ROWS_PER_TASK))
         .enumerate()
         .for_each(|(ti, ((o, mu), rs))| {
-            O::through_f32(o, |o| layernorm_rows(o, mu, rs, &inp[ti * ROWS_PER_TASK * c..], weight, bias, c))
+            O::through_f32(o, |o| layernorm_rows(o, mu, rs, &inp[ti * ROWS_PER_TASK * c..], weight, bias, c, eps))
         });
 }
 
@@ -39,11 +39,12 @@ fn layernorm_rows(
     weight: &[f32],
     bias: Option<&[f32]>,
     c: usize,
+    eps: f32,
 ) {
     for (ri, orow) in out.chunks_exact_mut(c).enumerate() {
         let x = &inp[ri * c..(ri + 1) * c];
         let m = fastmath::sum(x) / c as f32;
-        let s = 1.0 / (fastmath::sum_sq_dev(x, m) / c as f32 + EPS).sqrt();
+        let s = 1.0 / (fastmath::sum_sq_dev(x, m) / c as f32 + eps).sqrt();
         match bias {
             Some(b) => {
                 for i in 0..c {
@@ -115,16 +116,25 @@ pub fn layernorm_bwd(
     }
 }
 
-/// RMSNorm's epsilon (Llama's).
-pub const RMS_EPS: f32 = 1e-6;
+/// QK-norm's epsilon (Llama's RMSNorm default).
+pub const QK_EPS: f32 = 1e-6;
 
 /// `1 / sqrt(mean(x^2) + eps)`.
 #[inline]
-fn inv_rms(x: &[f32]) -> f32 {
-    1.0 / (fastmath::sum_sq_dev(x, 0.0) / x.len() as f32 + RMS_EPS).sqrt()
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    1.0 / (fastmath::sum_sq_dev(x, 0.0) / x.len() as f32 + eps).sqrt()
 }
 
-pub fn rmsnorm_fwd<O: Store>(out: &mut [O], rstd: &mut [f32], inp: &[f32], weight: &[f32], rows: usize, c: usize) {
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_fwd<O: Store>(
+    out: &mut [O],
+    rstd: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    rows: usize,
+    c: usize,
+    eps: f32,
+) {
     let w = &weight[..c];
     out[..rows * c]
         .par_chunks_mut(c * ROWS_PER_TASK)
@@ -135,7 +145,7 @@ pub fn rmsnorm_fwd<O: Store>(out: &mut [O], rstd: &mut [f32], inp: &[f32], weigh
                 for (ri, orow) in o.chunks_exact_mut(c).enumerate() {
                     let r = ti * ROWS_PER_TASK + ri;
                     let x = &inp[r * c..(r + 1) * c];
-                    let s = inv_rms(x);
+                    let s = inv_rms(x, eps);
                     for ((o, &xi), &wi) in orow.iter_mut().zip(x).zip(w) {
                         *o = xi * s * wi;
                     }
@@ -193,7 +203,7 @@ pub fn qk_norm_fwd(out: &mut [f32], rstd: &mut [f32], qkv: &[f32], s: AttnShape,
             let x = &qkv[r * w..(r + 1) * w];
             orow.copy_from_slice(x);
             for (h, seg) in orow[..heads * hd].chunks_exact_mut(hd).enumerate() {
-                let inv = inv_rms(seg);
+                let inv = inv_rms(seg, QK_EPS);
                 seg.iter_mut().for_each(|v| *v *= inv);
                 rs[h] = inv;
             }

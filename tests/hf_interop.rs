@@ -1,0 +1,299 @@
+//! Hugging Face interop, against the real other side:
+//! - import: `tests/fixtures/hf/{gpt2,llama}` were written by transformers
+//!   (`scripts/make_hf_fixture.py`) with the logits and greedy tokens it
+//!   computes; ferrite imports each and must agree.
+//! - export: ferrite's own models exported as HF directories; what
+//!   transformers computes with them is recorded by
+//!   `scripts/check_hf_export.py` in `tests/fixtures/hf_export.json`,
+//!   with the hashes of the files it checked. The export must still write
+//!   exactly those files (else the script must be run again, with
+//!   transformers, to re-verify) and ferrite must match the logits.
+//! - round trip: import, export, and the HF tensors come back unchanged.
+//! - bad input: one-line errors, nothing written.
+
+mod common;
+
+use common::{fails, ok, p, scratch};
+use ferrite::checkpoint::{self, CheckpointConfig, TrainState};
+use ferrite::data::{OpenAiVocab, Tokenizer};
+use ferrite::engine::cpu::Cpu;
+use ferrite::engine::DType;
+use ferrite::model::config::{MlpKind, NormKind, PosEncoding};
+use ferrite::model::decode::KvCache;
+use ferrite::model::params::{init_params, Layout};
+use ferrite::model::ModelConfig;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf").join(name)
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
+        .collect()
+}
+
+/// |got - want| <= rtol * (|want| + max|want|), elementwise.
+fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let tol = rtol * (w.abs() + scale);
+        assert!((g - w).abs() <= tol, "{what}[{i}]: ferrite {g} vs transformers {w} (tol {tol})");
+    }
+}
+
+/// Ferrite's logits at every position of `prompt` (f32 weights and cache),
+/// and `n` greedily chosen tokens after it.
+fn logits_and_greedy(ckpt: &Path, prompt: &[u32], n: usize) -> (Vec<f32>, Vec<u32>) {
+    let loaded = checkpoint::load_model_as(Cpu, ckpt, Some(DType::F32)).unwrap();
+    let model = loaded.model;
+    let mut cache = KvCache::new(&model, 1).unwrap();
+    let rows = cache.forward_from(&model, 0, prompt, 0).unwrap();
+    let argmax = |l: &[f32]| l.iter().enumerate().fold(0, |b, (i, &x)| if x > l[b] { i } else { b }) as u32;
+    let mut greedy = vec![argmax(rows.last().unwrap())];
+    while greedy.len() < n {
+        let next = cache.forward(&model, 0, &[*greedy.last().unwrap()]).unwrap();
+        greedy.push(argmax(&next));
+    }
+    (rows.concat(), greedy)
+}
+
+#[test]
+fn imported_models_match_transformers() {
+    let dir = scratch("hf-import");
+    for name in ["gpt2", "llama"] {
+        let ckpt = dir.join(name);
+        ok(&["import", &p(&fixture(name)), "--out", &p(&ckpt)]);
+        let reference = read_json(&fixture(name).join("reference.json"));
+        let prompt = ids(&reference["ids"]);
+        // Our tokenizer (the imported tokenizer.json) encodes the prompt as transformers did.
+        let cfg = checkpoint::load_config(&ckpt).unwrap();
+        assert_eq!(cfg.tokenizer.encode(reference["prompt"].as_str().unwrap()).unwrap(), prompt, "{name}");
+        let greedy = ids(&reference["greedy"]);
+        let (logits, ours) = logits_and_greedy(&ckpt, &prompt, greedy.len());
+        assert_close(name, &logits, &floats(&reference["logits"]), 1e-4);
+        assert_eq!(ours, greedy, "{name}: greedy continuation");
+    }
+    // The Llama fixture is stored in bf16, and so is its checkpoint.
+    let (_, stored) = checkpoint::tensors::load_safetensors_typed(&dir.join("llama/model.safetensors")).unwrap();
+    assert_eq!(stored, DType::BF16);
+}
+
+#[test]
+fn import_then_export_gives_back_the_same_tensors() {
+    let dir = scratch("hf-roundtrip");
+    for name in ["gpt2", "llama"] {
+        let (ckpt, out) = (dir.join(name), dir.join(format!("{name}-hf")));
+        ok(&["import", &p(&fixture(name)), "--out", &p(&ckpt)]);
+        ok(&["export", &p(&ckpt), "--format", "hf", "--out", &p(&out)]);
+        let original = hf_tensors(&fixture(name));
+        let again = hf_tensors(&out);
+        let mut names: Vec<&String> = original.keys().collect();
+        names.sort();
+        let mut names_again: Vec<&String> = again.keys().collect();
+        names_again.sort();
+        assert_eq!(names, names_again, "{name}: tensor names");
+        for n in names {
+            assert_eq!(original[n], again[n], "{name}: {n}");
+        }
+        let (c1, c2) = (read_json(&fixture(name).join("config.json")), read_json(&out.join("config.json")));
+        for key in ["architectures", "vocab_size", "num_key_value_heads", "rope_parameters", "rms_norm_eps", "n_embd"] {
+            assert_eq!(c1[key], c2[key], "{name}: {key}");
+        }
+    }
+}
+
+/// Every tensor of an HF directory (one file or shards), as (shape, f32 values).
+fn hf_tensors(dir: &Path) -> std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> {
+    let mut all = std::collections::HashMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            all.extend(checkpoint::tensors::load_safetensors(&path).unwrap());
+        }
+    }
+    all
+}
+
+/// A ferrite checkpoint with freshly initialised weights.
+fn native(dir: &Path, model: ModelConfig, tokenizer: Tokenizer, seed: u64) -> PathBuf {
+    let config = CheckpointConfig {
+        format: checkpoint::FORMAT.into(),
+        version: checkpoint::VERSION,
+        model,
+        tokenizer,
+        train: Default::default(),
+        chat_template: None,
+    };
+    let params = init_params(&Layout::new(&config.model).specs, seed);
+    let state = TrainState { step: 0, best_val_loss: None, tokens_seen: 0, updates: Some(0) };
+    checkpoint::save_inference(dir, &config, &params, DType::F32, &state).unwrap();
+    dir.to_path_buf()
+}
+
+/// Ferrite's own models of each exportable kind: (name, checkpoint, prompt).
+pub fn native_models(dir: &Path) -> Vec<(&'static str, PathBuf, &'static str)> {
+    let gpt2 = ModelConfig { mlp: MlpKind::Gelu, ..ModelConfig::gpt2(50257, 32, 2, 4, 32) };
+    let text = "First Citizen:\nBefore we proceed any further, hear me speak.\n";
+    let llama = ModelConfig {
+        n_kv_head: Some(2),
+        pos: PosEncoding::Rope,
+        rope_base: 500.0,
+        norm: NormKind::RmsNorm,
+        mlp: MlpKind::Swiglu,
+        tie_embeddings: false,
+        ..ModelConfig::gpt2(0, 32, 2, 4, 32)
+    };
+    let chars = Tokenizer::char_from_corpus(text);
+    let llama = ModelConfig { vocab_size: chars.vocab_size(), padded_vocab: 64, ..llama };
+    let bytes = ModelConfig { bias: true, tie_embeddings: false, ..ModelConfig::gpt2(256, 32, 2, 2, 16) };
+    vec![
+        (
+            "gpt2-tiktoken",
+            native(&dir.join("gpt2-tiktoken"), gpt2, Tokenizer::Tiktoken { name: OpenAiVocab::Gpt2 }, 1),
+            "Hello, my name is",
+        ),
+        ("llama-char", native(&dir.join("llama-char"), llama, chars, 2), "First Citizen:\nBefore"),
+        ("gpt2-byte", native(&dir.join("gpt2-byte"), bytes, Tokenizer::Byte, 3), "naïve café"),
+    ]
+}
+
+#[test]
+fn exported_models_match_what_transformers_computed() {
+    // FERRITE_HF_EXPORT_DIR: scripts/check_hf_export.py collects the exports there.
+    let keep = std::env::var_os("FERRITE_HF_EXPORT_DIR").map(PathBuf::from);
+    let dir = keep.clone().unwrap_or_else(|| scratch("hf-export"));
+    let record = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_export.json");
+    let verified = keep.is_none().then(|| read_json(&record));
+    for (name, ckpt, prompt) in native_models(&dir.join("ckpt")) {
+        let out = dir.join(name);
+        let _ = std::fs::remove_dir_all(&out);
+        ok(&["export", &p(&ckpt), "--format", "hf", "--out", &p(&out)]);
+        let cfg = checkpoint::load_config(&ckpt).unwrap();
+        let prompt_ids = cfg.tokenizer.encode(prompt).unwrap();
+        let (logits, _) = logits_and_greedy(&ckpt, &prompt_ids, 1);
+        let v = cfg.model.vocab_size;
+        // The first 64 logits of each position (the whole rows are large).
+        let head: Vec<Vec<f32>> = logits.chunks_exact(v).map(|r| r[..64.min(v)].to_vec()).collect();
+        let hashes = file_hashes(&out);
+        match &verified {
+            None => {
+                let mine =
+                    serde_json::json!({"prompt": prompt, "ids": prompt_ids, "ferrite_logits": head, "files": hashes});
+                std::fs::write(out.join("ferrite.json"), mine.to_string()).unwrap();
+            }
+            Some(v) => {
+                let want = &v[name];
+                assert_eq!(
+                    want["files"],
+                    serde_json::json!(hashes),
+                    "{name}: the HF export changed since transformers checked it: run scripts/check_hf_export.py"
+                );
+                assert_eq!(
+                    ids(&want["ids"]),
+                    prompt_ids,
+                    "{name}: transformers' tokenizer encoded the prompt differently"
+                );
+                assert_close(name, &head.concat(), &floats(&want["transformers_logits"]), 1e-4);
+            }
+        }
+    }
+}
+
+/// SHA-256 of each file of a directory, by name.
+fn file_hashes(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    use sha2::{Digest, Sha256};
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|f| f.file_name().unwrap() != "ferrite.json")
+        .map(|f| {
+            let digest = Sha256::digest(std::fs::read(&f).unwrap());
+            (f.file_name().unwrap().to_string_lossy().to_string(), digest.iter().map(|b| format!("{b:02x}")).collect())
+        })
+        .collect()
+}
+
+#[test]
+fn bad_hugging_face_directories_are_one_line_errors() {
+    let dir = scratch("hf-bad");
+    let copy = |name: &str, from: &str| {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for e in std::fs::read_dir(fixture(from)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
+        }
+        d
+    };
+    let out = dir.join("out");
+    let import = |src: &Path, needle: &str| {
+        fails(&["import", &p(src), "--out", &p(&out)], needle);
+        assert!(!out.exists(), "nothing is written on failure");
+    };
+    // No config.json.
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    import(&empty, "no config.json");
+    // An architecture we do not read.
+    let d = copy("bert", "gpt2");
+    let mut c = read_json(&d.join("config.json"));
+    c["architectures"] = serde_json::json!(["BertForMaskedLM"]);
+    std::fs::write(d.join("config.json"), c.to_string()).unwrap();
+    import(&d, "BertForMaskedLM is not supported");
+    // An option we cannot express.
+    let d = copy("scaling", "llama");
+    let mut c = read_json(&d.join("config.json"));
+    c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0});
+    std::fs::write(d.join("config.json"), c.to_string()).unwrap();
+    import(&d, "rope_scaling");
+    let mut c = read_json(&d.join("config.json"));
+    c.as_object_mut().unwrap().remove("rope_scaling");
+    c["rope_parameters"] = serde_json::json!({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0});
+    std::fs::write(d.join("config.json"), c.to_string()).unwrap();
+    import(&d, "llama3");
+    // A misshapen tensor: the config says wider than the weights.
+    let d = copy("shape", "gpt2");
+    let mut c = read_json(&d.join("config.json"));
+    c["n_positions"] = serde_json::json!(128);
+    std::fs::write(d.join("config.json"), c.to_string()).unwrap();
+    import(&d, "has shape");
+    // A missing tensor: a config with one layer more than the weights.
+    let d = copy("missing", "gpt2");
+    let mut c = read_json(&d.join("config.json"));
+    c["n_layer"] = serde_json::json!(3);
+    std::fs::write(d.join("config.json"), c.to_string()).unwrap();
+    import(&d, "missing tensor transformer.h.2");
+    // A truncated shard.
+    let d = copy("truncated", "llama");
+    let shard = d.join("model-00002-of-00002.safetensors");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
+    import(&d, "not a valid safetensors file");
+    // A tokenizer.json that does not load.
+    let d = copy("tokenizer", "gpt2");
+    std::fs::write(d.join("tokenizer.json"), "{\"model\": 7}").unwrap();
+    import(&d, "not a valid tokenizer.json");
+    // Exports that neither class can express.
+    let ckpt = native(
+        &dir.join("softcap"),
+        ModelConfig { logit_softcap: Some(30.0), ..ModelConfig::gpt2(256, 16, 1, 2, 16) },
+        Tokenizer::Byte,
+        1,
+    );
+    fails(&["export", &p(&ckpt), "--format", "hf", "--out", &p(&out)], "logit_softcap has no counterpart");
+    assert!(!out.exists());
+}
