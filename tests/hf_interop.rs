@@ -13,14 +13,11 @@
 
 mod common;
 
-use common::{fails, ok, p, scratch};
-use ferrite::checkpoint::{self, CheckpointConfig, TrainState};
+use common::{fails, logits_and_greedy, native_checkpoint, ok, p, scratch};
+use ferrite::checkpoint;
 use ferrite::data::{OpenAiVocab, Tokenizer};
-use ferrite::engine::cpu::Cpu;
 use ferrite::engine::DType;
 use ferrite::model::config::{MlpKind, NormKind, PosEncoding};
-use ferrite::model::decode::KvCache;
-use ferrite::model::params::{init_params, Layout};
 use ferrite::model::ModelConfig;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -53,22 +50,6 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
         let tol = rtol * (w.abs() + scale);
         assert!((g - w).abs() <= tol, "{what}[{i}]: ferrite {g} vs transformers {w} (tol {tol})");
     }
-}
-
-/// Ferrite's logits at every position of `prompt` (f32 weights and cache),
-/// and `n` greedily chosen tokens after it.
-fn logits_and_greedy(ckpt: &Path, prompt: &[u32], n: usize) -> (Vec<f32>, Vec<u32>) {
-    let loaded = checkpoint::load_model_as(Cpu, ckpt, Some(DType::F32)).unwrap();
-    let model = loaded.model;
-    let mut cache = KvCache::new(&model, 1).unwrap();
-    let rows = cache.forward_from(&model, 0, prompt, 0).unwrap();
-    let argmax = |l: &[f32]| l.iter().enumerate().fold(0, |b, (i, &x)| if x > l[b] { i } else { b }) as u32;
-    let mut greedy = vec![argmax(rows.last().unwrap())];
-    while greedy.len() < n {
-        let next = cache.forward(&model, 0, &[*greedy.last().unwrap()]).unwrap();
-        greedy.push(argmax(&next));
-    }
-    (rows.concat(), greedy)
 }
 
 #[test]
@@ -128,20 +109,8 @@ fn hf_tensors(dir: &Path) -> std::collections::HashMap<String, (Vec<usize>, Vec<
     all
 }
 
-/// A ferrite checkpoint with freshly initialised weights.
 fn native(dir: &Path, model: ModelConfig, tokenizer: Tokenizer, seed: u64) -> PathBuf {
-    let config = CheckpointConfig {
-        format: checkpoint::FORMAT.into(),
-        version: checkpoint::VERSION,
-        model,
-        tokenizer,
-        train: Default::default(),
-        chat_template: None,
-    };
-    let params = init_params(&Layout::new(&config.model).specs, seed);
-    let state = TrainState { step: 0, best_val_loss: None, tokens_seen: 0, updates: Some(0) };
-    checkpoint::save_inference(dir, &config, &params, DType::F32, &state).unwrap();
-    dir.to_path_buf()
+    native_checkpoint(dir, model, tokenizer, seed, 1.0)
 }
 
 /// Ferrite's own models of each exportable kind: (name, checkpoint, prompt).

@@ -90,3 +90,48 @@ pub fn write_parquet(path: &Path, docs: &[String]) {
     }
     writer.close().unwrap();
 }
+
+/// Ferrite's logits at every position of `prompt` (f32 weights and cache),
+/// and `n` greedily chosen tokens after it.
+pub fn logits_and_greedy(ckpt: &Path, prompt: &[u32], n: usize) -> (Vec<f32>, Vec<u32>) {
+    let loaded =
+        ferrite::checkpoint::load_model_as(ferrite::engine::cpu::Cpu, ckpt, Some(ferrite::engine::DType::F32)).unwrap();
+    let model = loaded.model;
+    let mut cache = ferrite::model::decode::KvCache::new(&model, 1).unwrap();
+    let rows = cache.forward_from(&model, 0, prompt, 0).unwrap();
+    let argmax = |l: &[f32]| l.iter().enumerate().fold(0, |b, (i, &x)| if x > l[b] { i } else { b }) as u32;
+    let mut greedy = vec![argmax(rows.last().unwrap())];
+    while greedy.len() < n {
+        let next = cache.forward(&model, 0, &[*greedy.last().unwrap()]).unwrap();
+        greedy.push(argmax(&next));
+    }
+    (rows.concat(), greedy)
+}
+
+/// A ferrite inference checkpoint at `dir` with freshly initialised weights
+/// (from `seed`), each multiplied by `scale`.
+pub fn native_checkpoint(
+    dir: &Path,
+    model: ferrite::model::ModelConfig,
+    tokenizer: ferrite::data::Tokenizer,
+    seed: u64,
+    scale: f32,
+) -> PathBuf {
+    use ferrite::checkpoint::{self, CheckpointConfig, TrainState};
+    let config = CheckpointConfig {
+        format: checkpoint::FORMAT.into(),
+        version: checkpoint::VERSION,
+        model,
+        tokenizer,
+        train: Default::default(),
+        chat_template: None,
+    };
+    let specs = ferrite::model::params::Layout::new(&config.model).specs;
+    let mut params = ferrite::model::params::init_params(&specs, seed);
+    for p in params.iter_mut().flatten() {
+        *p *= scale;
+    }
+    let state = TrainState { step: 0, best_val_loss: None, tokens_seen: 0, updates: Some(0) };
+    checkpoint::save_inference(dir, &config, &params, ferrite::engine::DType::F32, &state).unwrap();
+    dir.to_path_buf()
+}
