@@ -266,3 +266,32 @@ fn bad_hugging_face_directories_are_one_line_errors() {
     fails(&["export", &p(&ckpt), "--format", "hf", "--out", &p(&out)], "logit_softcap has no counterpart");
     assert!(!out.exists());
 }
+
+#[test]
+fn an_imported_model_fine_tunes_with_init_from() {
+    let dir = scratch("hf-finetune");
+    let (base, run) = (dir.join("base"), dir.join("run"));
+    ok(&["import", &p(&fixture("gpt2")), "--out", &p(&base)]);
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--init-from", base.to_str().unwrap(), "--out-dir", run.to_str().unwrap()];
+        args.extend(["--max-iters", "40", "--batch-size", "8", "--eval-interval", "40", "--eval-iters", "10"]);
+        args.extend(["--learning-rate", "3e-3", "--warmup-iters", "5", "--sample-tokens", "0"]);
+        args.extend(extra);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let args = train(&["--block-size", "32"]);
+    let out = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let loss = |step: &str| -> f64 {
+        let line = out.lines().find(|l| l.starts_with(&format!("step {step}:"))).unwrap_or_else(|| panic!("{out}"));
+        line.split("val loss ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap()
+    };
+    assert!(loss("40") < loss("0") - 1.0, "the loss falls: {out}");
+    let saved = checkpoint::load_config(&run.join("best")).unwrap();
+    assert_eq!(saved.model.block_size, 32);
+    assert_eq!(saved.tokenizer, checkpoint::load_config(&base).unwrap().tokenizer);
+    // The architecture is the checkpoint's.
+    let bad = train(&["--n-layer", "3"]);
+    fails(&bad.iter().map(String::as_str).collect::<Vec<_>>(), "the architecture comes from --init-from");
+    let long = train(&["--block-size", "128"]);
+    fails(&long.iter().map(String::as_str).collect::<Vec<_>>(), "longer than the context 64");
+}

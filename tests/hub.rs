@@ -1,8 +1,11 @@
-//! `ferrite data prepare --hf-dataset` against a Hugging Face Hub stand-in:
-//! an HTTP server on 127.0.0.1 that this test starts and fills with parquet
-//! files it writes (these machines cannot reach the Hub). Checks listing
-//! with paging, split filtering, the cache size limit with LRU eviction,
-//! resumed partial downloads, and size and SHA-256 verification.
+//! `ferrite data prepare --hf-dataset` and `ferrite import --hf` against a
+//! Hugging Face Hub stand-in: an HTTP server on 127.0.0.1 that this test
+//! starts and fills with files (these machines cannot reach the Hub):
+//! parquet shards it writes, and the sharded Llama fixture of
+//! `tests/fixtures/hf`. Checks listing with paging, split filtering, the
+//! cache size limit with LRU eviction, resumed partial downloads (a file
+//! left half-written, and a connection that breaks off), and size and
+//! SHA-256 verification.
 
 mod common;
 
@@ -40,6 +43,23 @@ struct Hub {
     files: HashMap<String, Vec<u8>>,
     /// Listed (path, size, sha256).
     listed: Vec<(String, u64, Option<String>)>,
+    /// The repository's listing and download paths.
+    tree: String,
+    resolve: String,
+    /// Files whose first download breaks off halfway.
+    break_once: Mutex<Vec<String>>,
+}
+
+impl Hub {
+    fn dataset(files: HashMap<String, Vec<u8>>, listed: Vec<(String, u64, Option<String>)>) -> Hub {
+        Hub {
+            files,
+            listed,
+            tree: "/api/datasets/owner/corpus/tree/main?recursive=true".into(),
+            resolve: "/datasets/owner/corpus/resolve/main/".into(),
+            break_once: Mutex::new(vec![]),
+        }
+    }
 }
 
 struct Server {
@@ -100,7 +120,7 @@ fn serve(mut conn: TcpStream, hub: &Hub, log: &Mutex<Vec<String>>) {
         .and_then(|l| l.split("bytes=").nth(1))
         .and_then(|r| r.trim().trim_end_matches('-').parse().ok());
     log.lock().unwrap().push(format!("{target} range={range:?}"));
-    let tree = "/api/datasets/owner/corpus/tree/main?recursive=true";
+    let tree = hub.tree.as_str();
     let (status, extra, body): (&str, String, Vec<u8>) = if target == tree || target == format!("{tree}&cursor=2") {
         // Two pages: the first links to the second.
         let half = hub.listed.len() / 2;
@@ -119,7 +139,18 @@ fn serve(mut conn: TcpStream, hub: &Hub, log: &Mutex<Vec<String>>) {
             String::new()
         };
         ("200 OK", link, serde_json::to_vec(&entries).unwrap())
-    } else if let Some(path) = target.strip_prefix("/datasets/owner/corpus/resolve/main/") {
+    } else if let Some(path) = target.strip_prefix(hub.resolve.as_str()) {
+        let broken = {
+            let mut once = hub.break_once.lock().unwrap();
+            let hit = once.iter().position(|p| p == path);
+            hit.map(|i| once.remove(i)).is_some()
+        };
+        if let (true, Some(bytes)) = (broken, hub.files.get(path)) {
+            // Promise the whole file, send half, hang up.
+            let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", bytes.len());
+            let _ = conn.write_all(&bytes[..bytes.len() / 2]);
+            return;
+        }
         match hub.files.get(path) {
             Some(bytes) => match range {
                 Some(from) if from < bytes.len() => ("206 Partial Content", String::new(), bytes[from..].to_vec()),
@@ -181,7 +212,7 @@ fn hub_dataset_streams_through_a_bounded_cache() {
         .iter()
         .map(|(path, bytes)| (path.clone(), bytes.len() as u64, Some(sha256(bytes)).filter(|_| path != "README.md")))
         .collect();
-    let server = Server::start(Hub { files, listed });
+    let server = Server::start(Hub::dataset(files, listed));
 
     // The same train shards prepared from local copies, for comparison.
     for (path, bytes) in &shards[..4] {
@@ -233,10 +264,10 @@ fn hub_downloads_are_verified() {
     let mut files = HashMap::new();
     files.insert("data/train-0.parquet".to_string(), good.clone());
     // Listed with the digest of other bytes.
-    let server = Server::start(Hub {
-        files: files.clone(),
-        listed: vec![("data/train-0.parquet".into(), good.len() as u64, Some(sha256(b"other")))],
-    });
+    let server = Server::start(Hub::dataset(
+        files.clone(),
+        vec![("data/train-0.parquet".into(), good.len() as u64, Some(sha256(b"other")))],
+    ));
     let out = dir.join("ds");
     let run = prepare(&server, &["--cache-dir", &p(&dir.join("c")), "--out", &p(&out)]);
     let err = String::from_utf8_lossy(&run.stderr);
@@ -244,7 +275,7 @@ fn hub_downloads_are_verified() {
     drop(server);
     // Listed larger than what arrives.
     let server =
-        Server::start(Hub { files, listed: vec![("data/train-0.parquet".into(), good.len() as u64 + 10, None)] });
+        Server::start(Hub::dataset(files, vec![("data/train-0.parquet".into(), good.len() as u64 + 10, None)]));
     let run = prepare(&server, &["--cache-dir", &p(&dir.join("c")), "--out", &p(&out)]);
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success() && err.contains("bytes") && !out.exists(), "{err}");
@@ -258,4 +289,82 @@ fn hub_downloads_are_verified() {
 
 fn manifest(dir: &Path) -> serde_json::Value {
     json(&std::fs::read_to_string(dir.join("manifest.json")).unwrap())
+}
+
+#[test]
+fn hub_model_downloads_resume_verify_and_import() {
+    let dir = scratch("hub-model");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/llama");
+    let mut files = HashMap::new();
+    for e in std::fs::read_dir(&fixture).unwrap() {
+        let e = e.unwrap();
+        files.insert(e.file_name().to_string_lossy().to_string(), std::fs::read(e.path()).unwrap());
+    }
+    files.insert("pytorch_model.bin".into(), b"not read".to_vec());
+    files.insert("onnx/model.onnx".into(), b"not read".to_vec());
+    // The weights are LFS files (listed with their digests), the rest not.
+    let listed = files
+        .iter()
+        .map(|(path, bytes)| {
+            let lfs = path.ends_with(".safetensors");
+            (path.clone(), bytes.len() as u64, lfs.then(|| sha256(bytes)))
+        })
+        .collect();
+    let shard = "model-00002-of-00002.safetensors";
+    let hub = Hub {
+        files,
+        listed,
+        tree: "/api/models/owner/tiny-llama/tree/main?recursive=true".into(),
+        resolve: "/owner/tiny-llama/resolve/main/".into(),
+        break_once: Mutex::new(vec![shard.into()]),
+    };
+    let server = Server::start(hub);
+    let (cache, out) = (dir.join("cache"), dir.join("imported"));
+    let import = || {
+        let args = ["import", "--hf", "owner/tiny-llama", "--cache-dir", &p(&cache), "--out", &p(&out)];
+        ferrite_env(&args, &[("HF_ENDPOINT", &server.endpoint())])
+    };
+    // The connection breaks off in the second shard: a one-line error, nothing imported.
+    let first = import();
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(!first.status.success() && err.contains("broke off") && !out.exists(), "{err}");
+    // Run again: the shard resumes where it stopped, and the import completes.
+    let second = import();
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    let half = std::fs::metadata(fixture.join(shard)).unwrap().len() / 2;
+    let requests = server.requests();
+    assert!(requests.iter().any(|r| r.ends_with(&format!("{shard} range=Some({half})"))), "{requests:?}");
+    assert!(!requests.iter().any(|r| r.contains("pytorch_model.bin") || r.contains("onnx")), "{requests:?}");
+    // The same model as imported from the directory itself.
+    let local = dir.join("local");
+    let direct = ferrite_env(&["import", &p(&fixture), "--out", &p(&local)], &[]);
+    assert!(direct.status.success());
+    for f in ["model.safetensors", "config.json"] {
+        assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(local.join(f)).unwrap(), "{f}");
+    }
+    drop(server);
+
+    // A shard whose bytes do not match the listed digest is discarded.
+    let mut files: HashMap<String, Vec<u8>> = HashMap::new();
+    for e in std::fs::read_dir(&fixture).unwrap() {
+        let e = e.unwrap();
+        files.insert(e.file_name().to_string_lossy().to_string(), std::fs::read(e.path()).unwrap());
+    }
+    let listed = files
+        .iter()
+        .map(|(path, bytes)| {
+            (path.clone(), bytes.len() as u64, path.ends_with(".safetensors").then(|| sha256(b"other")))
+        })
+        .collect();
+    let server = Server::start(Hub {
+        files,
+        listed,
+        tree: "/api/models/owner/tiny-llama/tree/main?recursive=true".into(),
+        resolve: "/owner/tiny-llama/resolve/main/".into(),
+        break_once: Mutex::new(vec![]),
+    });
+    let args = ["import", "--hf", "owner/tiny-llama", "--cache-dir", &p(&dir.join("c2")), "--out", &p(&dir.join("x"))];
+    let bad = ferrite_env(&args, &[("HF_ENDPOINT", &server.endpoint())]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("SHA-256") && !dir.join("x").exists(), "{err}");
 }

@@ -99,8 +99,8 @@ pub struct RunArgs {
     /// Named configuration to start from (see the list below).
     #[arg(long)]
     preset: Option<String>,
-    /// TOML file of configuration keys, applied on top of the preset.
-    #[arg(long, value_name = "FILE.toml")]
+    /// TOML (or YAML: .yaml, .yml) file of configuration keys, applied on top of the preset.
+    #[arg(long, value_name = "FILE.toml|FILE.yaml")]
     config: Option<PathBuf>,
     /// Continue training from a checkpoint or run directory (its `last`).
     #[arg(long, value_name = "DIR")]
@@ -124,7 +124,17 @@ impl RunArgs {
         if self.resume.is_some() {
             anyhow::bail!("--resume is only valid for `ferrite train`");
         }
-        config::resolve(&config::preset(self.preset_name())?, self.config.as_deref(), &self.overrides)
+        let preset = config::preset(self.preset_name())?;
+        let cfg = config::resolve(&preset, self.config.as_deref(), &self.overrides)?;
+        if cfg.init_from.is_empty() {
+            return Ok(cfg);
+        }
+        // A fine-tune: the checkpoint's model takes the preset's place, so the
+        // keys not given keep the checkpoint's values (Trainer checks the rest).
+        let dir =
+            crate::checkpoint::resolve_dir(std::path::Path::new(&cfg.init_from), crate::checkpoint::Prefer::Best)?;
+        let model = crate::checkpoint::load_config(&dir)?.model;
+        config::resolve(&TrainConfig { model, ..preset }, self.config.as_deref(), &self.overrides)
     }
 
     fn collect_overrides(&mut self, m: &ArgMatches) {
@@ -262,6 +272,7 @@ mod tests {
             ("eval_iters", "50", json!(50)),
             ("grad_accum", "2", json!(2)),
             ("grad_clip", "0.5", json!(0.5)),
+            ("init_from", "runs/base", json!("runs/base")),
             ("learning_rate", "3e-4", json!(3e-4)),
             ("log_interval", "5", json!(5)),
             ("logit_softcap", "30", json!(30.0)),
@@ -315,7 +326,14 @@ mod tests {
             let m = train.clone().try_get_matches_from(["train", &long, raw]).unwrap_or_else(|e| panic!("{key}: {e}"));
             let mut args = RunArgs::from_arg_matches(&m).expect("run arguments");
             args.collect_overrides(&m);
-            let cfg = args.resolve().unwrap_or_else(|e| panic!("--{key} {raw}: {e:#}"));
+            let cfg = match args.resolve() {
+                // Resolving reads the checkpoint (tests/hf_interop.rs fine-tunes one).
+                Err(e) if key == "init_from" => {
+                    assert!(e.to_string().contains("checkpoint runs/base does not exist"), "{e}");
+                    continue;
+                }
+                r => r.unwrap_or_else(|e| panic!("--{key} {raw}: {e:#}")),
+            };
             assert_eq!(cfg.to_keys()[key], want, "--{key} {raw}");
         }
     }

@@ -48,7 +48,7 @@ pub struct TrainConfig {
     /// A dataset directory from `ferrite data prepare` (instead of `data`;
     /// the tokenizer and the split come from its manifest).
     pub dataset: String,
-    /// `char`, `byte`, `gpt2`, `cl100k_base`, `o200k_base` or a tokenizer.json.
+    /// `char`, `byte`, `gpt2`, `p50k_base`, `cl100k_base`, `o200k_base` or a tokenizer.json.
     pub tokenizer: String,
     /// Fraction of the corpus (from the start) used for training.
     pub train_frac: f64,
@@ -58,6 +58,12 @@ pub struct TrainConfig {
     /// The architecture. Its vocabulary is the tokenizer's, filled in when
     /// the run starts ([`TrainConfig::model_for_vocab`]).
     pub model: ModelConfig,
+    /// Fine-tune: start from this checkpoint's weights (a checkpoint or run
+    /// directory: its best; `ferrite import` makes one from a Hugging Face
+    /// model) with a fresh optimizer at step 0. The architecture and the
+    /// tokenizer are the checkpoint's; only dropout and a smaller block_size
+    /// may be set.
+    pub init_from: String,
     /// Dropout anneals linearly from `dropout` to this over the learning-rate
     /// schedule's horizon (lr_decay_iters); none = constant.
     pub dropout_final: Option<f32>,
@@ -113,6 +119,7 @@ impl Default for TrainConfig {
             out_dir: "out".into(),
             // The architecture options default to the model's own defaults (GPT-2).
             model: ModelConfig::gpt2(65, 64, 4, 4, 128),
+            init_from: String::new(),
             dropout_final: None,
             vocab_size: None,
             recompute: Recompute::None,
@@ -207,10 +214,16 @@ impl TrainConfig {
     }
 
     /// The model this run trains, with a tokenizer of `vocab` symbols (or
-    /// the `vocab_size` override).
+    /// the `vocab_size` override). A model that already has that vocabulary
+    /// keeps its padding (an imported one may pad more than we would).
     pub fn model_for_vocab(&self, vocab: usize) -> ModelConfig {
         let vocab = self.vocab_size.unwrap_or(vocab);
-        ModelConfig { vocab_size: vocab, padded_vocab: pad_vocab(vocab), ..self.model.clone() }
+        let padded = if self.model.vocab_size == vocab && self.model.padded_vocab >= vocab {
+            self.model.padded_vocab
+        } else {
+            pad_vocab(vocab)
+        };
+        ModelConfig { vocab_size: vocab, padded_vocab: padded, ..self.model.clone() }
     }
 
     /// Tokens per optimizer update.
@@ -396,22 +409,41 @@ fn field_name(key: &str) -> String {
     }
 }
 
-/// Applies a TOML file and then `(key, value)` overrides from the command
-/// line on top of `base`, rejecting unknown keys and ill-typed values with
-/// the key's name.
-pub fn resolve(base: &TrainConfig, file: Option<&Path>, overrides: &[(String, String)]) -> Result<TrainConfig> {
-    let mut map = base.to_keys();
-    if let Some(path) = file {
-        let text = crate::data::files::read_small_text(path, "config file")?;
+/// The keys of a configuration file: TOML, or YAML for a `.yaml`/`.yml`
+/// file (the same flat keys either way).
+fn file_keys(path: &Path) -> Result<Vec<(String, Value)>> {
+    let text = crate::data::files::read_small_text(path, "config file")?;
+    let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+    let pairs: Vec<(String, Value)> = if yaml {
+        let map: Map<String, Value> = match serde_yaml_ng::from_str::<Option<Map<String, Value>>>(&text) {
+            Ok(map) => map.unwrap_or_default(),
+            Err(e) => bail!("config file {} is not a YAML mapping of keys: {e}", path.display()),
+        };
+        map.into_iter().collect()
+    } else {
         let table: toml::Table = toml::from_str(&text)
             .map_err(|e| anyhow!("config file {} is not valid TOML: {}", path.display(), e.message()))?;
+        let mut pairs = Vec::new();
         for (k, v) in table {
             if let toml::Value::Float(f) = v {
                 if !f.is_finite() {
                     bail!("{} must be a finite number, got {f} in {}", field_name(&k), path.display());
                 }
             }
-            let v = serde_json::to_value(v)?;
+            pairs.push((k, serde_json::to_value(v)?));
+        }
+        pairs
+    };
+    Ok(pairs)
+}
+
+/// Applies a TOML or YAML file and then `(key, value)` overrides from the
+/// command line on top of `base`, rejecting unknown keys and ill-typed
+/// values with the key's name.
+pub fn resolve(base: &TrainConfig, file: Option<&Path>, overrides: &[(String, String)]) -> Result<TrainConfig> {
+    let mut map = base.to_keys();
+    if let Some(path) = file {
+        for (k, v) in file_keys(path)? {
             set(&mut map, &field_name(&k), v, &format!("in {}", path.display()))?;
         }
     }
@@ -625,6 +657,27 @@ mod tests {
         std::fs::write(&f, "weight_decay = nan\n").unwrap();
         let err = resolve(&TrainConfig::default(), Some(&f), &[]).unwrap_err().to_string();
         assert!(err.contains("weight_decay must be a finite number"), "{err}");
+        // YAML: the same keys give the same configuration.
+        let (t, y) = (dir.join("same.toml"), dir.join("same.yaml"));
+        std::fs::write(&t, "n_embd = 64\nlearning_rate = 3e-4\nschedule = \"wsd\"\nmin_lr = 1e-5\ndata = \"2024\"\n")
+            .unwrap();
+        std::fs::write(
+            &y,
+            "# comments too\nn_embd: 64\nlearning_rate: 3.0e-4\nschedule: wsd\nmin_lr: 1.0e-5\ndata: \"2024\"\n",
+        )
+        .unwrap();
+        let (from_toml, from_yaml) =
+            (resolve(&TrainConfig::default(), Some(&t), &[]), resolve(&TrainConfig::default(), Some(&y), &[]));
+        assert_eq!(from_yaml.unwrap(), from_toml.unwrap());
+        for bad in ["typo_key: 3\n", "weight_decay: .nan\n", "- a list\n", "n_embd: [1, 2\n"] {
+            std::fs::write(&y, bad).unwrap();
+            assert!(resolve(&TrainConfig::default(), Some(&y), &[]).is_err(), "{bad}");
+        }
+        std::fs::write(&y, "").unwrap();
+        assert_eq!(
+            resolve(&TrainConfig::default(), Some(&y), &[]).unwrap(),
+            resolve(&TrainConfig::default(), None, &[]).unwrap()
+        );
     }
 
     #[test]

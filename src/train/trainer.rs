@@ -15,8 +15,8 @@ use crate::engine::fastmath::derive_seed;
 use crate::engine::{Backend, Dropout};
 use crate::eval::sampled_loss;
 use crate::model::info::TrainMemory;
-use crate::model::params::param_specs;
-use crate::model::{Activations, Gpt};
+use crate::model::params::{param_specs, Layout};
+use crate::model::{Activations, Gpt, ModelConfig};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -83,8 +83,44 @@ impl<B: Backend> Trainer<B> {
         if cfg.vocab_size.is_some() {
             bail!("vocab_size comes from the tokenizer when training on data; it can only be set for `ferrite bench`");
         }
+        if !cfg.init_from.is_empty() {
+            return Self::fine_tune(be, cfg);
+        }
         let (tokenizer, data) = load_data(&cfg, None)?;
         Self::from_parts(be, cfg, tokenizer, data)
+    }
+
+    /// A new run that starts from `cfg.init_from`'s weights and tokenizer:
+    /// step 0, a fresh optimizer. Its architecture must be the checkpoint's
+    /// but for dropout and a block_size up to the checkpoint's (a learned
+    /// position table keeps its first rows, as nanoGPT's crop_block_size).
+    fn fine_tune(be: B, mut cfg: TrainConfig) -> Result<Self> {
+        let dir = checkpoint::resolve_dir(Path::new(&cfg.init_from), Prefer::Best)?;
+        let ck = checkpoint::load(&dir, param_specs, false)?;
+        let base = &ck.config.model;
+        if cfg.model.block_size > base.block_size {
+            bail!(
+                "block_size {} is longer than the context {} of {} (fine-tuning can only shorten it)",
+                cfg.model.block_size,
+                base.block_size,
+                dir.display()
+            );
+        }
+        let model_cfg = ModelConfig { dropout: cfg.model.dropout, block_size: cfg.model.block_size, ..base.clone() };
+        if cfg.model_for_vocab(base.vocab_size) != model_cfg {
+            bail!("the architecture comes from --init-from {} (only dropout and block_size can change)", dir.display());
+        }
+        cfg.model = model_cfg.clone();
+        let (_, data) = load_data(&cfg, Some(&ck.config.tokenizer))?;
+        check_memory(&be, &cfg, &model_cfg)?;
+        let mut params = ck.params;
+        if let Some(wpe) = Layout::new(&model_cfg).wpe {
+            params[wpe].truncate(model_cfg.block_size * model_cfg.n_embd);
+        }
+        let model = Gpt::from_host(be, model_cfg, &params)?;
+        let opt = AdamW::new(&model)?;
+        let state = TrainState { step: 0, best_val_loss: None, tokens_seen: 0, updates: Some(0) };
+        Self::assemble(cfg, model, opt, ck.config.tokenizer, data, state)
     }
 
     /// A new run on an already tokenised dataset.
