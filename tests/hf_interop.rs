@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{fails, logits_and_greedy, native_checkpoint, ok, p, scratch};
+use common::{assert_close, fails, logits_and_greedy, native_checkpoint, ok, p, scratch};
 use ferrite::checkpoint;
 use ferrite::data::{OpenAiVocab, Tokenizer};
 use ferrite::engine::DType;
@@ -40,16 +40,6 @@ fn floats(v: &Value) -> Vec<f32> {
         .iter()
         .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
         .collect()
-}
-
-/// |got - want| <= rtol * (|want| + max|want|), elementwise.
-fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let tol = rtol * (w.abs() + scale);
-        assert!((g - w).abs() <= tol, "{what}[{i}]: ferrite {g} vs transformers {w} (tol {tol})");
-    }
 }
 
 #[test]
@@ -90,6 +80,21 @@ fn import_then_export_gives_back_the_same_tensors() {
         for n in names {
             assert_eq!(original[n], again[n], "{name}: {n}");
         }
+        // A bare relative name works too (its parent is the working directory).
+        let rel = std::process::Command::new(env!("CARGO_BIN_EXE_ferrite"))
+            .args(["export", &p(&ckpt), "--format", "gguf", "--out", "here.gguf"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(rel.status.success() && dir.join("here.gguf").is_file(), "{}", String::from_utf8_lossy(&rel.stderr));
+        std::fs::remove_file(dir.join("here.gguf")).unwrap();
+        let again_dir = std::process::Command::new(env!("CARGO_BIN_EXE_ferrite"))
+            .args(["export", &p(&ckpt), "--format", "hf", "--out", "here"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(again_dir.status.success(), "{}", String::from_utf8_lossy(&again_dir.stderr));
+        std::fs::remove_dir_all(dir.join("here")).unwrap();
         let (c1, c2) = (read_json(&fixture(name).join("config.json")), read_json(&out.join("config.json")));
         for key in ["architectures", "vocab_size", "num_key_value_heads", "rope_parameters", "rms_norm_eps", "n_embd"] {
             assert_eq!(c1[key], c2[key], "{name}: {key}");
@@ -294,4 +299,43 @@ fn an_imported_model_fine_tunes_with_init_from() {
     fails(&bad.iter().map(String::as_str).collect::<Vec<_>>(), "the architecture comes from --init-from");
     let long = train(&["--block-size", "128"]);
     fails(&long.iter().map(String::as_str).collect::<Vec<_>>(), "longer than the context 64");
+}
+
+#[test]
+fn openai_gpt2_layout_and_vocabulary_are_recognised() {
+    let dir = scratch("hf-openai-layout");
+    // openai-community/gpt2 names the base model's tensors without
+    // `transformer.` and keeps each layer's causal mask (`h.N.attn.bias`).
+    let src = dir.join("gpt2-style");
+    std::fs::create_dir_all(&src).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture("gpt2").join(f), src.join(f)).unwrap();
+    }
+    let tensors = hf_tensors(&fixture("gpt2"));
+    let mut renamed: Vec<(String, Vec<usize>, Vec<f32>)> =
+        tensors.into_iter().map(|(k, (s, d))| (k.trim_start_matches("transformer.").to_string(), s, d)).collect();
+    for l in 0..2 {
+        renamed.push((format!("h.{l}.attn.bias"), vec![1, 1, 64, 64], vec![1.0; 64 * 64]));
+    }
+    let views: Vec<(String, Vec<usize>, &[f32])> =
+        renamed.iter().map(|(n, s, d)| (n.clone(), s.clone(), &d[..])).collect();
+    checkpoint::tensors::save_safetensors(&src.join("model.safetensors"), &views).unwrap();
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    ok(&["import", &p(&src), "--out", &p(&a)]);
+    ok(&["import", &p(&fixture("gpt2")), "--out", &p(&b)]);
+    let weights = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert_eq!(weights(&a), weights(&b));
+
+    // GPT-2's own tokenizer.json becomes our built-in gpt2 vocabulary.
+    let models = native_models(&dir.join("native"));
+    let (_, ckpt, _) = &models[0];
+    let (hf, back) = (dir.join("hf"), dir.join("back"));
+    ok(&["export", &p(ckpt), "--format", "hf", "--out", &p(&hf)]);
+    ok(&["import", &p(&hf), "--out", &p(&back)]);
+    let cfg = checkpoint::load_config(&back).unwrap();
+    assert_eq!(cfg.tokenizer, Tokenizer::Tiktoken { name: OpenAiVocab::Gpt2 });
+    // GPT2LMHeadModel always has biases: a bias-free model comes back with zero ones, computing the same.
+    assert_eq!(cfg.model, ModelConfig { bias: true, ..checkpoint::load_config(ckpt).unwrap().model });
+    let prompt = cfg.tokenizer.encode("Hello there").unwrap();
+    assert_eq!(logits_and_greedy(&back, &prompt, 4), logits_and_greedy(ckpt, &prompt, 4));
 }

@@ -6,6 +6,9 @@
 //! (`Gpt::compute = BF16`), logits, loss and gradients against PyTorch's
 //! bf16 autocast of the same float32 model, within bf16 tolerance.
 
+mod common;
+
+use common::assert_close;
 use ferrite::engine::cpu::Cpu;
 use ferrite::engine::{Backend, DType, Dropout};
 use ferrite::model::params::Layout;
@@ -39,16 +42,6 @@ impl Fixture {
     fn meta(&self, key: &str) -> String {
         let (_, meta) = SafeTensors::read_metadata(&self.bytes).unwrap();
         meta.metadata().as_ref().unwrap()[key].clone()
-    }
-}
-
-/// Asserts `got` ≈ `want` elementwise: |d| <= rtol * (|want| + max|want|).
-fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let tol = rtol * (w.abs() + scale);
-        assert!((g - w).abs() <= tol, "{what}[{i}]: ferrite {g} vs pytorch {w} (tol {tol})");
     }
 }
 

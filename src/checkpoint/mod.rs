@@ -251,7 +251,7 @@ pub fn save<'a>(
 /// Fills a temporary directory beside `dir` with `fill`, syncs it, and
 /// renames it into place (the old `dir`, if any, goes last).
 pub fn write_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("ckpt");
     // Leftovers of saves that were killed (any process's): never complete.

@@ -135,3 +135,14 @@ pub fn native_checkpoint(
     checkpoint::save_inference(dir, &config, &params, ferrite::engine::DType::F32, &state).unwrap();
     dir.to_path_buf()
 }
+
+/// Asserts `got` ≈ `want` (the reference: PyTorch, transformers) elementwise:
+/// |d| <= rtol * (|want| + max|want|).
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let tol = rtol * (w.abs() + scale);
+        assert!((g - w).abs() <= tol, "{what}[{i}]: ferrite {g} vs reference {w} (tol {tol})");
+    }
+}
