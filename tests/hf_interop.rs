@@ -296,7 +296,7 @@ fn an_imported_model_fine_tunes_with_init_from() {
     assert_eq!(saved.tokenizer, checkpoint::load_config(&base).unwrap().tokenizer);
     // The architecture is the checkpoint's.
     let bad = train(&["--n-layer", "3"]);
-    fails(&bad.iter().map(String::as_str).collect::<Vec<_>>(), "the architecture comes from --init-from");
+    fails(&bad.iter().map(String::as_str).collect::<Vec<_>>(), "n_layer is 2 there, not 3");
     let long = train(&["--block-size", "128"]);
     fails(&long.iter().map(String::as_str).collect::<Vec<_>>(), "longer than the context 64");
 }
@@ -338,4 +338,37 @@ fn openai_gpt2_layout_and_vocabulary_are_recognised() {
     assert_eq!(cfg.model, ModelConfig { bias: true, ..checkpoint::load_config(ckpt).unwrap().model });
     let prompt = cfg.tokenizer.encode("Hello there").unwrap();
     assert_eq!(logits_and_greedy(&back, &prompt, 4), logits_and_greedy(ckpt, &prompt, 4));
+}
+
+#[test]
+fn imported_models_work_in_every_inference_command() {
+    let dir = scratch("hf-commands");
+    let ckpt = dir.join("llama");
+    ok(&["import", &p(&fixture("llama")), "--out", &p(&ckpt)]);
+    let text = dir.join("eval.txt");
+    std::fs::write(&text, "First Citizen:\nBefore we proceed any further, hear me speak.\n".repeat(20)).unwrap();
+    let c = p(&ckpt);
+    let sampled =
+        ok(&["sample", "--checkpoint", &c, "--prompt", "First", "--max-new-tokens", "8", "--temperature", "0"]);
+    assert!(!sampled.trim().is_empty());
+    let eval = ok(&["eval", "--checkpoint", &c, "--data", &p(&text), "--split", "all", "--json"]);
+    assert!(common::json(&eval)["metrics"]["loss"].as_f64().unwrap().is_finite(), "{eval}");
+    let bench = ok(&["bench", "--init-from", &c, "--batch-size", "2", "--max-iters", "2", "--json"]);
+    // bench times the checkpoint's architecture, vocabulary included.
+    let bench = common::json(&bench);
+    let imported = checkpoint::load_config(&ckpt).unwrap().model;
+    assert_eq!(bench["params"].as_u64().unwrap() as usize, imported.num_params(), "{bench}");
+    assert!(bench["tokens_per_s"].as_f64().unwrap() > 0.0);
+    // chat reads the conversation from stdin.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(["chat", "--checkpoint", &c, "--max-new-tokens", "4"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"Hello there\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -91,7 +91,7 @@ pub fn run(a: &ImportArgs) -> Result<()> {
     checkpoint::save_inference(&out, &model.config, &model.params, model.stored, &state)?;
     let m = &model.config.model;
     eprintln!(
-        "imported {} ({:.1}M parameters, {} layers, width {}, {} tokens, {}) from {} into {}",
+        "imported {} ({:.2}M parameters, {} layers, width {}, {} tokens, {}) from {} into {}",
         model.arch.class(),
         m.num_params() as f64 / 1e6,
         m.n_layer,

@@ -259,6 +259,8 @@ pub const PRESETS: &[(&str, &str)] = &[
 pub fn reference_vocab(preset: &str, cfg: &TrainConfig) -> usize {
     match cfg.vocab_size {
         Some(v) => v,
+        // A fine-tune's model (and vocabulary) is its checkpoint's.
+        None if !cfg.init_from.is_empty() => cfg.model.vocab_size,
         None if preset.starts_with("gpt2") => 50257,
         None if cfg.tokenizer == "byte" => 256,
         None if OpenAiVocab::from_name(&cfg.tokenizer).is_some() => {

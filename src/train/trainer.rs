@@ -107,8 +107,18 @@ impl<B: Backend> Trainer<B> {
             );
         }
         let model_cfg = ModelConfig { dropout: cfg.model.dropout, block_size: cfg.model.block_size, ..base.clone() };
-        if cfg.model_for_vocab(base.vocab_size) != model_cfg {
-            bail!("the architecture comes from --init-from {} (only dropout and block_size can change)", dir.display());
+        let asked = cfg.model_for_vocab(base.vocab_size);
+        if asked != model_cfg {
+            let (a, b) = (serde_json::to_value(&asked)?, serde_json::to_value(&model_cfg)?);
+            let differ: Vec<String> = (b.as_object().into_iter().flatten())
+                .filter(|(k, v)| a.get(k.as_str()) != Some(v))
+                .map(|(k, v)| format!("{k} is {v} there, not {}", a[k.as_str()]))
+                .collect();
+            bail!(
+                "the architecture comes from --init-from {} ({}; only dropout and block_size can change)",
+                dir.display(),
+                differ.join(", ")
+            );
         }
         cfg.model = model_cfg.clone();
         let (_, data) = load_data(&cfg, Some(&ck.config.tokenizer))?;
