@@ -960,3 +960,22 @@ fn bf16_training_resumes_exactly_and_converts_to_a_half_size_checkpoint() {
     fails(&["train", "--preset", "tiny", "--data", &data, "--dtype", "f16"], "f32 or bf16");
     fails(&["sample", "--checkpoint", &p(&half), "--kv-dtype", "f16"], "f32 or bf16");
 }
+
+#[test]
+fn epochs_count_passes_over_the_training_tokens() {
+    let dir = scratch("epochs");
+    let data = corpus(&dir);
+    let train_tokens = (std::fs::read_to_string(&data).unwrap().chars().count() as f64 * 0.9) as usize;
+    let out = dir.join("run");
+    // tiny: batch 4 x block 32 = 128 tokens a step.
+    let log = train("tiny", &data, &p(&out), &["--epochs", "0.5", "--eval-interval", "1000", "--eval-iters", "1"]);
+    let want = (0.5 * train_tokens as f64 / 128.0).ceil() as usize;
+    let done = log.lines().find(|l| l.starts_with("done: step ")).unwrap_or_else(|| panic!("{log}"));
+    let step: usize = done["done: step ".len()..].split(',').next().unwrap().parse().unwrap();
+    assert!(step.abs_diff(want) <= 1, "{done}: expected about {want} steps");
+    // Both budgets at once are refused.
+    fails(
+        &["train", "--preset", "dolly", "--dataset", &p(&dir), "--tokens", "1M", "--epochs", "2"],
+        "tokens or epochs",
+    );
+}

@@ -267,6 +267,7 @@ mod tests {
             ("dropout", "0.1", json!(0.1)),
             ("dropout_final", "0.05", json!(0.05)),
             ("dtype", "bf16", json!("bf16")),
+            ("epochs", "2.5", json!(2.5)),
             ("eps", "1e-6", json!(1e-6)),
             ("eval_interval", "100", json!(100)),
             ("eval_iters", "50", json!(50)),

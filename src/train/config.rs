@@ -82,6 +82,10 @@ pub struct TrainConfig {
     /// Token budget instead of iterations (`200M`, `1.5B`, `50K`): sets
     /// max_iters and lr_decay_iters to the steps it takes.
     pub tokens: Option<TokenCount>,
+    /// Passes over the training split instead of max_iters: one epoch is as
+    /// many tokens as the split holds (batches are random windows, so it is
+    /// a token count); sets max_iters and lr_decay_iters when the data is read.
+    pub epochs: Option<f64>,
     // ---- optimizer and schedule ----
     pub learning_rate: f64,
     /// Floor of the decay; defaults to learning_rate / 10 (never silently 0).
@@ -128,6 +132,7 @@ impl Default for TrainConfig {
             grad_accum: 1,
             max_iters: 2000,
             tokens: None,
+            epochs: None,
             learning_rate: 1e-3,
             min_lr: Some(1e-4),
             warmup_iters: 100,
@@ -250,6 +255,10 @@ pub const PRESETS: &[(&str, &str)] = &[
     ),
     ("llama-char", "the baby GPT's size and recipe, Llama-style (RoPE, RMSNorm, SwiGLU, GQA, untied)"),
     ("gpt2-small", "GPT-2 124M: 12 layers, 12 heads, 768 wide, block 1024 (124M with GPT-2's 50257-token vocabulary)"),
+    (
+        "dolly",
+        "an instruction model on databricks-dolly-15k (prepared with --format dolly into data/dolly): GPT-2 vocabulary, 5 layers, 8 heads, 256 wide, block 192, sinusoidal, dropout 0.1, 35 epochs",
+    ),
     ("tiny", "a seconds-long smoke test: 2 layers, 2 heads, 32 wide, block 32, batch 4, 50 iters"),
 ];
 
@@ -315,6 +324,29 @@ pub fn preset(name: &str) -> Result<TrainConfig> {
             TrainConfig { out_dir: "out/llama-tiny".into(), ..llama(preset("shakespeare-char-cpu")?, 2, 384) }
         }
         "llama-char" => TrainConfig { out_dir: "out/llama-char".into(), ..llama(preset("shakespeare-char")?, 2, 1216) },
+        // Our Dolly users' v3 recipe: batch 1 x 16 accumulation steps, the
+        // loss on the responses only (the prepared dataset's mask).
+        "dolly" => TrainConfig {
+            out_dir: "out/dolly".into(),
+            dataset: "data/dolly".into(),
+            tokenizer: "gpt2".into(),
+            model: ModelConfig {
+                pos: PosEncoding::Sinusoidal,
+                dropout: 0.1,
+                mlp_hidden: Some(1024),
+                ..sized(&base, (5, 8, 256, 192))
+            },
+            recompute: Recompute::Block,
+            batch_size: 1,
+            grad_accum: 16,
+            epochs: Some(35.0),
+            learning_rate: 1.5e-4,
+            min_lr: Some(1e-5),
+            warmup_iters: 1500,
+            eval_interval: 1000,
+            eval_iters: 200,
+            ..base
+        },
         "gpt2-small" => TrainConfig {
             out_dir: "out/gpt2-small".into(),
             tokenizer: "byte".into(),
@@ -455,8 +487,12 @@ pub fn resolve(base: &TrainConfig, file: Option<&Path>, overrides: &[(String, St
         set(&mut map, &key, v, "on the command line")?;
         // An explicit iteration count replaces an earlier token budget
         // (a resumed run's, or a preset's).
-        if key == "max_iters" && !overrides.iter().any(|(k, _)| field_name(k) == "tokens") {
-            map.insert("tokens".into(), Value::Null);
+        if key == "max_iters" {
+            for budget in ["tokens", "epochs"] {
+                if !overrides.iter().any(|(k, _)| field_name(k) == budget) {
+                    map.insert(budget.into(), Value::Null);
+                }
+            }
         }
     }
     let mut cfg = TrainConfig::from_keys(map, &base.model)?;
@@ -503,7 +539,24 @@ impl TrainConfig {
         }
     }
 
+    /// Sets the step count of an `epochs` budget over `train_tokens`.
+    pub fn apply_epochs(&mut self, train_tokens: usize) {
+        if let Some(epochs) = self.epochs {
+            let per_step = self.tokens_per_step().max(1) as f64;
+            self.max_iters = ((epochs * train_tokens as f64 / per_step).ceil() as usize).max(1);
+            self.lr_decay_iters = Some(self.max_iters);
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
+        if self.tokens.is_some() && self.epochs.is_some() {
+            bail!("give tokens or epochs, not both");
+        }
+        if let Some(e) = self.epochs {
+            if !(e > 0.0 && e <= 1e6) {
+                bail!("epochs must be a positive number (at most 1e6), got {e}");
+            }
+        }
         let m = &self.model;
         let positive = [
             ("n_layer", m.n_layer),
@@ -639,6 +692,11 @@ mod tests {
         let err = resolve(&base, None, &pairs(&[("schedule", "linear")])).unwrap_err().to_string();
         assert!(err.contains("'schedule'") && err.contains("cosine") && err.contains("wsd"), "{err}");
         assert!(preset("nope").unwrap_err().to_string().contains("unknown preset"));
+        // An explicit iteration count replaces a preset's epochs.
+        let dolly = preset("dolly").unwrap();
+        assert_eq!(dolly.epochs, Some(35.0));
+        let cfg = resolve(&dolly, None, &pairs(&[("max_iters", "10")])).unwrap();
+        assert_eq!((cfg.epochs, cfg.max_iters), (None, 10));
         // Token budgets: suffixes, spaces, and what is not a count.
         for (text, n) in [("200M", 200_000_000), (" 1.5B", 1_500_000_000), ("50000", 50_000)] {
             assert_eq!(text.parse::<TokenCount>(), Ok(TokenCount(n)));

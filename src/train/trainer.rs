@@ -172,13 +172,14 @@ impl<B: Backend> Trainer<B> {
     }
 
     fn assemble(
-        cfg: TrainConfig,
+        mut cfg: TrainConfig,
         mut model: Gpt<B>,
         opt: AdamW<B>,
         tokenizer: Tokenizer,
         data: Dataset,
         state: TrainState,
     ) -> Result<Self> {
+        cfg.apply_epochs(data.split(Split::Train).len());
         model.compute = cfg.dtype;
         let acts = model.activations(cfg.batch_size, cfg.model.block_size, cfg.recompute)?;
         let run_dir = PathBuf::from(&cfg.out_dir);
