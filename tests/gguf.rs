@@ -158,5 +158,19 @@ fn what_llama_cpp_cannot_read_is_refused() {
         1.0,
     );
     fails(&["export", &p(&softcap), "--format", "gguf", "--out", &p(&out)], "logit_softcap");
+    // A tokenizer.json that splits text otherwise than GPT-2 (here: no regex) would tokenize differently in llama.cpp.
+    let mut tok: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("gpt2").join("tokenizer.json")).unwrap()).unwrap();
+    tok["pre_tokenizer"]["use_regex"] = Value::Bool(false);
+    let file = dir.join("tokenizer.json");
+    std::fs::write(&file, tok.to_string()).unwrap();
+    let other = native_checkpoint(
+        &dir.join("other-split"),
+        ModelConfig::gpt2(320, 16, 1, 2, 16),
+        Tokenizer::from_spec(&p(&file), None).unwrap(),
+        1,
+        1.0,
+    );
+    fails(&["export", &p(&other), "--format", "gguf", "--out", &p(&out)], "only GPT-2-style tokenizers");
     assert!(!out.exists(), "nothing is written on failure");
 }

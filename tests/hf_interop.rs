@@ -261,6 +261,12 @@ fn bad_hugging_face_directories_are_one_line_errors() {
     let d = copy("tokenizer", "gpt2");
     std::fs::write(d.join("tokenizer.json"), "{\"model\": 7}").unwrap();
     import(&d, "not a valid tokenizer.json");
+    // A vocabulary with a gap in its ids.
+    let gap = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
+        "pre_tokenizer":null,"post_processor":null,"decoder":null,
+        "model":{"type":"WordLevel","vocab":{"a":0,"c":2},"unk_token":"a"}}"#;
+    std::fs::write(d.join("tokenizer.json"), gap).unwrap();
+    import(&d, "without gaps");
     // Exports that neither class can express.
     let ckpt = native(
         &dir.join("softcap"),
@@ -299,6 +305,9 @@ fn an_imported_model_fine_tunes_with_init_from() {
     fails(&bad.iter().map(String::as_str).collect::<Vec<_>>(), "n_layer is 2 there, not 3");
     let long = train(&["--block-size", "128"]);
     fails(&long.iter().map(String::as_str).collect::<Vec<_>>(), "longer than the context 64");
+    let tok = train(&["--tokenizer", "byte"]);
+    fails(&tok.iter().map(String::as_str).collect::<Vec<_>>(), "--tokenizer cannot be combined with --init-from");
+    fails(&["train", "--resume", &p(&run), "--init-from", &p(&base)], "cannot be combined with --resume");
 }
 
 #[test]

@@ -8,8 +8,8 @@
 //! as `Conv1D` (`[in, out]`, transposed to our `[out, in]`), Llama splits
 //! what we fuse (q/k/v, gate/up). Our rotary embeddings rotate the two
 //! halves of each head as Llama's `rotate_half` does, so q and k map as
-//! they are. Our vocabulary is padded to a multiple of 64: padding rows are
-//! zeros on import and dropped on export.
+//! they are. Our vocabulary is padded to a multiple of 64: rows past the
+//! HF embedding are zeros on import, and padding is dropped on export.
 
 use super::tensors::{load_safetensors_typed, save_safetensors_as};
 use super::{CheckpointConfig, FORMAT, VERSION};
@@ -153,7 +153,7 @@ fn read_config(dir: &Path) -> Result<(Arch, ModelConfig)> {
     let model_type = raw["model_type"].as_str().unwrap_or("");
     let arch = match (archs.first().copied(), model_type) {
         (Some("GPT2LMHeadModel" | "GPT2Model"), _) | (None, "gpt2") => Arch::Gpt2,
-        (Some("LlamaForCausalLM" | "LlamaModel"), _) | (None, "llama") => Arch::Llama,
+        (Some("LlamaForCausalLM"), _) | (None, "llama") => Arch::Llama,
         (Some(other), _) => bail!(
             "{}: architecture {other} is not supported (ferrite imports GPT2LMHeadModel and LlamaForCausalLM)",
             path.display()
@@ -180,7 +180,7 @@ fn read_config(dir: &Path) -> Result<(Arch, ModelConfig)> {
             ModelConfig {
                 bias: true,
                 mlp,
-                mlp_hidden: c.n_inner.filter(|&h| h != 4 * c.n_embd),
+                mlp_hidden: c.n_inner.filter(|&h| Some(h) != c.n_embd.checked_mul(4)),
                 norm_eps: Some(c.layer_norm_epsilon).filter(|&e| e != 1e-5),
                 tie_embeddings: c.tie_word_embeddings,
                 ..ModelConfig::gpt2(c.vocab_size, c.n_positions, c.n_layer, c.n_head, c.n_embd)
@@ -205,7 +205,7 @@ fn read_config(dir: &Path) -> Result<(Arch, ModelConfig)> {
             if c.attention_bias != c.mlp_bias {
                 return Err(unsupported("attention_bias without mlp_bias (or the reverse)".into()));
             }
-            if c.head_dim.is_some_and(|d| d * c.num_attention_heads != c.hidden_size) {
+            if c.head_dim.is_some_and(|d| d.checked_mul(c.num_attention_heads) != Some(c.hidden_size)) {
                 return Err(unsupported("a head_dim other than hidden_size / num_attention_heads".into()));
             }
             ModelConfig {
@@ -255,7 +255,10 @@ fn read_weights(dir: &Path) -> Result<(Tensors, DType)> {
             bail!("{}: shard name {shard:?} leaves the directory", index.display());
         }
         let (tensors, dtype) = load_safetensors_typed(&dir.join(shard))?;
-        dtypes.push(dtype);
+        // A shard of vectors only (a last one with the final norm) says nothing of the matrices.
+        if tensors.values().any(|(shape, _)| shape.len() >= 2) {
+            dtypes.push(dtype);
+        }
         all.extend(tensors);
     }
     for (name, shard) in weight_map {

@@ -5,7 +5,7 @@ use crate::checkpoint::{self, gguf, hf, Prefer};
 use crate::engine::DType;
 use crate::model::params::param_specs;
 use anyhow::{bail, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Format {
@@ -43,7 +43,12 @@ pub fn run(a: &ExportArgs) -> Result<()> {
             for note in gguf::caveats(&ck.config) {
                 eprintln!("note: {note}");
             }
-            let name = dir.canonicalize().ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().to_string()));
+            // A run directory's name, not its best/ or last/.
+            let named = dir.canonicalize().ok().map(|d| match d.file_name().and_then(|n| n.to_str()) {
+                Some("best" | "last" | "best.old" | "last.old") => d.parent().map(Path::to_path_buf).unwrap_or(d),
+                _ => d,
+            });
+            let name = named.and_then(|d| d.file_name().map(|n| n.to_string_lossy().to_string()));
             gguf::export(&ck.config, &ck.params, dtype, &a.out, &name.unwrap_or_else(|| "ferrite".into()))?
         }
     };

@@ -2,6 +2,7 @@
 //! OWNER/NAME` downloaded through the Hub cache) as a ferrite checkpoint.
 
 use crate::checkpoint::{self, hf, TrainState};
+use crate::data::files::sha256_file;
 use crate::data::hub::{HubCache, HubRepo, RemoteFile, RepoKind};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -25,21 +26,26 @@ pub struct ImportArgs {
     out: Option<PathBuf>,
 }
 
-/// The files of a model repository that an import reads.
-fn wanted(path: &str) -> bool {
-    let top = !path.contains('/');
-    top && (path.ends_with(".safetensors")
-        || [
-            "config.json",
-            "generation_config.json",
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "model.safetensors.index.json",
-        ]
-        .contains(&path))
+/// The files besides the weights that an import reads, when the repository has them.
+const SIDE_FILES: [&str; 4] = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"];
+
+/// The cached copy of `file`, its digest checked even when it was cached
+/// already (a branch such as `main` moves; the cache is keyed by its name).
+fn fetch_verified(cache: &HubCache, hub: &HubRepo, file: &RemoteFile) -> Result<PathBuf> {
+    eprintln!("fetching {}/{} ({:.1} MB)", hub.repo, file.path, file.size as f64 / 1e6);
+    let path = cache.fetch(hub, file)?;
+    if let Some(want) = &file.sha256 {
+        if &sha256_file(&path)?.0 != want {
+            std::fs::remove_file(&path)?;
+            return cache.fetch(hub, file);
+        }
+    }
+    Ok(path)
 }
 
-/// Downloads (or finds in the cache) what an import of `repo` needs; the local directory.
+/// Downloads (or finds in the cache) what an import of `repo` needs: the
+/// side files, and `model.safetensors` or the shards its index lists. The
+/// local directory holds exactly those weights.
 fn download(repo: &str, revision: &str, cache_dir: Option<&Path>) -> Result<PathBuf> {
     let dir = match cache_dir {
         Some(d) => d.to_path_buf(),
@@ -53,39 +59,79 @@ fn download(repo: &str, revision: &str, cache_dir: Option<&Path>) -> Result<Path
         config: None,
         split: None,
     };
-    let files: Vec<RemoteFile> = hub.list()?.into_iter().filter(|f| wanted(&f.path)).collect();
-    if !files.iter().any(|f| f.path.ends_with(".safetensors")) {
-        bail!("{repo} has no safetensors weights (ferrite reads safetensors, not pytorch_model.bin)");
-    }
+    let listed = hub.list()?;
+    let find = |name: &str| listed.iter().find(|f| f.path == name);
     // A model's files are all needed at once: nothing is evicted for them.
     let cache = HubCache { dir, limit: u64::MAX };
-    let mut local = None;
-    for f in &files {
-        eprintln!("fetching {repo}/{} ({:.1} MB)", f.path, f.size as f64 / 1e6);
-        let path = cache.fetch(&hub, f)?;
-        local = path.parent().map(Path::to_path_buf);
+    let config = find("config.json").with_context(|| format!("{repo} has no config.json: not a model repository"))?;
+    let local = fetch_verified(&cache, &hub, config)?.parent().expect("a file in a directory").to_path_buf();
+    for name in &SIDE_FILES[1..] {
+        if let Some(f) = find(name) {
+            fetch_verified(&cache, &hub, f)?;
+        }
     }
-    local.context("nothing to download")
+    let weights: Vec<&RemoteFile> = if let Some(single) = find("model.safetensors") {
+        vec![single]
+    } else if let Some(index) = find("model.safetensors.index.json") {
+        let path = fetch_verified(&cache, &hub, index)?;
+        let map: serde_json::Value = serde_json::from_str(&crate::data::files::read_small_text(&path, "shard index")?)
+            .with_context(|| format!("{} is not valid JSON", index.path))?;
+        let mut shards: Vec<&str> =
+            map["weight_map"].as_object().into_iter().flatten().filter_map(|(_, v)| v.as_str()).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let files = shards
+            .iter()
+            .map(|s| {
+                find(s)
+                    .with_context(|| format!("{repo}: the shard index lists {s}, which the repository does not have"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if files.is_empty() {
+            bail!("{repo}: the shard index lists no shards");
+        }
+        files
+    } else {
+        bail!("{repo} has no model.safetensors nor a shard index (ferrite reads safetensors, not pytorch_model.bin)");
+    };
+    // Weights of another revision, cached under the same branch name, must not be read.
+    let keep: Vec<&str> = weights.iter().map(|f| f.path.as_str()).collect();
+    for entry in std::fs::read_dir(&local)?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.ends_with(".safetensors") && !keep.contains(&name.as_str()) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    if find("model.safetensors.index.json").is_none() || find("model.safetensors").is_some() {
+        let _ = std::fs::remove_file(local.join("model.safetensors.index.json"));
+    }
+    for f in weights {
+        fetch_verified(&cache, &hub, f)?;
+    }
+    Ok(local)
 }
 
 pub fn run(a: &ImportArgs) -> Result<()> {
-    let (dir, name) = match (&a.dir, &a.hf) {
-        (_, Some(repo)) => {
-            (download(repo, &a.revision, a.cache_dir.as_deref())?, repo.rsplit('/').next().unwrap_or(repo).to_string())
-        }
-        (Some(d), None) => {
-            if !d.is_dir() {
-                bail!("{} is not a directory (give a Hugging Face model directory, or --hf OWNER/NAME)", d.display());
-            }
-            let name = d.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()));
-            (d.clone(), name.unwrap_or_else(|| "model".into()))
-        }
+    let name = match (&a.dir, &a.hf) {
+        (_, Some(repo)) => repo.rsplit('/').next().unwrap_or(repo).to_string(),
+        (Some(d), None) => (d.canonicalize().ok())
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
+            .unwrap_or_else(|| "model".into()),
         (None, None) => bail!("give a model directory or --hf OWNER/NAME"),
     };
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("out").join(&name));
+    // Before any download: a run that cannot write its result should not fetch gigabytes.
     if out.exists() {
         bail!("{} already exists: give a new directory with --out", out.display());
     }
+    let dir = match (&a.dir, &a.hf) {
+        (_, Some(repo)) => download(repo, &a.revision, a.cache_dir.as_deref())?,
+        (Some(d), None) if d.is_dir() => d.clone(),
+        (Some(d), None) => {
+            bail!("{} is not a directory (give a Hugging Face model directory, or --hf OWNER/NAME)", d.display())
+        }
+        (None, None) => unreachable!("checked above"),
+    };
     let model = hf::import(&dir)?;
     let state = TrainState { step: 0, best_val_loss: None, tokens_seen: 0, updates: Some(0) };
     checkpoint::save_inference(&out, &model.config, &model.params, model.stored, &state)?;

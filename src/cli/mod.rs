@@ -131,6 +131,9 @@ impl RunArgs {
         }
         // A fine-tune: the checkpoint's model takes the preset's place, so the
         // keys not given keep the checkpoint's values (Trainer checks the rest).
+        if self.overrides.iter().any(|(k, _)| config::field_name(k) == "tokenizer") {
+            anyhow::bail!("--tokenizer cannot be combined with --init-from (the checkpoint's tokenizer is used)");
+        }
         let dir =
             crate::checkpoint::resolve_dir(std::path::Path::new(&cfg.init_from), crate::checkpoint::Prefer::Best)?;
         let model = crate::checkpoint::load_config(&dir)?.model;

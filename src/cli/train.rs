@@ -15,6 +15,9 @@ super::on_device!(RunArgs, train);
 fn train<B: Backend>(args: &RunArgs, be: B) -> Result<()> {
     let mut trainer = match &args.resume {
         Some(dir) => {
+            if args.overrides.iter().any(|(k, _)| config::field_name(k) == "init_from") {
+                anyhow::bail!("--init-from starts a new run; it cannot be combined with --resume");
+            }
             if args.preset.is_some() {
                 anyhow::bail!(
                     "--preset cannot be combined with --resume (the run's configuration comes from the checkpoint)"

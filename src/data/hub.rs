@@ -70,8 +70,12 @@ fn get(url: &str, range_from: u64) -> Result<ureq::http::Response<ureq::Body>, u
 impl HubRepo {
     fn check(&self) -> Result<()> {
         let parts: Vec<&str> = self.repo.split('/').collect();
-        if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+        if parts.len() != 2 || parts.iter().any(|p| p.is_empty() || *p == "." || *p == "..") {
             bail!("a Hub repository is named OWNER/NAME, got {:?}", self.repo);
+        }
+        // Both name a folder of the cache: neither may climb out of it.
+        if self.revision.is_empty() || self.revision.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+            bail!("{:?} is not a revision (a branch, tag or commit)", self.revision);
         }
         Ok(())
     }
@@ -298,5 +302,8 @@ mod tests {
         assert!(!ds(Some("sample"), None).wanted("data/CC-MAIN/000.parquet"));
         assert!(ds(None, None).check().is_ok());
         assert!(HubRepo { repo: "nope".into(), ..ds(None, None) }.check().is_err());
+        assert!(HubRepo { repo: "../..".into(), ..ds(None, None) }.check().is_err());
+        assert!(HubRepo { revision: "../x".into(), ..ds(None, None) }.check().is_err());
+        assert!(HubRepo { revision: "refs/pr/1".into(), ..ds(None, None) }.check().is_ok());
     }
 }

@@ -435,7 +435,7 @@ impl<'de> Deserialize<'de> for TokenCount {
 pub const ALIASES: &[(&str, &str)] = &[("out", "out_dir"), ("lr", "learning_rate"), ("iters", "max_iters")];
 
 /// Normalises `n-layer` / `n_layer` / `out` to a field name.
-fn field_name(key: &str) -> String {
+pub fn field_name(key: &str) -> String {
     let k = key.trim_start_matches('-').replace('-', "_");
     match ALIASES.iter().find(|(alias, _)| *alias == k) {
         Some((_, target)) => target.to_string(),

@@ -44,7 +44,9 @@ impl Tokenizer {
                 byte_level: false,
             }),
             Tokenizer::Tiktoken { name } => tiktoken_vocab(*name, &bytes_to_string),
-            Tokenizer::Hf { tokenizer } => hf_vocab(&serde_json::from_str(&tokenizer.to_json(false)?)?),
+            Tokenizer::Hf { tokenizer } => {
+                hf_vocab(&serde_json::from_str(&tokenizer.to_json(false)?)?, tokenizer.vocab_size())
+            }
         }
     }
 
@@ -128,26 +130,41 @@ fn offset(token: &[u8], part: &[u8]) -> usize {
     part.as_ptr() as usize - token.as_ptr() as usize
 }
 
-/// A `tokenizer.json` of a byte-level BPE model, read from its JSON.
-fn hf_vocab(json: &Value) -> Result<BpeVocab> {
+/// A `tokenizer.json` of a byte-level BPE model, read from its JSON: GPT-2's
+/// kind only (its byte-level pre-tokenizer with the regex, no normalizer),
+/// the one whose splitting llama.cpp's `gpt-2` pre-tokenizer reproduces.
+fn hf_vocab(json: &Value, size: usize) -> Result<BpeVocab> {
     let model = &json["model"];
-    let byte_level = json["decoder"]["type"] == "ByteLevel"
-        || json["decoder"]["decoders"].as_array().is_some_and(|d| d.iter().any(|d| d["type"] == "ByteLevel"));
-    if model["type"] != "BPE" || !byte_level {
-        bail!("only byte-level BPE tokenizers can be exported this way (this one is {} without a byte-level decoder, or not BPE)", model["type"]);
+    let pre = &json["pre_tokenizer"];
+    let gpt2_split = pre["type"] == "ByteLevel" && pre["use_regex"] != false && pre["add_prefix_space"] != true;
+    if model["type"] != "BPE" || json["decoder"]["type"] != "ByteLevel" || !gpt2_split || !json["normalizer"].is_null()
+    {
+        bail!(
+            "only GPT-2-style tokenizers (byte-level BPE, GPT-2's pre-tokenizer, no normalizer) can go into a GGUF file; \
+             this one would split text differently in llama.cpp"
+        );
     }
     let vocab = model["vocab"].as_object().context("tokenizer.json has no BPE vocabulary")?;
     let added = json["added_tokens"].as_array().cloned().unwrap_or_default();
-    let n = vocab.values().chain(added.iter().map(|a| &a["id"])).filter_map(Value::as_u64).max().map_or(0, |m| m + 1);
-    let mut tokens = vec![None; n as usize];
-    let mut special = vec![false; n as usize];
+    let mut tokens: Vec<Option<String>> = vec![None; size];
+    let mut special = vec![false; size];
+    let mut place = |id: Option<u64>, text: &str| -> Result<usize> {
+        let id =
+            id.filter(|&i| (i as usize) < size).with_context(|| format!("token {text:?} has no id below {size}"))?;
+        let slot = &mut tokens[id as usize];
+        if slot.as_deref().is_some_and(|t| t != text) {
+            bail!("tokenizer.json gives id {id} to both {:?} and {text:?}", slot.as_deref().unwrap_or(""));
+        }
+        *slot = Some(text.to_string());
+        Ok(id as usize)
+    };
     for (t, id) in vocab {
-        tokens[id.as_u64().context("a token id that is not a number")? as usize] = Some(t.clone());
+        place(id.as_u64(), t)?;
     }
     for a in &added {
-        let (Some(id), Some(t)) = (a["id"].as_u64(), a["content"].as_str()) else { bail!("a malformed added token") };
-        tokens[id as usize] = Some(t.to_string());
-        special[id as usize] = a["special"].as_bool().unwrap_or(false);
+        let text = a["content"].as_str().context("an added token without content")?;
+        let id = place(a["id"].as_u64(), text)?;
+        special[id] = a["special"].as_bool().unwrap_or(false);
     }
     let tokens = tokens
         .into_iter()

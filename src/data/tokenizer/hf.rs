@@ -37,6 +37,17 @@ impl HfTokenizer {
         let text = crate::data::files::read_small_text(path, "tokenizer file")?;
         let inner = Tokenizer::from_bytes(text.as_bytes())
             .map_err(|e| anyhow!("{} is not a valid tokenizer.json: {e}", path.display()))?;
+        HfTokenizer::without_gaps(inner).map_err(|e| anyhow!("{}: {e}", path.display()))
+    }
+
+    /// [`HfTokenizer::new`] for a vocabulary from outside: its ids must run
+    /// from 0 without gaps (an id past the count would index past the model's
+    /// embedding).
+    fn without_gaps(inner: Tokenizer) -> Result<HfTokenizer> {
+        let n = inner.get_vocab_size(true) as u32;
+        if let Some(id) = (0..n).find(|&id| inner.id_to_token(id).is_none()) {
+            bail!("the vocabulary has {n} tokens but no token with id {id}: ids must run from 0 without gaps");
+        }
         Ok(HfTokenizer::new(inner))
     }
 
@@ -176,7 +187,7 @@ impl Serialize for HfTokenizer {
 
 impl<'de> Deserialize<'de> for HfTokenizer {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        Tokenizer::deserialize(d).map(HfTokenizer::new)
+        HfTokenizer::without_gaps(Tokenizer::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 

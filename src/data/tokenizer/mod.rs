@@ -13,8 +13,7 @@ mod gpt2_fast;
 mod hf;
 mod openai;
 
-pub use export::BpeVocab;
-pub use hf::{byte_chars, HfTokenizer, SPECIAL_TOKENS};
+pub use hf::{HfTokenizer, SPECIAL_TOKENS};
 pub use openai::{split_for_parallel, OpenAiVocab};
 
 use anyhow::{bail, Result};
@@ -160,7 +159,7 @@ impl Tokenizer {
             Tokenizer::Byte => vec![1; 256],
             Tokenizer::Char { chars } => chars.chars().map(char::len_utf8).collect(),
             Tokenizer::Tiktoken { name } => (0..name.vocab_size() as u32)
-                .map(|t| if t >= name.end_of_text() { 0 } else { name.token_bytes(t).len() })
+                .map(|t| if name.is_special(t) { 0 } else { name.token_bytes(t).len() })
                 .collect(),
             Tokenizer::Hf { tokenizer } => (0..tokenizer.vocab_size() as u32)
                 .map(|t| if tokenizer.is_special(t) { 0 } else { tokenizer.token_bytes(t).len() })

@@ -66,6 +66,15 @@ impl OpenAiVocab {
         }
     }
 
+    /// Whether `token` is a special token (`<|endoftext|>` and, but in
+    /// p50k_base, every id after it).
+    pub fn is_special(self, token: u32) -> bool {
+        match self {
+            OpenAiVocab::P50kBase => token == self.end_of_text(),
+            _ => token >= self.end_of_text(),
+        }
+    }
+
     /// Encodes `text` as plain text (special-token strings are ordinary
     /// text), in parallel over pieces split where no token can span.
     pub fn encode(self, text: &str) -> Vec<u32> {
@@ -144,10 +153,14 @@ mod tests {
 
     #[test]
     fn special_ids_and_sizes() {
+        // p50k_base's ids after <|endoftext|> are runs of spaces, not specials.
+        assert!(!OpenAiVocab::P50kBase.is_special(50260));
+        assert_eq!(OpenAiVocab::P50kBase.token_bytes(50260), vec![b' '; 5]);
         for vocab in OpenAiVocab::ALL {
             assert_eq!(vocab.token_bytes(vocab.end_of_text()), b"<|endoftext|>", "{}", vocab.name());
             assert!(vocab.token_bytes(vocab.vocab_size() as u32 - 1).len() > 1);
             assert!(vocab.token_bytes(vocab.vocab_size() as u32).is_empty());
+            assert!(vocab.is_special(vocab.end_of_text()) && !vocab.is_special(vocab.end_of_text() - 1));
         }
     }
 }
