@@ -229,3 +229,48 @@ fn corrupt_shards_and_endless_inputs_are_clear_errors() {
         }
     }
 }
+
+#[test]
+fn chat_conversations_train_and_the_checkpoint_keeps_their_template() {
+    let dir = scratch("chat-data");
+    // Synthetic facts as multi-turn conversations.
+    let places = [("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome"), ("Peru", "Lima"), ("Chad", "Ndjamena")];
+    let mut lines = String::new();
+    for i in 0..200 {
+        let (a, b) = (places[i % 5], places[(i / 5) % 5]);
+        let conv = serde_json::json!({"messages": [
+            {"role": "system", "content": "Answer in one word."},
+            {"role": "user", "content": format!("What is the capital of {}?", a.0)},
+            {"role": "assistant", "content": format!("{}.", a.1)},
+            {"role": "user", "content": format!("And of {}?", b.0)},
+            {"role": "assistant", "content": format!("{}.", b.1)},
+        ]});
+        lines += &format!("{conv}\n");
+    }
+    let data = dir.join("chat.jsonl");
+    std::fs::write(&data, &lines).unwrap();
+    // A tokenizer of our own has the <|system|>/<|user|>/<|assistant|> tokens: the `special` template.
+    let tok = dir.join("tok.json");
+    ok(&["tokenizer", "train", "--vocab-size", "300", "--input", &p(&data), "--out", &p(&tok)]);
+    let ds = dir.join("ds");
+    prepare(&["--input", &p(&data), "--format", "chat", "-t", &p(&tok), "--val-fraction", "0.3", "--out", &p(&ds)]);
+    let m = manifest(&ds);
+    assert_eq!(m["chat_template"]["user"], "<|user|>\n{content}\n", "{m}");
+    assert_eq!(m["options"]["masks"], true);
+    let run = dir.join("run");
+    let args =
+        ["--dataset", &p(&ds), "--max-iters", "3", "--block-size", "32", "--eval-iters", "1", "--sample-tokens", "0"];
+    let mut train = vec!["train", "--preset", "tiny", "--out", run.to_str().unwrap()];
+    train.extend(args);
+    ok(&train);
+    let saved = json(&std::fs::read_to_string(run.join("best/config.json")).unwrap());
+    assert_eq!(saved["chat_template"], m["chat_template"]);
+    // The dolly template where the tokenizer has no such tokens; bad records are one-line errors.
+    prepare(&["--input", &p(&data), "--format", "chat", "-t", "gpt2", "--out", &p(&dir.join("ds2"))]);
+    let m = manifest(&dir.join("ds2"));
+    assert_eq!(m["chat_template"]["user"], "### Instruction:\n{content}\n\n");
+    std::fs::write(&data, "{\"messages\": [{\"role\": \"robot\", \"content\": \"hi\"}]}\n").unwrap();
+    let bad = dir.join("ds3");
+    fails(&["data", "prepare", "--input", &p(&data), "--format", "chat", "--out", &p(&bad)], "role \"robot\"");
+    assert!(!bad.exists());
+}

@@ -239,6 +239,10 @@ fn data_readers_reject_damage_without_panicking() {
 {"instruction": "Sum", "context": "1 and 2", "response": "3", "category": "x"}
 "#
     .to_vec();
+    let chat = br#"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]}
+{"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}
+"#
+    .to_vec();
     let text = b"First paragraph.\n\nSecond one,\nwith two lines.\n".to_vec();
     let n = cases(200);
     let opts = |format| SourceOptions {
@@ -246,6 +250,7 @@ fn data_readers_reject_damage_without_panicking() {
         field: "text".into(),
         column: "text".into(),
         template: InstructionTemplate::default(),
+        chat: ferrite::data::ChatTemplate::special(),
     };
     let pq = dir.join("valid.parquet");
     let docs: Vec<String> = (0..20).map(|i| format!("document {i}: the king shall speak")).collect();
@@ -255,6 +260,7 @@ fn data_readers_reject_damage_without_panicking() {
         ("parquet", &parquet, Format::Parquet, "parquet"),
         ("jsonl", &jsonl, Format::Jsonl, "jsonl"),
         ("dolly", &dolly, Format::Dolly, "jsonl"),
+        ("chat", &chat, Format::Chat, "jsonl"),
         ("lines", &text, Format::Lines, "txt"),
         ("paragraphs", &text, Format::Paragraphs, "txt"),
         ("text", &text, Format::Text, "txt"),

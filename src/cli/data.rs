@@ -3,7 +3,7 @@
 use crate::data::hub::{parse_bytes, HubCache, HubRepo, RepoKind};
 use crate::data::prepare::{self, Format, InstructionTemplate, PrepareOptions, SourceOptions};
 use crate::data::shards::Dtype;
-use crate::data::Tokenizer;
+use crate::data::{ChatTemplate, Tokenizer};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -55,7 +55,13 @@ struct PrepareArgs {
     /// The column holding the text (parquet).
     #[arg(long, default_value = "text")]
     column: String,
-    /// byte, gpt2, cl100k_base, o200k_base, or a tokenizer.json.
+    /// How `--format chat` writes conversations: `auto` (`special` where the
+    /// tokenizer has `<|system|>`/`<|user|>`/`<|assistant|>` tokens, else
+    /// `dolly`), `special`, `dolly`, `dialogue` or `none`. The dataset, and
+    /// the checkpoints trained on it, record it: `chat` and `serve` use it.
+    #[arg(long, default_value = "auto")]
+    template: String,
+    /// byte, gpt2, p50k_base, cl100k_base, o200k_base, or a tokenizer.json.
     #[arg(long, short = 't', default_value = "gpt2")]
     tokenizer: String,
     /// Output dataset directory.
@@ -110,6 +116,7 @@ pub fn run(a: &DataArgs) -> Result<()> {
             field: p.field.clone(),
             column: p.column.clone(),
             template: InstructionTemplate::default(),
+            chat: chat_template(&p.template, &tokenizer)?,
         },
         tokenizer,
         out: p.out.clone(),
@@ -143,4 +150,13 @@ pub fn run(a: &DataArgs) -> Result<()> {
     });
     super::out!("stats: {summary}")?;
     Ok(())
+}
+
+/// The template `--format chat` writes with.
+fn chat_template(choice: &str, tok: &Tokenizer) -> Result<ChatTemplate> {
+    match choice {
+        "auto" if ChatTemplate::has_special_tokens(tok) => Ok(ChatTemplate::special()),
+        "auto" => Ok(ChatTemplate::dolly()),
+        name => ChatTemplate::named(name),
+    }
 }

@@ -67,6 +67,9 @@ pub struct Manifest {
     pub sources: Vec<SourceInfo>,
     /// How the inputs were read (format, field, column).
     pub options: serde_json::Value,
+    /// The template chat conversations were written with (`--format chat`).
+    #[serde(default)]
+    pub chat_template: Option<crate::data::ChatTemplate>,
 }
 
 impl Manifest {

@@ -9,7 +9,7 @@ use crate::checkpoint::{self, CheckpointConfig, Prefer, TrainState};
 use crate::data::dataset::corpus;
 use crate::data::dataset::IGNORE;
 use crate::data::tokenizer::utf8;
-use crate::data::{tiny_shakespeare, Dataset, Split, Tokenizer};
+use crate::data::{tiny_shakespeare, ChatTemplate, Dataset, Split, Tokenizer};
 use crate::engine::device::check_fits;
 use crate::engine::fastmath::derive_seed;
 use crate::engine::{Backend, Dropout};
@@ -31,6 +31,9 @@ pub struct Trainer<B: Backend> {
     pub model: Gpt<B>,
     pub opt: AdamW<B>,
     pub tokenizer: Tokenizer,
+    /// How the training data wrote conversations (a chat dataset's), saved
+    /// in every checkpoint for `chat` and `serve`.
+    pub chat_template: Option<ChatTemplate>,
     pub data: Dataset,
     pub state: TrainState,
     acts: Activations<B>,
@@ -86,8 +89,10 @@ impl<B: Backend> Trainer<B> {
         if !cfg.init_from.is_empty() {
             return Self::fine_tune(be, cfg);
         }
-        let (tokenizer, data) = load_data(&cfg, None)?;
-        Self::from_parts(be, cfg, tokenizer, data)
+        let (tokenizer, data, chat_template) = load_data(&cfg, None)?;
+        let mut t = Self::from_parts(be, cfg, tokenizer, data)?;
+        t.chat_template = chat_template;
+        Ok(t)
     }
 
     /// A new run that starts from `cfg.init_from`'s weights and tokenizer:
@@ -121,7 +126,7 @@ impl<B: Backend> Trainer<B> {
             );
         }
         cfg.model = model_cfg.clone();
-        let (_, data) = load_data(&cfg, Some(&ck.config.tokenizer))?;
+        let (_, data, chat_template) = load_data(&cfg, Some(&ck.config.tokenizer))?;
         check_memory(&be, &cfg, &model_cfg)?;
         let mut params = ck.params;
         if let Some(wpe) = Layout::new(&model_cfg).wpe {
@@ -130,7 +135,9 @@ impl<B: Backend> Trainer<B> {
         let model = Gpt::from_host(be, model_cfg, &params)?;
         let opt = AdamW::new(&model)?;
         let state = TrainState { step: 0, best_val_loss: None, tokens_seen: 0, updates: Some(0) };
-        Self::assemble(cfg, model, opt, ck.config.tokenizer, data, state)
+        let mut t = Self::assemble(cfg, model, opt, ck.config.tokenizer, data, state)?;
+        t.chat_template = chat_template.or(ck.config.chat_template);
+        Ok(t)
     }
 
     /// A new run on an already tokenised dataset.
@@ -156,7 +163,7 @@ impl<B: Backend> Trainer<B> {
         if cfg.model_for_vocab(ck.config.model.vocab_size) != ck.config.model {
             bail!("model options cannot change when resuming (the architecture, block_size and dropout come from the checkpoint)");
         }
-        let (_, data) = load_data(&cfg, Some(&ck.config.tokenizer))?;
+        let (_, data, chat_template) = load_data(&cfg, Some(&ck.config.tokenizer))?;
         check_memory(&be, &cfg, &ck.config.model)?;
         let model = Gpt::from_host(be, ck.config.model.clone(), &ck.params)?;
         let mut opt = AdamW::new(&model)?;
@@ -167,6 +174,7 @@ impl<B: Backend> Trainer<B> {
         }
         opt.t = ck.state.updates.unwrap_or(ck.state.step as u64);
         let mut t = Self::assemble(cfg, model, opt, ck.config.tokenizer, data, ck.state)?;
+        t.chat_template = ck.config.chat_template.or(chat_template);
         t.resumed_from = Some(dir);
         Ok(t)
     }
@@ -183,7 +191,21 @@ impl<B: Backend> Trainer<B> {
         model.compute = cfg.dtype;
         let acts = model.activations(cfg.batch_size, cfg.model.block_size, cfg.recompute)?;
         let run_dir = PathBuf::from(&cfg.out_dir);
-        Ok(Trainer { cfg, model, opt, tokenizer, data, state, acts, run_dir, resumed_from: None, x: vec![], y: vec![] })
+        let chat_template = None;
+        Ok(Trainer {
+            cfg,
+            model,
+            opt,
+            tokenizer,
+            chat_template,
+            data,
+            state,
+            acts,
+            run_dir,
+            resumed_from: None,
+            x: vec![],
+            y: vec![],
+        })
     }
 
     pub fn tokens_per_step(&self) -> usize {
@@ -259,7 +281,7 @@ impl<B: Backend> Trainer<B> {
             model: self.model.cfg.clone(),
             tokenizer: self.tokenizer.clone(),
             train: self.cfg.to_keys(),
-            chat_template: None,
+            chat_template: self.chat_template.clone(),
         }
     }
 
@@ -415,14 +437,15 @@ fn slices<'a>(views: &'a [Cow<'a, [f32]>]) -> Vec<&'a [f32]> {
 /// The tokenizer and data a configuration trains on: a prepared dataset's
 /// shards, or a text file tokenised here (with `saved`, a resumed run's
 /// tokenizer, which the data must match).
-fn load_data(cfg: &TrainConfig, saved: Option<&Tokenizer>) -> Result<(Tokenizer, Dataset)> {
+/// A chat dataset's template comes along.
+fn load_data(cfg: &TrainConfig, saved: Option<&Tokenizer>) -> Result<(Tokenizer, Dataset, Option<ChatTemplate>)> {
     if !cfg.dataset.is_empty() {
         let dir = Path::new(&cfg.dataset);
         let (manifest, data) = Dataset::open_prepared(dir, cfg.model.block_size)?;
         if saved.is_some_and(|t| *t != manifest.tokenizer) {
             bail!("dataset {} uses a different tokenizer than the checkpoint", dir.display());
         }
-        return Ok((manifest.tokenizer, data));
+        return Ok((manifest.tokenizer, data, manifest.chat_template));
     }
     let path = (!cfg.data.is_empty()).then(|| Path::new(&cfg.data));
     let name = path.map_or(tiny_shakespeare::NAME.to_string(), |p| format!("data file {}", p.display()));
@@ -433,5 +456,5 @@ fn load_data(cfg: &TrainConfig, saved: Option<&Tokenizer>) -> Result<(Tokenizer,
         None => Tokenizer::from_spec(&cfg.tokenizer, None)?,
     };
     let data = Dataset::new(&bytes, &tokenizer, cfg.train_frac, cfg.model.block_size).context(name)?;
-    Ok((tokenizer, data))
+    Ok((tokenizer, data, None))
 }

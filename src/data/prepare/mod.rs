@@ -83,7 +83,7 @@ pub fn prepare(o: &PrepareOptions) -> Result<Manifest> {
     if inputs.is_empty() {
         bail!("nothing to prepare: give --input or --hf-dataset");
     }
-    let masks = inputs.iter().any(|i| resolve_format(&i.name(), o.source.format) == Format::Dolly);
+    let masks = inputs.iter().any(|i| resolve_format(&i.name(), o.source.format).masks());
     let tmp = claim_output(&o.out, o.force)?;
     let result = write_dataset(o, &inputs, dtype, masks, &tmp);
     match result {
@@ -230,6 +230,10 @@ fn write_dataset(o: &PrepareOptions, inputs: &[Input], dtype: Dtype, masks: bool
             "column": o.source.column,
             "masks": masks,
         }),
+        chat_template: inputs
+            .iter()
+            .any(|i| resolve_format(&i.name(), o.source.format) == Format::Chat)
+            .then(|| o.source.chat.clone()),
     };
     write_atomic(&tmp.join(MANIFEST), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
     Ok(manifest)
@@ -241,16 +245,11 @@ fn write_dataset(o: &PrepareOptions, inputs: &[Input], dtype: Dtype, masks: bool
 fn encode_doc(tok: &Tokenizer, d: &Doc, eot: Option<u32>, val_fraction: f64) -> Result<(bool, Vec<u32>, Vec<u8>)> {
     let mut tokens: Vec<u32> = eot.into_iter().collect();
     let mut mask = vec![1u8; tokens.len()];
-    if d.prompt_bytes > 0 {
-        let prompt = tok.encode(&d.text[..d.prompt_bytes])?;
-        mask.resize(mask.len() + prompt.len(), 0);
-        tokens.extend(prompt);
-        let response = tok.encode(&d.text[d.prompt_bytes..])?;
-        mask.resize(mask.len() + response.len(), 1);
-        tokens.extend(response);
-    } else {
-        tokens.extend(tok.encode(&d.text)?);
-        mask.resize(tokens.len(), 1);
+    let mut start = 0;
+    for &(end, trained) in d.spans.iter().chain(d.spans.is_empty().then_some(&(d.text.len(), true))) {
+        tokens.extend(tok.encode(&d.text[start..end])?);
+        mask.resize(tokens.len(), u8::from(trained));
+        start = end;
     }
     Ok((in_validation(&d.text, val_fraction), tokens, mask))
 }
@@ -269,4 +268,48 @@ fn hash_file(path: &Path) -> Result<SourceInfo> {
         bail!("input {} is empty", path.display());
     }
     Ok(SourceInfo { path: path.display().to_string(), bytes, sha256 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::ChatTemplate;
+
+    #[test]
+    fn chat_masks_fall_on_the_answers_token_by_token() {
+        let conv = serde_json::json!({"messages": [
+            {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": "Paris."},
+            {"role": "user", "content": "And of Spain?"},
+            {"role": "assistant", "content": "Madrid."},
+        ]});
+        let dir = std::env::temp_dir().join(format!("ferrite-chatmask-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.jsonl");
+        std::fs::write(&file, format!("{conv}\n")).unwrap();
+        let opts = SourceOptions {
+            format: Format::Chat,
+            field: "text".into(),
+            column: "text".into(),
+            template: InstructionTemplate::default(),
+            chat: ChatTemplate::dolly(),
+        };
+        let mut docs = Vec::new();
+        read_documents(&file, &opts, 1 << 20, &mut |d, _| {
+            docs.extend(d);
+            Ok(())
+        })
+        .unwrap();
+        // Bytes are tokens: the trained ones spell exactly the two answers with their closing text.
+        for tok in [Tokenizer::Byte, Tokenizer::Tiktoken { name: crate::data::OpenAiVocab::Gpt2 }] {
+            let eot = tok.end_of_text();
+            let (_, tokens, mask) = encode_doc(&tok, &docs[0], eot, 0.0).unwrap();
+            assert_eq!(tokens.len(), mask.len());
+            let trained: Vec<u32> = tokens.iter().zip(&mask).filter(|(_, &m)| m == 1).map(|(&t, _)| t).collect();
+            let want = format!("{}Paris.\n\nMadrid.\n\n", if eot.is_some() { "<|endoftext|>" } else { "" });
+            assert_eq!(String::from_utf8_lossy(&tok.decode_bytes(&trained)), want, "{}", tok.kind());
+            assert_eq!(tok.decode_bytes(&tokens[usize::from(eot.is_some())..]), docs[0].text.as_bytes());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

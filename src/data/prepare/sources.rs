@@ -1,9 +1,11 @@
 //! Where documents come from: text files (whole, by line or by paragraph),
 //! JSONL with a chosen field, parquet files with a chosen text column, and
-//! databricks-dolly-15k style instruction records. Every reader streams:
+//! databricks-dolly-15k style instruction records, chat conversations
+//! (OpenAI-style `messages`). Every reader streams:
 //! it hands over documents in batches of about `batch_bytes`, never the
 //! whole input.
 
+use crate::data::ChatTemplate;
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -25,18 +27,40 @@ pub enum Format {
     Parquet,
     /// JSONL records with instruction, context, response (databricks-dolly-15k).
     Dolly,
+    /// JSONL records with OpenAI-style `messages` (system, user, assistant;
+    /// multi-turn), written with the chat template; only the assistant's
+    /// answers are trained on.
+    Chat,
 }
 
-/// A document; `prompt_bytes` > 0 marks its first bytes as a prompt that is
-/// not trained on (instruction data).
+impl Format {
+    /// Formats whose documents mark stretches that are not trained on.
+    pub fn masks(self) -> bool {
+        matches!(self, Format::Dolly | Format::Chat)
+    }
+}
+
+/// A document. `spans` (instruction and chat data) cut it into stretches
+/// that are or are not trained on: `(end byte, trained)` in order, the last
+/// ending at `text.len()`; empty: all of it is trained on.
 pub struct Doc {
     pub text: String,
-    pub prompt_bytes: usize,
+    pub spans: Vec<(usize, bool)>,
 }
 
 impl Doc {
     fn plain(text: String) -> Doc {
-        Doc { text, prompt_bytes: 0 }
+        Doc { text, spans: vec![] }
+    }
+
+    /// A document from its stretches, each `(text, trained)`.
+    fn from_parts(parts: &[(String, bool)]) -> Doc {
+        let (mut text, mut spans) = (String::new(), Vec::new());
+        for (part, trained) in parts.iter().filter(|p| !p.0.is_empty()) {
+            text.push_str(part);
+            spans.push((text.len(), *trained));
+        }
+        Doc { text, spans }
     }
 }
 
@@ -45,6 +69,8 @@ pub struct SourceOptions {
     pub field: String,
     pub column: String,
     pub template: InstructionTemplate,
+    /// How `chat` conversations are written.
+    pub chat: ChatTemplate,
 }
 
 /// How instruction records become text: the prompt part (instruction and
@@ -183,8 +209,7 @@ pub fn read_documents(
                 batch.push(Doc::plain(doc), read)?;
             }
         }
-        Format::Jsonl | Format::Dolly => {
-            let dolly = format == Format::Dolly;
+        Format::Jsonl | Format::Dolly | Format::Chat => {
             let reader = BufReader::with_capacity(1 << 20, open()?);
             let mut read = 0u64;
             for (i, line) in reader.split(b'\n').enumerate() {
@@ -196,8 +221,11 @@ pub fn read_documents(
                 }
                 let value: serde_json::Value = serde_json::from_str(&text)
                     .map_err(|e| anyhow!("{} line {}: not JSON: {e}", path.display(), i + 1))?;
-                let doc = if dolly {
-                    dolly_doc(&value, &opts.template).map_err(|e| anyhow!("{} line {}: {e}", path.display(), i + 1))?
+                let at = |e: anyhow::Error| anyhow!("{} line {}: {e}", path.display(), i + 1);
+                let doc = if format == Format::Dolly {
+                    dolly_doc(&value, &opts.template).map_err(at)?
+                } else if format == Format::Chat {
+                    chat_doc(&value, &opts.chat).map_err(at)?
                 } else {
                     match value.get(&opts.field) {
                         Some(serde_json::Value::String(s)) => Doc::plain(s.clone()),
@@ -282,8 +310,47 @@ fn dolly_doc(v: &serde_json::Value, t: &InstructionTemplate) -> Result<Doc> {
         (field("instruction", true)?, field("context", false)?, field("response", true)?);
     let prompt = if context.trim().is_empty() { &t.without_context } else { &t.with_context };
     let prompt = prompt.replace("{instruction}", instruction.trim()).replace("{context}", context.trim());
-    let text = format!("{prompt}{}", t.response.replace("{response}", response.trim()));
-    Ok(Doc { prompt_bytes: prompt.len(), text })
+    let answer = t.response.replace("{response}", response.trim());
+    Ok(Doc::from_parts(&[(prompt, false), (answer, true)]))
+}
+
+/// A conversation (`{"messages": [{"role": ..., "content": ...}, ...]}`)
+/// written with the chat template: the system and user turns and each
+/// answer's opening are context; the answers themselves, with the text that
+/// closes them, are trained on.
+fn chat_doc(v: &serde_json::Value, t: &ChatTemplate) -> Result<Doc> {
+    let messages = match v.get("messages") {
+        Some(serde_json::Value::Array(m)) => m,
+        Some(other) => bail!("\"messages\" is {}, not an array", json_kind(other)),
+        None => bail!("no field \"messages\" (chat records hold a list of {{role, content}} messages)"),
+    };
+    if messages.is_empty() {
+        bail!("an empty conversation");
+    }
+    let mut parts = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let content = match m.get("content") {
+            Some(serde_json::Value::String(s)) => s.trim(),
+            Some(other) => bail!("message {} has content that is {}, not a string", i + 1, json_kind(other)),
+            None => bail!("message {} has no content", i + 1),
+        };
+        match m.get("role").and_then(|r| r.as_str()) {
+            Some("system") if i == 0 => parts.push((ChatTemplate::fill(&t.system, content), false)),
+            Some("system") => bail!("message {}: a system message must come first", i + 1),
+            Some("user") => parts.push((ChatTemplate::fill(&t.user, content), false)),
+            Some("assistant") => {
+                let open = t.assistant_open();
+                parts.push((open.to_string(), false));
+                parts.push((ChatTemplate::fill(&t.assistant, content)[open.len()..].to_string(), true));
+            }
+            Some(other) => bail!("message {} has role {other:?} (roles: system, user, assistant)", i + 1),
+            None => bail!("message {} has no role", i + 1),
+        }
+    }
+    if !parts.iter().any(|p| p.1) {
+        bail!("a conversation without an assistant message has nothing to train on");
+    }
+    Ok(Doc::from_parts(&parts))
 }
 
 #[cfg(test)]
@@ -296,6 +363,7 @@ mod tests {
             field: field.into(),
             column: "text".into(),
             template: InstructionTemplate::default(),
+            chat: ChatTemplate::special(),
         };
         let mut all = Vec::new();
         read_documents(path, &opts, 10, &mut |batch, _| {
@@ -335,7 +403,7 @@ mod tests {
         .unwrap();
         let d = docs(&dolly, Format::Dolly, "").unwrap();
         assert_eq!(d[0].text, "### Instruction:\nName a color.\n\n### Response:\nBlue.");
-        assert_eq!(&d[0].text[d[0].prompt_bytes..], "Blue.");
+        assert_eq!(d[0].spans, vec![(d[0].text.len() - "Blue.".len(), false), (d[0].text.len(), true)]);
         assert!(d[1].text.contains("### Input:\nLong text.\n\n"));
         std::fs::write(&dolly, "{\"instruction\": \"x\"}\n").unwrap();
         assert!(docs(&dolly, Format::Dolly, "").err().unwrap().to_string().contains("no field \"response\""));
@@ -360,5 +428,71 @@ mod tests {
         assert!(expand_inputs(&[format!("{}/*.md", dir.display())]).is_err());
         assert!(expand_inputs(&["/nonexistent/x".into()]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod chat_tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The stretches of a document, as `(text, trained)`.
+    fn parts(d: &Doc) -> Vec<(&str, bool)> {
+        let mut start = 0;
+        d.spans
+            .iter()
+            .map(|&(end, trained)| {
+                let part = (&d.text[start..end], trained);
+                start = end;
+                part
+            })
+            .collect()
+    }
+
+    #[test]
+    fn conversations_train_on_the_answers_only() {
+        let conv = json!({"messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": "Paris."},
+            {"role": "user", "content": "And of Spain?"},
+            {"role": "assistant", "content": " Madrid. "},
+        ]});
+        let d = chat_doc(&conv, &ChatTemplate::special()).unwrap();
+        assert_eq!(
+            parts(&d),
+            vec![
+                ("<|system|>\nBe brief.\n", false),
+                ("<|user|>\nCapital of France?\n", false),
+                ("<|assistant|>\n", false),
+                ("Paris.\n", true),
+                ("<|user|>\nAnd of Spain?\n", false),
+                ("<|assistant|>\n", false),
+                ("Madrid.\n", true),
+            ]
+        );
+        // The text is what `ferrite chat` writes for the same conversation.
+        let mut c = crate::generate::chat::Conversation::new(ChatTemplate::special(), "Be brief.".into());
+        c.turns.push(crate::generate::chat::Turn { user: "Capital of France?".into(), assistant: "Paris.".into() });
+        let prompt = c.prompt("And of Spain?", |_| true);
+        assert!(d.text.starts_with(&prompt), "{prompt:?}");
+        assert_eq!(&d.text[prompt.len()..], "Madrid.\n");
+    }
+
+    #[test]
+    fn bad_conversations_are_errors_naming_the_problem() {
+        let t = ChatTemplate::dolly();
+        let err = |v: serde_json::Value| chat_doc(&v, &t).err().map(|e| e.to_string()).unwrap_or_default();
+        let answer = json!({"role": "assistant", "content": "x"});
+        assert!(err(json!({"text": "hi"})).contains("no field \"messages\""));
+        assert!(err(json!({"messages": "hi"})).contains("not an array"));
+        assert!(err(json!({"messages": []})).contains("empty conversation"));
+        assert!(err(json!({"messages": [{"content": "hi"}, answer]})).contains("message 1 has no role"));
+        assert!(err(json!({"messages": [{"role": "bot", "content": "hi"}, answer]})).contains("role \"bot\""));
+        assert!(err(json!({"messages": [{"role": "user", "content": 7}, answer]})).contains("a number, not a string"));
+        assert!(err(json!({"messages": [{"role": "user"}, answer]})).contains("message 1 has no content"));
+        let late = json!({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}, answer]});
+        assert!(err(late).contains("system message must come first"));
+        assert!(err(json!({"messages": [{"role": "user", "content": "a"}]})).contains("nothing to train on"));
     }
 }
