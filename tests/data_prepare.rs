@@ -265,6 +265,18 @@ fn chat_conversations_train_and_the_checkpoint_keeps_their_template() {
     ok(&train);
     let saved = json(&std::fs::read_to_string(run.join("best/config.json")).unwrap());
     assert_eq!(saved["chat_template"], m["chat_template"]);
+    // `ferrite chat` takes it by itself.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(["chat", "--checkpoint", run.to_str().unwrap(), "--max-new-tokens", "3"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"What is the capital of Peru?\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("chat template: the checkpoint's own"), "{stderr}");
     // The dolly template where the tokenizer has no such tokens; bad records are one-line errors.
     prepare(&["--input", &p(&data), "--format", "chat", "-t", "gpt2", "--out", &p(&dir.join("ds2"))]);
     let m = manifest(&dir.join("ds2"));
