@@ -126,7 +126,7 @@ pub fn dot_bf16(a: &[f32], b: &[u16]) -> f32 {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     // SAFETY: the build targets AVX-512F; the lengths are equal (asserted).
     unsafe {
-        avx512_bf16::dot(a, b)
+        avx512_bf16::dot::<false>(a, b)
     }
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
     {
@@ -144,6 +144,22 @@ pub fn dot_bf16(a: &[f32], b: &[u16]) -> f32 {
             s += x * wide(*y);
         }
         s
+    }
+}
+
+/// [`dot_bf16`] with `b` in IEEE half-precision (f16) bits.
+#[inline]
+pub fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    // SAFETY: as in `dot_bf16` (AVX-512F converts halves: vcvtph2ps).
+    unsafe {
+        avx512_bf16::dot::<true>(a, b)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    {
+        let wide: Vec<f32> = b.iter().map(|&x| crate::engine::dtype::f32_from_f16(x)).collect();
+        dot(a, &wide)
     }
 }
 
@@ -173,28 +189,43 @@ mod avx512_bf16 {
         _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()))))
     }
 
+    /// 16 bf16 (or, `F16`, f16) values at `p` as f32.
+    #[inline(always)]
+    unsafe fn widen16<const F16: bool>(p: *const u16) -> __m512 {
+        if F16 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+        } else {
+            widen(p)
+        }
+    }
+
     /// # Safety
     /// `a` and `b` have the same length.
     #[inline]
-    pub unsafe fn dot(a: &[f32], b: &[u16]) -> f32 {
+    pub unsafe fn dot<const F16: bool>(a: &[f32], b: &[u16]) -> f32 {
         let n = a.len();
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut i = 0;
         while i + 64 <= n {
             for (j, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16 * j)), widen(pb.add(i + 16 * j)), *acc);
+                *acc = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16 * j)), widen16::<F16>(pb.add(i + 16 * j)), *acc);
             }
             i += 64;
         }
         while i + 16 <= n {
-            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), widen(pb.add(i)), acc[0]);
+            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), widen16::<F16>(pb.add(i)), acc[0]);
             i += 16;
         }
         let v = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
         let mut s = _mm512_reduce_add_ps(v);
         while i < n {
-            s += *pa.add(i) * f32::from_bits((*pb.add(i) as u32) << 16);
+            let w = if F16 {
+                crate::engine::dtype::f32_from_f16(*pb.add(i))
+            } else {
+                f32::from_bits((*pb.add(i) as u32) << 16)
+            };
+            s += *pa.add(i) * w;
             i += 1;
         }
         s

@@ -29,11 +29,14 @@ pub fn matmul_any(out: &mut [f32], a: &CpuBuf, b: &CpuBuf, mm: Matmul) {
     match (mm.compute, a, b) {
         (DType::BF16, a, b) => gemm_bf16::matmul(out, src(a), src(b), mm),
         (_, CpuBuf::F32(a), CpuBuf::F32(b)) => matmul(out, a, b, mm),
-        // Decoding with bf16 weights: a few rows against `Wᵀ`.
-        (_, CpuBuf::F32(a), CpuBuf::BF16(b)) if !mm.trans_a && mm.trans_b && skinny::ROWS.contains(&mm.m) => {
-            if checked(out, a.len(), b.len(), mm) {
+        // Decoding with 16-bit weights: a few rows against `Wᵀ`.
+        (_, CpuBuf::F32(a), b @ (CpuBuf::BF16(_) | CpuBuf::F16(_)))
+            if !mm.trans_a && mm.trans_b && skinny::ROWS.contains(&mm.m) =>
+        {
+            let (CpuBuf::BF16(bits) | CpuBuf::F16(bits)) = b else { unreachable!("matched above") };
+            if checked(out, a.len(), bits.len(), mm) {
                 let Matmul { m, n, k, lda, ldb, ldo, accumulate, .. } = mm;
-                skinny::matmul_nt_bf16(out, a, b, m, n, k, lda, ldb, ldo, accumulate);
+                skinny::matmul_nt_16(out, a, bits, b.dtype(), m, n, k, lda, ldb, ldo, accumulate);
             }
         }
         (_, a, b) => {

@@ -75,15 +75,17 @@ const TILE_ROWS: usize = if vector::REGISTERS >= 32 { 4 } else { 2 };
 )))]
 const TILE_ROWS: usize = 2;
 
-/// [`matmul_nt`] with the weights `b` in bfloat16 bits (inference with
-/// bf16 weights: half the bytes per decoding step), widened exactly inside
-/// the dot products. Each output is one [`fastmath::dot_bf16`], so a row's
-/// result does not depend on the rows beside it.
+/// [`matmul_nt`] with the weights `b` in 16-bit bits, bf16 or f16 (`half`;
+/// inference with 16-bit weights: half the bytes per decoding step),
+/// widened exactly inside the dot products. Each output is one
+/// [`fastmath::dot_bf16`] (or `dot_f16`), so a row's result does not depend
+/// on the rows beside it.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_nt_bf16(
+pub fn matmul_nt_16(
     out: &mut [f32],
     a: &[f32],
     b: &[u16],
+    half: crate::engine::DType,
     m: usize,
     n: usize,
     k: usize,
@@ -94,6 +96,10 @@ pub fn matmul_nt_bf16(
 ) {
     assert!(m > 0 && out.len() >= (m - 1) * ldo + n && a.len() >= (m - 1) * lda + k && b.len() >= (n - 1) * ldb + k);
     let store = storer(SharedMut(out.as_mut_ptr()), ldo, accumulate);
+    let dot = match half {
+        crate::engine::DType::F16 => crate::engine::fastmath::dot_f16,
+        _ => crate::engine::fastmath::dot_bf16,
+    };
     by_column_blocks(m, n, k, |j0, j1| {
         for j in j0..j1 {
             let w = &b[j * ldb..][..k];
@@ -110,7 +116,7 @@ pub fn matmul_nt_bf16(
                 }
             }
             for i in 0..m {
-                store(i, j, crate::engine::fastmath::dot_bf16(&a[i * lda..][..k], w));
+                store(i, j, dot(&a[i * lda..][..k], w));
             }
         }
     })
@@ -477,22 +483,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bf16_weights_match_naive_and_are_independent_of_the_row_count() {
-        use crate::engine::dtype::{bf16_from_f32, f32_from_bf16};
+    fn half_weights_match_naive_and_are_independent_of_the_row_count() {
+        use crate::engine::dtype::{encode16, round_to};
+        use crate::engine::DType;
+        // k = 200: four 64-wide blocks, a 16-wide step and a scalar tail.
         let (n, k) = (150, 200);
         let a = crate::engine::gradcheck::rand_vec(5 * k, 1);
-        let w: Vec<u16> = crate::engine::gradcheck::rand_vec(n * k, 2).iter().map(|&x| bf16_from_f32(x)).collect();
-        let mut five = vec![0.0; 5 * n];
-        matmul_nt_bf16(&mut five, &a, &w, 5, n, k, k, k, n, false);
-        for i in 0..5 {
-            for j in 0..n {
-                let want: f64 = (0..k).map(|t| a[i * k + t] as f64 * f32_from_bf16(w[j * k + t]) as f64).sum();
-                assert!((five[i * n + j] as f64 - want).abs() < 1e-4, "({i}, {j})");
+        let wf = crate::engine::gradcheck::rand_vec(n * k, 2);
+        for half in [DType::BF16, DType::F16] {
+            let mut w = vec![0u16; n * k];
+            encode16(&wf, &mut w, half);
+            let mut five = vec![0.0; 5 * n];
+            matmul_nt_16(&mut five, &a, &w, half, 5, n, k, k, k, n, false);
+            for i in 0..5 {
+                for j in 0..n {
+                    let want: f64 = (0..k).map(|t| a[i * k + t] as f64 * round_to(wf[j * k + t], half) as f64).sum();
+                    assert!((five[i * n + j] as f64 - want).abs() < 1e-4, "{half} ({i}, {j})");
+                }
             }
+            let mut one = vec![0.0; n];
+            matmul_nt_16(&mut one, &a[2 * k..], &w, half, 1, n, k, k, k, n, false);
+            assert_eq!(one, five[2 * n..3 * n], "{half}: a row's result depends on the rows beside it");
         }
-        let mut one = vec![0.0; n];
-        matmul_nt_bf16(&mut one, &a[2 * k..], &w, 1, n, k, k, k, n, false);
-        assert_eq!(one, five[2 * n..3 * n], "a row's result depends on the rows beside it");
     }
 
     #[test]
