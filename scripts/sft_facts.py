@@ -34,6 +34,7 @@ def main():
     ap.add_argument("--shakespeare", default=os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt"))
     ap.add_argument("--ferrite", default=os.path.join(ROOT, "target", "release", "ferrite"))
     ap.add_argument("--facts", type=int, default=100)
+    ap.add_argument("--base-iters", type=int, default=600)
     ap.add_argument("--sft-iters", type=int, default=800)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
@@ -62,9 +63,9 @@ def main():
 
     ferrite("tokenizer", "train", "--vocab-size", "1024", "--input", path("tok-corpus.txt"), "--out", path("tok.json"))
     ferrite("train", "--preset", "shakespeare-char-cpu", "--tokenizer", path("tok.json"), "--data", a.shakespeare,
-            "--max-iters", "600", "--eval-interval", "300", "--out", path("base"), "--sample-tokens", "0")
+            "--max-iters", str(a.base_iters), "--eval-interval", str(a.base_iters), "--out", path("base"), "--sample-tokens", "0")
     ferrite("data", "prepare", "--input", path("chat.jsonl"), "--format", "chat", "-t", path("tok.json"),
-            "--val-fraction", "0.05", "--out", path("chat"))
+            "--val-fraction", "0.05" if a.facts >= 100 else "0.3", "--out", path("chat"))
     ferrite("train", "--init-from", path("base"), "--dataset", path("chat"), "--max-iters", str(a.sft_iters),
             "--learning-rate", "1e-3", "--warmup-iters", "20", "--eval-interval", str(a.sft_iters), "--eval-iters",
             "20", "--batch-size", "12", "--out", path("sft"), "--sample-tokens", "0")

@@ -286,3 +286,77 @@ fn chat_conversations_train_and_the_checkpoint_keeps_their_template() {
     fails(&["data", "prepare", "--input", &p(&data), "--format", "chat", "--out", &p(&bad)], "role \"robot\"");
     assert!(!bad.exists());
 }
+
+#[test]
+fn chat_fine_tuning_answers_held_out_phrasings() {
+    // scripts/sft_facts.py, smaller: 30 invented facts (chance: 1 in 30).
+    let dir = scratch("sft-facts");
+    let syllables = ["ka", "lo", "mi", "ra", "te", "su", "no", "vi", "da", "pe", "zo", "qu", "ba", "ri", "fe", "go"];
+    let mut state = 11u64;
+    let mut name = |n: usize| {
+        let mut s = String::new();
+        for _ in 0..n {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s += syllables[(state >> 33) as usize % syllables.len()];
+        }
+        s[..1].to_uppercase() + &s[1..]
+    };
+    let mut facts: Vec<(String, String)> = Vec::new();
+    while facts.len() < 30 {
+        let (c, cap) = (name(3), name(2));
+        if !facts.iter().any(|f| f.0 == c) {
+            facts.push((c, cap));
+        }
+    }
+    let mut lines = String::new();
+    for (c, cap) in &facts {
+        for q in [format!("What is the capital of {c}?"), format!("Tell me the capital of {c}.")] {
+            let conv = serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": format!("{cap}.")}]});
+            lines += &format!("{conv}\n");
+        }
+    }
+    let data = dir.join("chat.jsonl");
+    std::fs::write(&data, &lines).unwrap();
+    let (tok, base, ds, sft) = (dir.join("tok.json"), dir.join("base"), dir.join("ds"), dir.join("sft"));
+    ok(&["tokenizer", "train", "--vocab-size", "400", "--input", &p(&data), "--out", &p(&tok)]);
+    // A base on the built-in tiny Shakespeare, then full fine-tuning on the conversations.
+    let quiet = ["--eval-iters", "5", "--sample-tokens", "0"];
+    let mut args = vec!["train", "--preset", "shakespeare-char-cpu", "--tokenizer", tok.to_str().unwrap()];
+    args.extend(["--max-iters", "200", "--eval-interval", "200", "--out", base.to_str().unwrap()]);
+    args.extend(quiet);
+    ok(&args);
+    prepare(&["--input", &p(&data), "--format", "chat", "-t", &p(&tok), "--val-fraction", "0.3", "--out", &p(&ds)]);
+    let mut args = vec!["train", "--init-from", base.to_str().unwrap(), "--dataset", ds.to_str().unwrap()];
+    args.extend(["--max-iters", "400", "--learning-rate", "1e-3", "--warmup-iters", "20", "--eval-interval", "400"]);
+    args.extend(["--batch-size", "12", "--out", sft.to_str().unwrap()]);
+    args.extend(quiet);
+    ok(&args);
+    // Greedy answers to a phrasing never trained on.
+    let prompts: String = facts
+        .iter()
+        .map(|(c, _)| {
+            let prompt = format!("<|user|>\nWhich city is the capital of {c}?\n<|assistant|>\n");
+            format!("{}\n", serde_json::json!({ "prompt": prompt }))
+        })
+        .collect();
+    std::fs::write(dir.join("held.jsonl"), prompts).unwrap();
+    let out = ok(&[
+        "sample",
+        "--checkpoint",
+        &p(&sft),
+        "--prompts",
+        &p(&dir.join("held.jsonl")),
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "6",
+    ]);
+    let answers: Vec<String> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| json(l)["completion"].as_str().unwrap().to_string())
+        .collect();
+    let right = answers.iter().zip(&facts).filter(|(a, f)| a.trim().starts_with(f.1.as_str())).count();
+    // 26/30 here (some facts fall wholly in the validation split); chance is 1.
+    assert!(right >= 15, "{right}/30 held-out answers right: {answers:?}");
+}
