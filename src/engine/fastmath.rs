@@ -130,21 +130,27 @@ pub fn dot_bf16(a: &[f32], b: &[u16]) -> f32 {
     }
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
     {
-        let wide = |x: u16| f32::from_bits((x as u32) << 16);
-        let mut acc = [0.0f32; LANES];
-        let (ac, ar) = (a.chunks_exact(LANES), a.chunks_exact(LANES).remainder());
-        let br = b.chunks_exact(LANES).remainder();
-        for (x, y) in ac.zip(b.chunks_exact(LANES)) {
-            for i in 0..LANES {
-                acc[i] += x[i] * wide(y[i]);
-            }
-        }
-        let mut s = hsum(acc);
-        for (x, y) in ar.iter().zip(br) {
-            s += x * wide(*y);
-        }
-        s
+        dot_widened(a, b, |x| f32::from_bits((x as u32) << 16))
     }
+}
+
+/// The portable dot product of f32 and 16-bit values, each widened by `wide`.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+#[inline]
+fn dot_widened(a: &[f32], b: &[u16], wide: impl Fn(u16) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (ac, ar) = (a.chunks_exact(LANES), a.chunks_exact(LANES).remainder());
+    let br = b.chunks_exact(LANES).remainder();
+    for (x, y) in ac.zip(b.chunks_exact(LANES)) {
+        for i in 0..LANES {
+            acc[i] += x[i] * wide(y[i]);
+        }
+    }
+    let mut s = hsum(acc);
+    for (x, y) in ar.iter().zip(br) {
+        s += x * wide(*y);
+    }
+    s
 }
 
 /// [`dot_bf16`] with `b` in IEEE half-precision (f16) bits.
@@ -158,8 +164,7 @@ pub fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
     }
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
     {
-        let wide: Vec<f32> = b.iter().map(|&x| crate::engine::dtype::f32_from_f16(x)).collect();
-        dot(a, &wide)
+        dot_widened(a, b, crate::engine::dtype::f32_from_f16)
     }
 }
 
