@@ -342,6 +342,23 @@ fn hub_model_downloads_resume_verify_and_import() {
     for f in ["model.safetensors", "config.json"] {
         assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(local.join(f)).unwrap(), "{f}");
     }
+    // A cached shard whose bytes changed (same size) is fetched again, not trusted.
+    let cached = cache.join("models/owner/tiny-llama/main").join(shard);
+    let mut bytes = std::fs::read(&cached).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&cached, &bytes).unwrap();
+    let again = dir.join("again");
+    let args = ["import", "--hf", "owner/tiny-llama", "--cache-dir", &p(&cache), "--out", &p(&again)];
+    let run = ferrite_env(&args, &[("HF_ENDPOINT", &server.endpoint())]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(
+        std::fs::read(again.join("model.safetensors")).unwrap(),
+        std::fs::read(local.join("model.safetensors")).unwrap()
+    );
+    let fetched = server.requests().iter().filter(|r| r.contains(&format!("{shard} range=None"))).count();
+    // Once broken off at the start, once now.
+    assert_eq!(fetched, 2, "the changed shard was downloaded again");
     drop(server);
 
     // A shard whose bytes do not match the listed digest is discarded.

@@ -11,7 +11,7 @@
 //! they are. Our vocabulary is padded to a multiple of 64: rows past the
 //! HF embedding are zeros on import, and padding is dropped on export.
 
-use super::tensors::{load_safetensors_typed, save_safetensors_as};
+use super::tensors::{load_safetensors_typed, save_safetensors_as, take_tensor};
 use super::{CheckpointConfig, FORMAT, VERSION};
 use crate::data::{files, HfTokenizer, OpenAiVocab, Tokenizer};
 use crate::engine::DType;
@@ -232,6 +232,36 @@ fn read_config(dir: &Path) -> Result<(Arch, ModelConfig)> {
     Ok((arch, cfg))
 }
 
+/// `model.safetensors.index.json`: which shard holds each tensor.
+pub struct ShardIndex {
+    pub weight_map: Vec<(String, String)>,
+}
+
+impl ShardIndex {
+    pub fn read(path: &Path) -> Result<ShardIndex> {
+        let text = files::read_small_text(path, "shard index")?;
+        let map: Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let entries = map["weight_map"].as_object().with_context(|| format!("{} has no weight_map", path.display()))?;
+        let weight_map = entries
+            .iter()
+            .map(|(name, shard)| match shard.as_str() {
+                Some(s) if !s.contains('/') && !s.contains("..") => Ok((name.clone(), s.to_string())),
+                _ => bail!("{}: shard {shard} of {name} is not a file name in the directory", path.display()),
+            })
+            .collect::<Result<_>>()?;
+        Ok(ShardIndex { weight_map })
+    }
+
+    /// The shard files, each once, sorted.
+    pub fn shards(&self) -> Vec<&str> {
+        let mut shards: Vec<&str> = self.weight_map.iter().map(|(_, s)| s.as_str()).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        shards
+    }
+}
+
 /// Every tensor of the directory's `model.safetensors`, or of the shards its
 /// `model.safetensors.index.json` lists; the dtype they are stored in.
 fn read_weights(dir: &Path) -> Result<(Tensors, DType)> {
@@ -243,17 +273,9 @@ fn read_weights(dir: &Path) -> Result<(Tensors, DType)> {
     if !index.is_file() {
         bail!("{} has neither model.safetensors nor model.safetensors.index.json", dir.display());
     }
-    let text = files::read_small_text(&index, "shard index")?;
-    let map: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
-    let weight_map = map["weight_map"].as_object().with_context(|| format!("{} has no weight_map", index.display()))?;
-    let mut shards: Vec<&str> = weight_map.values().filter_map(Value::as_str).collect();
-    shards.sort_unstable();
-    shards.dedup();
+    let shard_index = ShardIndex::read(&index)?;
     let (mut all, mut dtypes) = (Tensors::new(), Vec::new());
-    for shard in shards {
-        if shard.contains('/') || shard.contains("..") {
-            bail!("{}: shard name {shard:?} leaves the directory", index.display());
-        }
+    for shard in shard_index.shards() {
         let (tensors, dtype) = load_safetensors_typed(&dir.join(shard))?;
         // A shard of vectors only (a last one with the final norm) says nothing of the matrices.
         if tensors.values().any(|(shape, _)| shape.len() >= 2) {
@@ -261,7 +283,7 @@ fn read_weights(dir: &Path) -> Result<(Tensors, DType)> {
         }
         all.extend(tensors);
     }
-    for (name, shard) in weight_map {
+    for (name, shard) in &shard_index.weight_map {
         if !all.contains_key(name) {
             bail!("{}: tensor {name} is not in its shard {shard}", index.display());
         }
@@ -301,8 +323,9 @@ enum Source {
     Stacked(Vec<String>),
     /// An embedding or head whose rows we pad.
     Vocab(String),
-    /// A bias the HF model has and ours does not (zeros on export).
-    ZeroBias(String),
+    /// A bias of this width the HF model has and ours does not (zeros on
+    /// export; no parameter of ours: its index is `usize::MAX`).
+    ZeroBias(String, usize),
 }
 
 /// For each of our parameters, where it lives in the HF model.
@@ -366,11 +389,19 @@ fn sources(arch: Arch, cfg: &ModelConfig) -> Vec<(usize, Source)> {
     // GPT2LMHeadModel always has biases: a bias-free model exports zeros.
     if arch == Arch::Gpt2 && !cfg.bias {
         for l in 0..cfg.n_layer {
-            for n in ["ln_1", "ln_2", "attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"] {
-                out.push((usize::MAX, Source::ZeroBias(format!("transformer.h.{l}.{n}.bias"))));
+            let c = cfg.n_embd;
+            for (n, width) in [
+                ("ln_1", c),
+                ("ln_2", c),
+                ("attn.c_attn", cfg.qkv_width()),
+                ("attn.c_proj", c),
+                ("mlp.c_fc", cfg.fc_width()),
+                ("mlp.c_proj", c),
+            ] {
+                out.push((usize::MAX, Source::ZeroBias(format!("transformer.h.{l}.{n}.bias"), width)));
             }
         }
-        out.push((usize::MAX, Source::ZeroBias("transformer.ln_f.bias".into())));
+        out.push((usize::MAX, Source::ZeroBias("transformer.ln_f.bias".into(), cfg.n_embd)));
     }
     out
 }
@@ -417,22 +448,13 @@ pub fn import(dir: &Path) -> Result<Imported> {
     let specs = Layout::new(&model).specs;
     let mut params: Vec<Option<Vec<f32>>> = vec![None; specs.len()];
     let file = dir.display().to_string();
-    let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-        let (s, data) = tensors.remove(name).with_context(|| format!("{file}: missing tensor {name}"))?;
-        if s != shape {
-            bail!("{file}: tensor {name} has shape {s:?}, expected {shape:?}");
-        }
-        if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-            bail!("{file}: tensor {name} holds {} at index {i}", data[i]);
-        }
-        Ok(data)
-    };
+    let mut take = |name: &str, shape: &[usize]| take_tensor(&mut tensors, name, shape, &file);
     for (idx, src) in sources(arch, &model) {
         let Some(spec) = specs.get(idx) else { continue };
         let c = model.n_embd;
         let data = match &src {
             Source::Same(n) => take(n, &spec.shape)?,
-            Source::ZeroBias(_) => continue,
+            Source::ZeroBias(..) => continue,
             Source::Transposed(n) => {
                 transpose(&take(n, &[spec.shape[1], spec.shape[0]])?, spec.shape[1], spec.shape[0])
             }
@@ -504,16 +526,7 @@ pub fn export(config: &CheckpointConfig, params: &[Vec<f32>], dtype: DType, out:
     for (idx, src) in sources(arch, cfg) {
         match src {
             Source::Same(n) => tensors.push((n, specs[idx].shape.clone(), params[idx].clone())),
-            Source::ZeroBias(n) => {
-                let width = if n.contains("c_attn") {
-                    cfg.qkv_width()
-                } else if n.contains("c_fc") {
-                    cfg.fc_width()
-                } else {
-                    c
-                };
-                tensors.push((n, vec![width], vec![0.0; width]));
-            }
+            Source::ZeroBias(n, width) => tensors.push((n, vec![width], vec![0.0; width])),
             Source::Transposed(n) => {
                 let s = &specs[idx].shape;
                 tensors.push((n, vec![s[1], s[0]], transpose(&params[idx], s[0], s[1])));

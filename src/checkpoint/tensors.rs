@@ -91,6 +91,24 @@ pub fn load_safetensors_typed(path: &Path) -> Result<(HashMap<String, (Vec<usize
     Ok((out, stored))
 }
 
+/// Takes tensor `key` out of a loaded file (`file` names it in errors): it
+/// must be there, of `shape`, and finite.
+pub fn take_tensor(
+    tensors: &mut HashMap<String, (Vec<usize>, Vec<f32>)>,
+    key: &str,
+    shape: &[usize],
+    file: &dyn std::fmt::Display,
+) -> Result<Vec<f32>> {
+    let (got, data) = tensors.remove(key).with_context(|| format!("{file}: missing tensor {key}"))?;
+    if got != shape {
+        bail!("{file}: tensor {key} has shape {got:?}, expected {shape:?}");
+    }
+    if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+        bail!("{file}: tensor {key} holds {} at index {i}: the checkpoint is corrupt", data[i]);
+    }
+    Ok(data)
+}
+
 /// Picks the tensors of `specs` out of a loaded file. A file that does not
 /// match its configuration is an error, whichever way it differs: a
 /// missing tensor, one of another shape, one left over (the config
@@ -103,18 +121,7 @@ pub fn take_params(
 ) -> Result<Vec<Vec<f32>>> {
     let params = specs
         .iter()
-        .map(|s| {
-            let key = format!("{prefix}{}", s.name);
-            let (shape, data) =
-                tensors.remove(&key).with_context(|| format!("{}: missing tensor {key}", file.display()))?;
-            if shape != s.shape {
-                bail!("{}: tensor {key} has shape {shape:?}, expected {:?}", file.display(), s.shape);
-            }
-            if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-                bail!("{}: tensor {key} holds {} at index {i}: the checkpoint is corrupt", file.display(), data[i]);
-            }
-            Ok(data)
-        })
+        .map(|s| take_tensor(&mut tensors, &format!("{prefix}{}", s.name), &s.shape, &file.display()))
         .collect::<Result<Vec<_>>>()?;
     let mut extra: Vec<&String> = tensors.keys().collect();
     extra.sort();

@@ -105,7 +105,7 @@ pub fn run(a: &DataArgs) -> Result<()> {
                 config: p.hf_config.clone(),
                 split: p.hf_split.clone(),
             };
-            Some((ds, HubCache { dir, limit: parse_bytes(&p.cache_limit)? }))
+            Some((ds, HubCache { dir, limit: parse_bytes(&p.cache_limit)?, verify_cached: false }))
         }
     };
     let opts = PrepareOptions {

@@ -2,7 +2,6 @@
 //! OWNER/NAME` downloaded through the Hub cache) as a ferrite checkpoint.
 
 use crate::checkpoint::{self, hf, TrainState};
-use crate::data::files::sha256_file;
 use crate::data::hub::{HubCache, HubRepo, RemoteFile, RepoKind};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -29,18 +28,10 @@ pub struct ImportArgs {
 /// The files besides the weights that an import reads, when the repository has them.
 const SIDE_FILES: [&str; 4] = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"];
 
-/// The cached copy of `file`, its digest checked even when it was cached
-/// already (a branch such as `main` moves; the cache is keyed by its name).
+/// The cached copy of `file` (its digest checked even when it was cached).
 fn fetch_verified(cache: &HubCache, hub: &HubRepo, file: &RemoteFile) -> Result<PathBuf> {
     eprintln!("fetching {}/{} ({:.1} MB)", hub.repo, file.path, file.size as f64 / 1e6);
-    let path = cache.fetch(hub, file)?;
-    if let Some(want) = &file.sha256 {
-        if &sha256_file(&path)?.0 != want {
-            std::fs::remove_file(&path)?;
-            return cache.fetch(hub, file);
-        }
-    }
-    Ok(path)
+    cache.fetch(hub, file)
 }
 
 /// Downloads (or finds in the cache) what an import of `repo` needs: the
@@ -62,7 +53,7 @@ fn download(repo: &str, revision: &str, cache_dir: Option<&Path>) -> Result<Path
     let listed = hub.list()?;
     let find = |name: &str| listed.iter().find(|f| f.path == name);
     // A model's files are all needed at once: nothing is evicted for them.
-    let cache = HubCache { dir, limit: u64::MAX };
+    let cache = HubCache { dir, limit: u64::MAX, verify_cached: true };
     let config = find("config.json").with_context(|| format!("{repo} has no config.json: not a model repository"))?;
     let local = fetch_verified(&cache, &hub, config)?.parent().expect("a file in a directory").to_path_buf();
     for name in &SIDE_FILES[1..] {
@@ -73,15 +64,8 @@ fn download(repo: &str, revision: &str, cache_dir: Option<&Path>) -> Result<Path
     let weights: Vec<&RemoteFile> = if let Some(single) = find("model.safetensors") {
         vec![single]
     } else if let Some(index) = find("model.safetensors.index.json") {
-        let path = fetch_verified(&cache, &hub, index)?;
-        let map: serde_json::Value = serde_json::from_str(&crate::data::files::read_small_text(&path, "shard index")?)
-            .with_context(|| format!("{} is not valid JSON", index.path))?;
-        let mut shards: Vec<&str> =
-            map["weight_map"].as_object().into_iter().flatten().filter_map(|(_, v)| v.as_str()).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        let files = shards
-            .iter()
+        let shard_index = hf::ShardIndex::read(&fetch_verified(&cache, &hub, index)?)?;
+        let files = (shard_index.shards().into_iter())
             .map(|s| {
                 find(s)
                     .with_context(|| format!("{repo}: the shard index lists {s}, which the repository does not have"))

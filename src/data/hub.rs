@@ -158,6 +158,10 @@ fn next_link(link: Option<&str>) -> Option<String> {
 pub struct HubCache {
     pub dir: PathBuf,
     pub limit: u64,
+    /// Check a cached file's digest too, not only its size (a branch such
+    /// as `main` moves, and the cache is keyed by its name): a model's few
+    /// files are worth it; a corpus streamed shard by shard is not.
+    pub verify_cached: bool,
 }
 
 impl HubCache {
@@ -169,8 +173,15 @@ impl HubCache {
         }
         let local = ds.local_dir(&self.dir).join(&file.path);
         if std::fs::metadata(&local).is_ok_and(|m| m.len() == file.size) {
-            touch(&local);
-            return Ok(local);
+            let stale = match (&file.sha256, self.verify_cached) {
+                (Some(want), true) => &sha256_file(&local)?.0 != want,
+                _ => false,
+            };
+            if !stale {
+                touch(&local);
+                return Ok(local);
+            }
+            std::fs::remove_file(&local)?;
         }
         if file.size > self.limit {
             bail!(
