@@ -113,6 +113,9 @@ pub struct Matmul {
     pub lda: usize,
     pub ldb: usize,
     pub ldo: usize,
+    /// Where the operands and the output start in their buffers (elements):
+    /// a column block of a wider matrix, such as the keys of a fused q/k/v.
+    pub offsets: [usize; 3],
     pub compute: DType,
 }
 
@@ -121,11 +124,15 @@ impl Matmul {
     pub fn new(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool, accumulate: bool) -> Matmul {
         let lda = if trans_a { m } else { k };
         let ldb = if trans_b { k } else { n };
-        Matmul { m, n, k, trans_a, trans_b, accumulate, lda, ldb, ldo: n, compute: DType::F32 }
+        Matmul { m, n, k, trans_a, trans_b, accumulate, lda, ldb, ldo: n, offsets: [0; 3], compute: DType::F32 }
     }
     /// The same product with other row strides.
     pub fn strides(self, lda: usize, ldb: usize, ldo: usize) -> Matmul {
         Matmul { lda, ldb, ldo, ..self }
+    }
+    /// The same product on blocks starting `a`, `b` and `out` elements into their buffers.
+    pub fn offsets(self, a: usize, b: usize, out: usize) -> Matmul {
+        Matmul { offsets: [a, b, out], ..self }
     }
     /// The same product in another arithmetic (F32 or BF16).
     pub fn compute(self, compute: DType) -> Matmul {
@@ -241,6 +248,11 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn sum_squares(&self, buf: &Self::Buf) -> Result<f64>;
     /// In-place inverted dropout; the same call is its own backward.
     fn dropout(&self, buf: &mut Self::Buf, drop: Dropout);
+    /// `dst[..n] = dropout(src[..n])` into f32 from a buffer of any dtype,
+    /// with the mask [`Backend::dropout`] gives the first `n` elements.
+    fn dropout_from(&self, dst: &mut Self::Buf, src: &Self::Buf, n: usize, drop: Dropout);
+    /// `buf[..n] *= factor`.
+    fn scale(&self, buf: &mut Self::Buf, n: usize, factor: f32);
 
     // ---- matmul ----
     /// `out[m,n] (+)= op(a)[m,k] · op(b)[k,n]` where `a` is stored `[m,k]`

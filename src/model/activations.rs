@@ -2,6 +2,7 @@
 //! shape and reused by every step, and what activation recomputation keeps.
 
 use super::config::ModelConfig;
+use super::lora::{LoraActs, LoraLayout};
 use crate::engine::{Backend, DType};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -131,6 +132,8 @@ pub struct Acts<T> {
     pub d_qkv2: T,
     pub d_h: T,
     pub d_h2: T,
+    /// The adapters' scratch (empty buffers without adapters).
+    pub lora: LoraActs<T>,
 }
 
 /// Activations on a backend.
@@ -144,6 +147,7 @@ impl<T> Acts<T> {
         seq: usize,
         recompute: Recompute,
         inputs: DType,
+        lora: Option<(&LoraLayout, bool)>,
         mut alloc: impl FnMut(usize, DType) -> Result<T>,
     ) -> Result<Self> {
         let n = batch * seq;
@@ -156,6 +160,7 @@ impl<T> Acts<T> {
             (0..stored_blocks).map(|_| BlockActs::build(cfg, n, stats, inputs, &mut alloc)).collect::<Result<_>>()?;
         let mlps = (0..stored_mlps).map(|_| MlpActs::build(cfg, n, inputs, &mut alloc)).collect::<Result<_>>()?;
         let lnf = alloc(n * c, inputs)?;
+        let lora = LoraActs::build(cfg, lora, n, &mut alloc)?;
         let mut alloc = |len| alloc(len, DType::F32);
         Ok(Acts {
             batch,
@@ -181,6 +186,7 @@ impl<T> Acts<T> {
             d_qkv2: alloc(qk * n * w)?,
             d_h: alloc(n * cfg.hidden())?,
             d_h2: alloc(n * cfg.fc_width())?,
+            lora,
         })
     }
 
@@ -205,7 +211,8 @@ impl<T> Acts<T> {
 
 impl<T> Acts<T> {
     /// Allocates the buffers on a backend, matmul inputs in `inputs` (see
-    /// [`Acts`]; `Gpt::activations` picks the model's arithmetic).
+    /// [`Acts`]; `Gpt::activations` picks the model's arithmetic), with
+    /// scratch for `lora`'s adapters (and their dropout).
     pub fn new<B: Backend<Buf = T>>(
         be: &B,
         cfg: &ModelConfig,
@@ -213,8 +220,10 @@ impl<T> Acts<T> {
         seq: usize,
         recompute: Recompute,
         inputs: DType,
+        lora: Option<(&LoraLayout, bool)>,
     ) -> Result<Self> {
-        let mut acts = Acts::build(cfg, batch, seq, recompute, inputs, |len, dtype| be.zeros_as(len, dtype))?;
+        let alloc = |len, dtype| be.zeros_as(len, dtype);
+        let mut acts = Acts::build(cfg, batch, seq, recompute, inputs, lora, alloc)?;
         acts.positions = (0..batch * seq).map(|i| (i % seq) as u32).collect();
         Ok(acts)
     }
@@ -223,7 +232,7 @@ impl<T> Acts<T> {
 /// Bytes all the activation buffers take, matmul inputs in `inputs`.
 pub fn activation_bytes(cfg: &ModelConfig, batch: usize, seq: usize, recompute: Recompute, inputs: DType) -> usize {
     let mut total = 0;
-    let counted = Acts::build(cfg, batch, seq, recompute, inputs, |len, dtype| {
+    let counted = Acts::build(cfg, batch, seq, recompute, inputs, None, |len, dtype| {
         total += len * dtype.bytes();
         Ok(())
     });

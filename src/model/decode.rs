@@ -8,6 +8,7 @@
 use super::activations::{BlockActs, MlpActs};
 use super::config::ModelConfig;
 use super::gpt::{Attend, Gpt, NormStats};
+use super::lora::{LoraActs, LoraLayout};
 use crate::engine::device::check_fits;
 use crate::engine::{Backend, CacheRow, DType, Dropout};
 use anyhow::Result;
@@ -32,6 +33,7 @@ struct Buffers<T> {
     /// One block's scratch, reused by every block.
     block: BlockActs<T>,
     mlp: MlpActs<T>,
+    lora: LoraActs<T>,
     proj: T,
     /// The rows whose logits are wanted, gathered.
     last: T,
@@ -42,11 +44,13 @@ struct Buffers<T> {
 }
 
 impl<T> Buffers<T> {
-    /// `alloc(len, dtype)`: the keys and values in `kv`, the rest f32.
+    /// `alloc(len, dtype)`: the keys and values in `kv`, the rest f32;
+    /// scratch for `lora`'s adapters.
     fn build(
         cfg: &ModelConfig,
         slots: usize,
         kv: DType,
+        lora: Option<&LoraLayout>,
         mut alloc: impl FnMut(usize, DType) -> Result<T>,
     ) -> Result<Self> {
         let (cap, c, width) = (cfg.block_size, cfg.n_embd, cfg.attn_shape(1, 1).kv_width());
@@ -58,6 +62,7 @@ impl<T> Buffers<T> {
         // Decoding's matmuls take f32 rows (the mat-vec kernels read them).
         let block = BlockActs::build(cfg, rows, 0, DType::F32, &mut alloc)?;
         let mlp = MlpActs::build(cfg, rows, DType::F32, &mut alloc)?;
+        let lora = LoraActs::build(cfg, lora.map(|l| (l, false)), rows, &mut alloc)?;
         let mut alloc = |len: usize| alloc(len, DType::F32);
         Ok(Buffers {
             k,
@@ -66,6 +71,7 @@ impl<T> Buffers<T> {
             y: alloc(rows * c)?,
             block,
             mlp,
+            lora,
             proj: alloc(rows * c)?,
             last: alloc(rows * c)?,
             last_ln: alloc(rows * c)?,
@@ -80,7 +86,7 @@ impl<T> Buffers<T> {
 /// in `kv`, with its scratch rows).
 pub fn cache_bytes(cfg: &ModelConfig, slots: usize, kv: DType) -> usize {
     let mut bytes = 0;
-    Buffers::build(cfg, slots, kv, |len, dtype| {
+    Buffers::build(cfg, slots, kv, None, |len, dtype| {
         bytes += len * dtype.bytes();
         Ok(())
     })
@@ -96,7 +102,8 @@ impl<B: Backend> KvCache<B> {
         let what = format!("a KV cache for {slots} sequences of {} tokens", cfg.block_size);
         let kv = model.kv_dtype;
         check_fits(cache_bytes(cfg, slots, kv), model.be.available_memory(), &what, "decode fewer sequences at once")?;
-        let bufs = Buffers::build(cfg, slots, kv, |len, dtype| model.be.zeros_as(len, dtype))?;
+        let lora = model.lora.as_ref().map(|l| &l.layout);
+        let bufs = Buffers::build(cfg, slots, kv, lora, |len, dtype| model.be.zeros_as(len, dtype))?;
         Ok(KvCache { bufs, lens: vec![0; slots], capacity: cfg.block_size })
     }
 
@@ -197,13 +204,13 @@ impl<B: Backend> KvCache<B> {
         assert!(rows.iter().all(|r| r.pos < self.capacity), "KV cache overflow");
         let positions: Vec<u32> = rows.iter().map(|r| r.pos as u32).collect();
         let shape = cfg.attn_shape(1, n);
-        let off = crate::model::gpt::dropout_sites(Dropout::OFF);
+        let off = crate::model::gpt::dropout_sites(Dropout::OFF, 0.0);
         let b = &mut self.bufs;
         model.embed(&mut b.x, tokens, &positions, Dropout::OFF);
         for l in 0..cfg.n_layer {
             let attend = Attend::Cache { k: &mut b.k[l], v: &mut b.v[l], rows, capacity: self.capacity };
             let (a, m) = (&mut b.block, &mut b.mlp);
-            model.block_forward(l, &b.x, a, m, &mut b.proj, &mut b.y, (shape, &positions), attend, off);
+            model.block_forward(l, &b.x, a, m, &mut b.lora, &mut b.proj, &mut b.y, (shape, &positions), attend, off);
             std::mem::swap(&mut b.x, &mut b.y);
         }
         for r in rows {

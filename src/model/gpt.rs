@@ -7,7 +7,8 @@
 
 use super::activations::{Activations, BlockActs, MlpActs, Recompute};
 use super::config::{ModelConfig, NormKind, PosEncoding};
-use super::params::{init_params, BlockIdx, Layout, LinearIdx, NormIdx};
+use super::lora::{Lora, LoraActs, Site};
+use super::params::{init_params, BlockIdx, Layout, LinearIdx, NormIdx, ParamSpec};
 use super::positions;
 use crate::engine::fastmath::mix64;
 use crate::engine::{AttnShape, Backend, CacheRow, DType, Dropout, Matmul, IGNORE_TARGET};
@@ -30,6 +31,9 @@ pub struct Gpt<B: Backend> {
     sinusoid: Option<B::Buf>,
     /// Rotary cos and sin tables (`[block_size, head_dim / 2]` each).
     rope: Option<(B::Buf, B::Buf)>,
+    /// LoRA adapters, applied unmerged. With them the base is frozen:
+    /// backward computes only the adapters' gradients.
+    pub lora: Option<Lora<B::Buf>>,
 }
 
 /// Normalisation statistics buffers: mean (LayerNorm only) and 1/std.
@@ -50,10 +54,17 @@ pub enum Attend<'a, T> {
     Cache { k: &'a mut T, v: &'a mut T, rows: &'a [CacheRow], capacity: usize },
 }
 
+/// Dropout sites from this number on are LoRA adapters' (site
+/// `LORA_SITES + adapter index`), at the adapters' own rate.
+const LORA_SITES: u64 = 16;
+
 /// This step's dropout at each site: one mask stream per (layer, site),
-/// derived from the step's seed.
-pub(crate) fn dropout_sites(drop: Dropout) -> impl Fn(usize, u64) -> Dropout + Copy {
-    move |layer, which| Dropout { p: drop.p, seed: mix64(drop.seed ^ mix64((layer as u64) << 8 | which)) }
+/// derived from the step's seed; `lora_p` at the adapters' sites.
+pub(crate) fn dropout_sites(drop: Dropout, lora_p: f32) -> impl Fn(usize, u64) -> Dropout + Copy {
+    move |layer, which| Dropout {
+        p: if which >= LORA_SITES { lora_p } else { drop.p },
+        seed: mix64(drop.seed ^ mix64((layer as u64) << 8 | which)),
+    }
 }
 
 impl<B: Backend> Gpt<B> {
@@ -90,13 +101,34 @@ impl<B: Backend> Gpt<B> {
             }
             _ => None,
         };
-        Ok(Gpt { be, cfg, layout, params, compute: DType::F32, kv_dtype: DType::F32, sinusoid, rope })
+        Ok(Gpt { be, cfg, layout, params, compute: DType::F32, kv_dtype: DType::F32, sinusoid, rope, lora: None })
     }
 
     /// Buffers for a forward (and backward) pass over `[batch, seq]`, the
     /// matmul inputs stored in the model's arithmetic (see [`Activations`]).
     pub fn activations(&self, batch: usize, seq: usize, recompute: Recompute) -> Result<Activations<B>> {
-        Activations::<B>::new(&self.be, &self.cfg, batch, seq, recompute, self.compute)
+        let lora = self.lora.as_ref().map(|l| (&l.layout, l.config.dropout > 0.0));
+        Activations::<B>::new(&self.be, &self.cfg, batch, seq, recompute, self.compute, lora)
+    }
+
+    /// What training updates: the adapters when there are some (the base
+    /// is frozen), else every parameter.
+    pub fn trainable(&mut self) -> (&[ParamSpec], &mut [B::Buf]) {
+        match &mut self.lora {
+            Some(l) => (&l.layout.specs, &mut l.params),
+            None => (&self.layout.specs, &mut self.params),
+        }
+    }
+
+    /// Zeroed gradients of [`Self::trainable`].
+    pub fn zeros_like_trainable(&self) -> Result<Vec<B::Buf>> {
+        let specs = self.lora.as_ref().map_or(&self.layout.specs, |l| &l.layout.specs);
+        specs.iter().map(|s| self.be.zeros(s.numel())).collect()
+    }
+
+    /// The dropout rate of the adapters (0 without).
+    fn lora_dropout(&self) -> f32 {
+        self.lora.as_ref().map_or(0.0, |l| l.config.dropout)
     }
 
     pub fn params_to_host(&self) -> Result<Vec<Vec<f32>>> {
@@ -133,6 +165,83 @@ impl<B: Backend> Gpt<B> {
         self.be.matmul_strided(out, inp, self.p(lin.w), self.mm(rows, oc, ic, false, true, false));
         if let Some(b) = lin.b {
             self.be.add_bias(out, self.p(b), rows, oc);
+        }
+    }
+
+    /// [`Self::linear`] for the linear at `site` of block `l`, plus its
+    /// adapters: `out[:, their rows] += u Bᵀ` with `u = s · dropout(inp) Aᵀ`
+    /// (kept in `la` for backward).
+    #[allow(clippy::too_many_arguments)]
+    fn adapted(
+        &self,
+        (l, site): (usize, Site),
+        out: &mut B::Buf,
+        inp: &B::Buf,
+        lin: LinearIdx,
+        (rows, ic, oc): (usize, usize, usize),
+        la: &mut LoraActs<B::Buf>,
+        drop: &impl Fn(usize, u64) -> Dropout,
+    ) {
+        self.linear(out, inp, lin, rows, ic, oc);
+        let Some(lora) = &self.lora else { return };
+        let (be, r) = (&self.be, lora.layout.rank);
+        for &i in lora.layout.at(l, site) {
+            let ad = &lora.layout.adapters[i];
+            let d = drop(l, LORA_SITES + i as u64);
+            let x = if d.active() {
+                be.dropout_from(&mut la.x, inp, rows * ic, d);
+                &la.x
+            } else {
+                inp
+            };
+            be.matmul_strided(&mut la.u[i], x, &lora.params[ad.a], self.mm(rows, r, ic, false, true, false));
+            be.scale(&mut la.u[i], rows * r, lora.config.scale());
+            let mm = self.mm(rows, ad.rows, r, false, true, true).strides(r, r, oc).offsets(0, 0, ad.row0);
+            be.matmul_strided(out, &la.u[i], &lora.params[ad.b], mm);
+        }
+    }
+
+    /// Backward of the adapters of [`Self::adapted`] given `dout`: their
+    /// gradients into `grads` (the adapters'), their share of the input's
+    /// gradient added to `dinp`.
+    #[allow(clippy::too_many_arguments)]
+    fn adapters_backward(
+        &self,
+        (l, site): (usize, Site),
+        dinp: &mut B::Buf,
+        grads: &mut [B::Buf],
+        dout: &B::Buf,
+        inp: &B::Buf,
+        (rows, ic, oc): (usize, usize, usize),
+        la: &mut LoraActs<B::Buf>,
+        drop: &impl Fn(usize, u64) -> Dropout,
+    ) {
+        let Some(lora) = &self.lora else { return };
+        let (be, r) = (&self.be, lora.layout.rank);
+        for &i in lora.layout.at(l, site) {
+            let ad = &lora.layout.adapters[i];
+            // dB += dout[:, rows]ᵀ · u ; g = s · dout[:, rows] · B.
+            let mm = self.mm(ad.rows, r, rows, true, false, true).strides(oc, r, r).offsets(ad.row0, 0, 0);
+            be.matmul_strided(&mut grads[ad.b], dout, &la.u[i], mm);
+            let mm = self.mm(rows, r, ad.rows, false, false, false).strides(oc, r, r).offsets(ad.row0, 0, 0);
+            be.matmul_strided(&mut la.g, dout, &lora.params[ad.b], mm);
+            be.scale(&mut la.g, rows * r, lora.config.scale());
+            // dA += gᵀ · dropout(inp) ; dinp += dropout(g · A).
+            let d = drop(l, LORA_SITES + i as u64);
+            let x = if d.active() {
+                be.dropout_from(&mut la.x, inp, rows * ic, d);
+                &la.x
+            } else {
+                inp
+            };
+            be.matmul_strided(&mut grads[ad.a], &la.g, x, self.mm(r, ic, rows, true, false, true));
+            if d.active() {
+                be.matmul_strided(&mut la.x, &la.g, &lora.params[ad.a], self.mm(rows, ic, r, false, false, false));
+                be.dropout(&mut la.x, d);
+                be.add_assign(dinp, &la.x, rows * ic);
+            } else {
+                be.matmul_strided(dinp, &la.g, &lora.params[ad.a], self.mm(rows, ic, r, false, false, true));
+            }
         }
     }
 
@@ -182,7 +291,7 @@ impl<B: Backend> Gpt<B> {
     pub(crate) fn embed(&self, out: &mut B::Buf, tokens: &[u32], positions: &[u32], drop: Dropout) {
         let wte = self.p(self.layout.wte);
         self.be.embedding_fwd(out, wte, self.position_table(), tokens, positions, self.cfg.n_embd);
-        self.be.dropout(out, dropout_sites(drop)(self.cfg.n_layer, 0));
+        self.be.dropout(out, dropout_sites(drop, 0.0)(self.cfg.n_layer, 0));
     }
 
     /// One block's forward pass from `input` into `out`, over the rows of
@@ -195,6 +304,7 @@ impl<B: Backend> Gpt<B> {
         input: &B::Buf,
         a: &mut BlockActs<B::Buf>,
         m: &mut MlpActs<B::Buf>,
+        la: &mut LoraActs<B::Buf>,
         proj: &mut B::Buf,
         out: &mut B::Buf,
         (shape, positions): (AttnShape, &[u32]),
@@ -207,10 +317,10 @@ impl<B: Backend> Gpt<B> {
 
         self.norm(&mut a.ln1, NormStats { mean: &mut a.ln1_mean, rstd: &mut a.ln1_rstd }, input, bi.ln1, n);
         if cfg.qk_norm {
-            self.linear(&mut a.qkv_raw, &a.ln1, bi.qkv, n, c, w);
+            self.adapted((l, Site::Qkv), &mut a.qkv_raw, &a.ln1, bi.qkv, (n, c, w), la, &drop);
             be.qk_norm_fwd(&mut a.qkv, &mut a.qk_rstd, &a.qkv_raw, shape, n);
         } else {
-            self.linear(&mut a.qkv, &a.ln1, bi.qkv, n, c, w);
+            self.adapted((l, Site::Qkv), &mut a.qkv, &a.ln1, bi.qkv, (n, c, w), la, &drop);
         }
         self.rope(&mut a.qkv, positions, false);
         match attend {
@@ -219,14 +329,14 @@ impl<B: Backend> Gpt<B> {
                 be.attention_cached(&mut a.atty, &a.qkv, k, v, rows, capacity, shape)
             }
         }
-        self.linear(proj, &a.atty, bi.proj, n, c, c);
+        self.adapted((l, Site::Proj), proj, &a.atty, bi.proj, (n, c, c), la, &drop);
         be.dropout(proj, drop(l, 2));
         be.add(&mut a.res_attn, input, proj, n * c);
 
         self.norm(&mut a.ln2, NormStats { mean: &mut a.ln2_mean, rstd: &mut a.ln2_rstd }, &a.res_attn, bi.ln2, n);
-        self.linear(&mut m.fc, &a.ln2, bi.fc, n, c, cfg.fc_width());
+        self.adapted((l, Site::Fc), &mut m.fc, &a.ln2, bi.fc, (n, c, cfg.fc_width()), la, &drop);
         self.mlp_activation(&mut m.act, &m.fc, n);
-        self.linear(proj, &m.act, bi.fcproj, n, cfg.hidden(), c);
+        self.adapted((l, Site::FcProj), proj, &m.act, bi.fcproj, (n, cfg.hidden(), c), la, &drop);
         be.dropout(proj, drop(l, 3));
         be.add(out, &a.res_attn, proj, n * c);
     }
@@ -249,7 +359,8 @@ impl<B: Backend> Gpt<B> {
         let (bsz, t) = (acts.batch, acts.seq);
         let n = bsz * t;
         assert_eq!(tokens.len(), n, "tokens must be batch x seq");
-        let dropout = dropout_sites(drop);
+        // Adapters drop out in training forwards only (those with a gradient to come).
+        let dropout = dropout_sites(drop, if grad_scale.is_some() { self.lora_dropout() } else { 0.0 });
 
         self.embed(&mut acts.encoded, tokens, &acts.positions, drop);
         let shape = cfg.attn_shape(bsz, t);
@@ -259,7 +370,8 @@ impl<B: Backend> Gpt<B> {
             let input = if l == 0 { &acts.encoded } else { &prev[l - 1] };
             let (a, m) = (&mut acts.blocks[bs], &mut acts.mlps[ms]);
             let attend = Attend::Window(dropout(l, 1));
-            self.block_forward(l, input, a, m, &mut acts.proj, &mut rest[0], (shape, &acts.positions), attend, dropout);
+            let (la, proj, positions) = (&mut acts.lora, &mut acts.proj, &acts.positions);
+            self.block_forward(l, input, a, m, la, proj, &mut rest[0], (shape, positions), attend, dropout);
         }
         let last = &acts.outputs[cfg.n_layer - 1];
         self.norm(
@@ -288,12 +400,14 @@ impl<B: Backend> Gpt<B> {
     }
 
     /// Backward pass after a training forward with the same `drop`;
-    /// accumulates into `grads`.
+    /// accumulates into `grads`, the gradients of [`Self::trainable`] (with
+    /// adapters, theirs only: the base's weight gradients are never formed).
     pub fn backward(&self, acts: &mut Activations<B>, grads: &mut [B::Buf], tokens: &[u32], drop: Dropout) {
         let (be, cfg, lay) = (&self.be, &self.cfg, &self.layout);
         let (bsz, t) = (acts.batch, acts.seq);
         let (n, c) = (bsz * t, cfg.n_embd);
-        let dropout = dropout_sites(drop);
+        let dropout = dropout_sites(drop, self.lora_dropout());
+        let frozen = self.lora.is_some();
 
         // LM head: d lnf = dlogits · W ; dW += dlogits^T · lnf, over the real
         // vocabulary (the padding columns' gradient is zero).
@@ -304,15 +418,18 @@ impl<B: Backend> Gpt<B> {
             self.p(lay.head),
             self.mm(n, c, v, false, false, false).strides(pv, c, c),
         );
-        be.matmul_strided(
-            &mut grads[lay.head],
-            &acts.logits,
-            &acts.lnf,
-            self.mm(v, c, n, true, false, true).strides(pv, c, c),
-        );
+        if !frozen {
+            be.matmul_strided(
+                &mut grads[lay.head],
+                &acts.logits,
+                &acts.lnf,
+                self.mm(v, c, n, true, false, true).strides(pv, c, c),
+            );
+        }
         be.fill(&mut acts.d_res, 0.0);
         let last = &acts.outputs[cfg.n_layer - 1];
-        self.norm_backward(&mut acts.d_res, grads, &acts.d_c, last, lay.lnf, (&acts.lnf_mean, &acts.lnf_rstd), n);
+        let stats = (&acts.lnf_mean, &acts.lnf_rstd);
+        self.norm_backward(&mut acts.d_res, (grads, &mut acts.lora), &acts.d_c, last, lay.lnf, stats, n);
 
         for l in (0..cfg.n_layer).rev() {
             let (bs, ms) = (acts.block_slot(l), acts.mlp_slot(l));
@@ -328,6 +445,7 @@ impl<B: Backend> Gpt<B> {
                         input,
                         a,
                         m,
+                        &mut acts.lora,
                         &mut acts.proj,
                         &mut rest[0],
                         (shape, &acts.positions),
@@ -336,7 +454,8 @@ impl<B: Backend> Gpt<B> {
                     )
                 }
                 Recompute::Mlp => {
-                    self.linear(&mut m.fc, &a.ln2, lay.blocks[l].fc, n, c, cfg.fc_width());
+                    let shape = (n, c, cfg.fc_width());
+                    self.adapted((l, Site::Fc), &mut m.fc, &a.ln2, lay.blocks[l].fc, shape, &mut acts.lora, &dropout);
                     self.mlp_activation(&mut m.act, &m.fc, n);
                 }
                 Recompute::None => {}
@@ -350,11 +469,13 @@ impl<B: Backend> Gpt<B> {
                 d_h: &mut acts.d_h,
                 d_h2: &mut acts.d_h2,
             };
-            self.block_backward(l, input, a, m, g, grads, (bsz, t, &acts.positions), dropout);
+            self.block_backward(l, input, a, m, g, (grads, &mut acts.lora), (bsz, t, &acts.positions), dropout);
         }
-        be.dropout(&mut acts.d_res, dropout(cfg.n_layer, 0));
-        let (dwte, dwpe) = two_mut(grads, lay.wte, lay.wpe);
-        be.embedding_bwd(dwte, dwpe, &acts.d_res, tokens, &acts.positions, c);
+        if !frozen {
+            be.dropout(&mut acts.d_res, dropout(cfg.n_layer, 0));
+            let (dwte, dwpe) = two_mut(grads, lay.wte, lay.wpe);
+            be.embedding_bwd(dwte, dwpe, &acts.d_res, tokens, &acts.positions, c);
+        }
     }
 
     /// One block's backward pass: `g.d_res` holds dL/d(output) and becomes
@@ -367,7 +488,7 @@ impl<B: Backend> Gpt<B> {
         a: &BlockActs<B::Buf>,
         m: &MlpActs<B::Buf>,
         g: BlockGrads<B::Buf>,
-        grads: &mut [B::Buf],
+        (grads, la): (&mut [B::Buf], &mut LoraActs<B::Buf>),
         (batch, seq, positions): (usize, usize, &[u32]),
         drop: impl Fn(usize, u64) -> Dropout,
     ) {
@@ -378,17 +499,18 @@ impl<B: Backend> Gpt<B> {
 
         // MLP residual branch: out = res_attn + drop(fcproj(act(fc(ln2)))).
         let d_branch = self.through_dropout(g.d_c2, g.d_res, drop(l, 3));
-        self.linear_backward(g.d_h, grads, d_branch, &m.act, bi.fcproj, n, hidden, c);
+        self.linear_backward((l, Site::FcProj), g.d_h, (grads, la), d_branch, &m.act, bi.fcproj, (n, hidden, c), &drop);
         match cfg.mlp.activation() {
             Some(act) => be.activation_bwd(g.d_h2, &m.fc, g.d_h, n * hidden, act),
             None => be.swiglu_bwd(g.d_h2, &m.fc, g.d_h, n, hidden),
         }
-        self.linear_backward(g.d_c, grads, g.d_h2, &a.ln2, bi.fc, n, c, cfg.fc_width());
-        self.norm_backward(g.d_res, grads, g.d_c, &a.res_attn, bi.ln2, (&a.ln2_mean, &a.ln2_rstd), n);
+        let shape_fc = (n, c, cfg.fc_width());
+        self.linear_backward((l, Site::Fc), g.d_c, (grads, la), g.d_h2, &a.ln2, bi.fc, shape_fc, &drop);
+        self.norm_backward(g.d_res, (grads, la), g.d_c, &a.res_attn, bi.ln2, (&a.ln2_mean, &a.ln2_rstd), n);
 
         // Attention residual branch: res_attn = input + drop(proj(attn(qkv(ln1)))).
         let d_branch = self.through_dropout(g.d_c2, g.d_res, drop(l, 2));
-        self.linear_backward(g.d_c, grads, d_branch, &a.atty, bi.proj, n, c, c);
+        self.linear_backward((l, Site::Proj), g.d_c, (grads, la), d_branch, &a.atty, bi.proj, (n, c, c), &drop);
         be.attention_bwd(g.d_qkv, g.d_c, &a.qkv, &a.att_stats, shape, drop(l, 1));
         self.rope(g.d_qkv, positions, true);
         let d_qkv = if cfg.qk_norm {
@@ -397,8 +519,8 @@ impl<B: Backend> Gpt<B> {
         } else {
             &*g.d_qkv
         };
-        self.linear_backward(g.d_c, grads, d_qkv, &a.ln1, bi.qkv, n, c, w);
-        self.norm_backward(g.d_res, grads, g.d_c, input, bi.ln1, (&a.ln1_mean, &a.ln1_rstd), n);
+        self.linear_backward((l, Site::Qkv), g.d_c, (grads, la), d_qkv, &a.ln1, bi.qkv, (n, c, w), &drop);
+        self.norm_backward(g.d_res, (grads, la), g.d_c, input, bi.ln1, (&a.ln1_mean, &a.ln1_rstd), n);
     }
 
     /// The gradient of a residual branch: `d_res` through the branch's
@@ -413,12 +535,13 @@ impl<B: Backend> Gpt<B> {
         }
     }
 
-    /// Backward of [`Self::norm`]: accumulates into `dinp` and the norm's gradients.
+    /// Backward of [`Self::norm`]: accumulates into `dinp` and the norm's
+    /// gradients (a frozen base's go to scratch in `la`).
     #[allow(clippy::too_many_arguments)]
     fn norm_backward(
         &self,
         dinp: &mut B::Buf,
-        grads: &mut [B::Buf],
+        (grads, la): (&mut [B::Buf], &mut LoraActs<B::Buf>),
         dout: &B::Buf,
         inp: &B::Buf,
         idx: NormIdx,
@@ -426,29 +549,38 @@ impl<B: Backend> Gpt<B> {
         rows: usize,
     ) {
         let (be, c) = (&self.be, self.cfg.n_embd);
-        let (dw, db) = two_mut(grads, idx.w, idx.b);
+        let (dw, db) = if self.lora.is_some() {
+            (&mut la.frozen_w, idx.b.map(|_| &mut la.frozen_b))
+        } else {
+            two_mut(grads, idx.w, idx.b)
+        };
         match self.cfg.norm {
             NormKind::LayerNorm => be.layernorm_bwd(dinp, dw, db, dout, inp, self.p(idx.w), mean, rstd, rows, c),
             NormKind::RmsNorm => be.rmsnorm_bwd(dinp, dw, dout, inp, self.p(idx.w), rstd, rows, c),
         }
     }
 
-    /// Backward of [`Self::linear`]: `dinp = dout · W` (overwritten),
-    /// `dW += dout^T · inp`, `db += colsum(dout)`.
+    /// Backward of [`Self::adapted`]: `dinp = dout · W` (overwritten) plus
+    /// the adapters' share; `dW += dout^T · inp`, `db += colsum(dout)`
+    /// unless the base is frozen; the adapters' gradients.
     #[allow(clippy::too_many_arguments)]
     fn linear_backward(
         &self,
+        at: (usize, Site),
         dinp: &mut B::Buf,
-        grads: &mut [B::Buf],
+        (grads, la): (&mut [B::Buf], &mut LoraActs<B::Buf>),
         dout: &B::Buf,
         inp: &B::Buf,
         lin: LinearIdx,
-        rows: usize,
-        ic: usize,
-        oc: usize,
+        (rows, ic, oc): (usize, usize, usize),
+        drop: &impl Fn(usize, u64) -> Dropout,
     ) {
         let be = &self.be;
         be.matmul_strided(dinp, dout, self.p(lin.w), self.mm(rows, ic, oc, false, false, false));
+        if self.lora.is_some() {
+            self.adapters_backward(at, dinp, grads, dout, inp, (rows, ic, oc), la, drop);
+            return;
+        }
         be.matmul_strided(&mut grads[lin.w], dout, inp, self.mm(oc, ic, rows, true, false, true));
         if let Some(b) = lin.b {
             be.bias_backward(&mut grads[b], dout, rows, oc);
@@ -581,7 +713,7 @@ mod tests {
             let (x, y) = batch(&cfg);
             let drop = Dropout { p: 0.2, seed: 3 };
             let run = |inputs: DType, recompute: Recompute| {
-                let mut acts = Activations::<Cpu>::new(&model.be, &model.cfg, B, T, recompute, inputs).unwrap();
+                let mut acts = Activations::<Cpu>::new(&model.be, &model.cfg, B, T, recompute, inputs, None).unwrap();
                 assert_eq!(acts.blocks[0].ln1.dtype(), inputs);
                 let mut g = model.zeros_like_params().unwrap();
                 let loss = model.forward(&mut acts, &x, Some(&y), Some(1.0), drop).unwrap();
@@ -591,6 +723,83 @@ mod tests {
             let wide = run(DType::F32, Recompute::None);
             for recompute in [Recompute::None, Recompute::Mlp, Recompute::Block] {
                 assert_eq!(run(DType::BF16, recompute), wide, "{:?} {recompute:?}", cfg.pos);
+            }
+        }
+    }
+
+    fn scaled(v: Vec<f32>, by: f32) -> Vec<f32> {
+        v.into_iter().map(|x| x * by).collect()
+    }
+
+    /// A model whose adapters (every target, rank 2) have large random
+    /// weights, B included (fresh ones have B = 0).
+    fn lora_model(cfg: ModelConfig, dropout: f32) -> Gpt<Cpu> {
+        use crate::model::lora::{LoraConfig, LoraLayout, Naming};
+        let mut model = random_model(cfg.clone());
+        let targets = Naming::of(&cfg).targets().to_vec();
+        let lc = LoraConfig { rank: 2, alpha: 3.0, dropout, targets, layers: None, rslora: false };
+        let layout = LoraLayout::new(&cfg, &lc).unwrap();
+        let w =
+            layout.specs.iter().enumerate().map(|(i, s)| scaled(rand_vec(s.numel(), 900 + i as u64), 0.3)).collect();
+        model.attach_lora(lc, Some(w), 0).unwrap();
+        model
+    }
+
+    #[test]
+    fn lora_gradients_match_finite_differences() {
+        for cfg in test_variants() {
+            for p in [0.0, 0.3] {
+                let mut model = lora_model(cfg.clone(), p);
+                let drop = Dropout { p: 0.0, seed: 5 };
+                let (x, y) = batch(&cfg);
+                let mut acts = model.activations(B, T, Recompute::None).unwrap();
+                let mut g = model.zeros_like_trainable().unwrap();
+                model.forward(&mut acts, &x, Some(&y), Some(1.0), drop).unwrap();
+                model.backward(&mut acts, &mut g, &x, drop);
+                let n = model.lora.as_ref().unwrap().params.len();
+                assert_eq!(g.len(), n, "gradients only for the adapters");
+                for (i, grad) in g.iter().enumerate() {
+                    let name = format!("{:?} p={p} {}", cfg.pos, model.lora.as_ref().unwrap().layout.specs[i].name);
+                    let mut w = model.lora.as_ref().unwrap().params[i].clone();
+                    check(&name, &mut w, grad, |v| {
+                        model.lora.as_mut().unwrap().params[i].copy_from_slice(v);
+                        // A training forward (grad_scale given): the adapters' dropout masks as above.
+                        model.forward(&mut acts, &x, Some(&y), Some(1.0), drop).unwrap().unwrap() as f64
+                            * (B * T) as f64
+                    });
+                    model.lora.as_mut().unwrap().params[i] = w;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lora_recompute_is_bit_identical_and_merging_matches_unmerged() {
+        for cfg in test_variants() {
+            let model = lora_model(ModelConfig { dropout: 0.2, ..cfg.clone() }, 0.25);
+            let drop = Dropout { p: 0.2, seed: 11 };
+            let run = |recompute| {
+                let mut acts = model.activations(B, T, recompute).unwrap();
+                let mut g = model.zeros_like_trainable().unwrap();
+                let (x, y) = batch(&cfg);
+                model.forward(&mut acts, &x, Some(&y), Some(1.0), drop).unwrap();
+                model.backward(&mut acts, &mut g, &x, drop);
+                g.iter().map(|b| b.to_vec()).collect::<Vec<_>>()
+            };
+            let none = run(Recompute::None);
+            assert_eq!(none, run(Recompute::Mlp), "{:?}", cfg.pos);
+            assert_eq!(none, run(Recompute::Block), "{:?}", cfg.pos);
+            // Evaluation: no dropout anywhere, adapters unmerged vs folded in.
+            let logits = |m: &Gpt<Cpu>| {
+                let mut acts = m.activations(B, T, Recompute::None).unwrap();
+                m.forward(&mut acts, &batch(&cfg).0, None, None, Dropout::OFF).unwrap();
+                acts.logits.to_vec()
+            };
+            let merged = Gpt::from_host(Cpu, model.cfg.clone(), &model.merged_params().unwrap()).unwrap();
+            let (a, b) = (logits(&model), logits(&merged));
+            assert_ne!(a, logits(&random_model(cfg.clone())), "the adapters changed nothing");
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{:?}: unmerged {x} vs merged {y}", cfg.pos);
             }
         }
     }

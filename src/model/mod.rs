@@ -6,6 +6,7 @@ pub mod config;
 pub mod decode;
 pub mod gpt;
 pub mod info;
+pub mod lora;
 pub mod params;
 pub mod positions;
 

@@ -9,6 +9,8 @@ use rand_core::{RngCore, SeedableRng};
 pub enum Init {
     /// Normal(0, std).
     Normal(f32),
+    /// Uniform in (-bound, bound).
+    Uniform(f32),
     Ones,
     Zeros,
 }
@@ -131,8 +133,14 @@ pub fn init_params(specs: &[ParamSpec], seed: u64) -> Vec<Vec<f32>> {
             Init::Zeros => vec![0.0; s.numel()],
             Init::Ones => vec![1.0; s.numel()],
             Init::Normal(std) => (0..s.numel()).map(|_| std * normal(&mut rng)).collect(),
+            Init::Uniform(bound) => (0..s.numel()).map(|_| bound * (2.0 * unit(&mut rng) - 1.0)).collect(),
         })
         .collect()
+}
+
+/// A uniform sample in [0, 1).
+fn unit(rng: &mut impl RngCore) -> f32 {
+    ((rng.next_u64() >> 40) as f32) / (1u64 << 24) as f32
 }
 
 /// A standard normal sample (Box-Muller).

@@ -1,4 +1,5 @@
-//! Gradients and AdamW state for every parameter, with global-norm clipping.
+//! Gradients and AdamW state for every trained parameter (the adapters', when
+//! the model has some), with global-norm clipping.
 
 use crate::engine::{AdamWStep, Backend};
 use crate::model::Gpt;
@@ -24,7 +25,7 @@ pub struct Hyper {
 
 impl<B: Backend> AdamW<B> {
     pub fn new(model: &Gpt<B>) -> Result<Self> {
-        let zeros = || model.zeros_like_params();
+        let zeros = || model.zeros_like_trainable();
         Ok(AdamW { grads: zeros()?, m: zeros()?, v: zeros()?, t: 0 })
     }
 
@@ -55,7 +56,9 @@ impl<B: Backend> AdamW<B> {
     pub fn apply(&mut self, model: &mut Gpt<B>, h: &Hyper, norm: f64) {
         let scale = if h.grad_clip > 0.0 { (h.grad_clip as f64 / (norm + 1e-6)).min(1.0) } else { 1.0 };
         self.t += 1;
-        for (i, spec) in model.layout.specs.iter().enumerate() {
+        let be = model.be.clone();
+        let (specs, params) = model.trainable();
+        for (i, spec) in specs.iter().enumerate() {
             let s = AdamWStep {
                 lr: h.lr,
                 beta1: h.beta1,
@@ -65,7 +68,7 @@ impl<B: Backend> AdamW<B> {
                 t: self.t,
                 grad_scale: scale as f32,
             };
-            model.be.adamw(&mut model.params[i], &self.grads[i], &mut self.m[i], &mut self.v[i], s);
+            be.adamw(&mut params[i], &self.grads[i], &mut self.m[i], &mut self.v[i], s);
         }
     }
 }

@@ -19,34 +19,39 @@ const SPLIT_ALIGN: usize = 16;
 /// [`gemm_bf16`]; f32 arithmetic on f32 operands through [`matmul`], on
 /// 16-bit ones by widening them to f32 first.
 pub fn matmul_any(out: &mut [f32], a: &CpuBuf, b: &CpuBuf, mm: Matmul) {
-    fn src(x: &CpuBuf) -> Src<'_> {
+    // Operand blocks that start inside their buffers: slice, then multiply
+    // the slices as whole operands.
+    let [oa, ob, oo] = mm.offsets;
+    let (out, mm) = (&mut out[oo..], Matmul { offsets: [0; 3], ..mm });
+    fn src(x: &CpuBuf, off: usize) -> Src<'_> {
         match x {
-            CpuBuf::F32(v) => Src::F32(v),
-            CpuBuf::BF16(v) => Src::BF16(v),
-            CpuBuf::F16(v) => Src::F16(v),
+            CpuBuf::F32(v) => Src::F32(&v[off..]),
+            CpuBuf::BF16(v) => Src::BF16(&v[off..]),
+            CpuBuf::F16(v) => Src::F16(&v[off..]),
         }
     }
     match (mm.compute, a, b) {
-        (DType::BF16, a, b) => gemm_bf16::matmul(out, src(a), src(b), mm),
-        (_, CpuBuf::F32(a), CpuBuf::F32(b)) => matmul(out, a, b, mm),
+        (DType::BF16, a, b) => gemm_bf16::matmul(out, src(a, oa), src(b, ob), mm),
+        (_, CpuBuf::F32(a), CpuBuf::F32(b)) => matmul(out, &a[oa..], &b[ob..], mm),
         // Decoding with 16-bit weights: a few rows against `Wᵀ`.
         (_, CpuBuf::F32(a), b @ (CpuBuf::BF16(_) | CpuBuf::F16(_)))
             if !mm.trans_a && mm.trans_b && skinny::ROWS.contains(&mm.m) =>
         {
             let (CpuBuf::BF16(bits) | CpuBuf::F16(bits)) = b else { unreachable!("matched above") };
+            let (a, bits) = (&a[oa..], &bits[ob..]);
             if checked(out, a.len(), bits.len(), mm) {
                 let Matmul { m, n, k, lda, ldb, ldo, accumulate, .. } = mm;
                 skinny::matmul_nt_16(out, a, bits, b.dtype(), m, n, k, lda, ldb, ldo, accumulate);
             }
         }
         (_, a, b) => {
-            fn wide(x: &CpuBuf) -> std::borrow::Cow<'_, [f32]> {
+            fn wide(x: &CpuBuf, off: usize) -> std::borrow::Cow<'_, [f32]> {
                 match x {
-                    CpuBuf::F32(v) => std::borrow::Cow::Borrowed(&v[..]),
-                    _ => std::borrow::Cow::Owned(x.read_f32(0, x.len())),
+                    CpuBuf::F32(v) => std::borrow::Cow::Borrowed(&v[off..]),
+                    _ => std::borrow::Cow::Owned(x.read_f32(off, x.len() - off)),
                 }
             }
-            matmul(out, &wide(a), &wide(b), mm)
+            matmul(out, &wide(a, oa), &wide(b, ob), mm)
         }
     }
 }

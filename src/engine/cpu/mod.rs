@@ -299,6 +299,36 @@ impl Backend for Cpu {
         )
     }
 
+    fn dropout_from(&self, dst: &mut CpuBuf, src: &CpuBuf, n: usize, drop: Dropout) {
+        profile::time(
+            || "dropout".into(),
+            || {
+                dst[..n].par_chunks_mut(CHUNK).enumerate().for_each(|(ci, c)| {
+                    let start = ci * CHUNK;
+                    match src {
+                        CpuBuf::F32(v) => c.copy_from_slice(&v[start..start + c.len()]),
+                        CpuBuf::BF16(v) | CpuBuf::F16(v) => {
+                            super::dtype::decode16(&v[start..start + c.len()], c, src.dtype())
+                        }
+                    }
+                    if drop.active() {
+                        let scale = 1.0 / (1.0 - drop.p);
+                        for (i, x) in c.iter_mut().enumerate() {
+                            let keep = fastmath::keep(drop.seed, (start + i) as u64, drop.p);
+                            *x = if keep { *x * scale } else { 0.0 };
+                        }
+                    }
+                });
+            },
+        )
+    }
+    fn scale(&self, buf: &mut CpuBuf, n: usize, factor: f32) {
+        profile::time(
+            || "scale".into(),
+            || buf[..n].par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|x| *x *= factor)),
+        )
+    }
+
     fn matmul_strided(&self, out: &mut CpuBuf, a: &CpuBuf, b: &CpuBuf, mm: Matmul) {
         profile::time(
             || matmul_name(mm),
