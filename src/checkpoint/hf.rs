@@ -489,6 +489,7 @@ pub fn import(dir: &Path) -> Result<Imported> {
         tokenizer,
         train: Default::default(),
         chat_template: None,
+        adapter: None,
     };
     Ok(Imported { arch, config, params, stored })
 }

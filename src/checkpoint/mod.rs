@@ -1,6 +1,8 @@
 //! Checkpoints: a directory with `model.safetensors`, `optimizer.safetensors`,
 //! `config.json` and `state.json`, written into a temporary directory and
-//! renamed into place so a crash never leaves a half-written checkpoint.
+//! renamed into place so a crash never leaves a half-written checkpoint. A
+//! LoRA run's checkpoints hold its adapter (PEFT's files, [`adapter`])
+//! instead of `model.safetensors`, and name their base checkpoint.
 //!
 //! Training saves and resumes them; every inference command loads them. This
 //! module knows the model, its tokenizer and its chat template; the training
@@ -8,12 +10,14 @@
 //! `train/` interprets (readers that need a few of its keys, like `ferrite
 //! eval`, take them with [`CheckpointConfig::training`]).
 
+pub mod adapter;
 pub mod gguf;
 pub mod hf;
 pub mod tensors;
 
 use crate::data::{ChatTemplate, Tokenizer};
 use crate::engine::{Backend, DType};
+use crate::model::lora::{LoraConfig, LoraLayout};
 use crate::model::params::{param_specs, ParamSpec};
 use crate::model::{Gpt, ModelConfig};
 use anyhow::{bail, Context, Result};
@@ -40,6 +44,17 @@ pub struct CheckpointConfig {
     /// How `ferrite chat` writes conversations for this model (none: Dolly's format).
     #[serde(default)]
     pub chat_template: Option<ChatTemplate>,
+    /// Set in a LoRA run's checkpoints: the trained tensors are an adapter
+    /// on this base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<AdapterOf>,
+}
+
+/// The base checkpoint a LoRA run's adapter belongs to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdapterOf {
+    /// The base checkpoint's directory (absolute).
+    pub base: String,
 }
 
 impl CheckpointConfig {
@@ -66,7 +81,9 @@ pub struct TrainState {
 
 pub struct Checkpoint {
     pub config: CheckpointConfig,
+    /// The model's parameters, or a LoRA run's adapter weights (`lora`).
     pub params: Vec<Vec<f32>>,
+    pub lora: Option<LoraConfig>,
     /// The dtype `model.safetensors` stores the weight matrices in.
     pub stored: DType,
     /// Adam moments `(m, v)` per parameter, when present.
@@ -121,7 +138,8 @@ pub fn resolve_dir(dir: &Path, prefer: Prefer) -> Result<PathBuf> {
 
 /// The step of a checkpoint with every file in place, or none.
 fn complete_step(dir: &Path) -> Option<usize> {
-    let complete = ["config.json", "model.safetensors", "optimizer.safetensors"].iter().all(|f| dir.join(f).is_file());
+    let weights = dir.join("model.safetensors").is_file() || dir.join(adapter::WEIGHTS).is_file();
+    let complete = weights && ["config.json", "optimizer.safetensors"].iter().all(|f| dir.join(f).is_file());
     complete.then(|| read_state(dir).ok()).flatten().map(|s| s.step)
 }
 
@@ -152,13 +170,20 @@ pub fn load_config(dir: &Path) -> Result<CheckpointConfig> {
     Ok(cfg)
 }
 
-/// Loads a checkpoint; `with_optimizer` also reads the Adam moments.
-pub fn load(dir: &Path, specs_of: impl Fn(&ModelConfig) -> Vec<ParamSpec>, with_optimizer: bool) -> Result<Checkpoint> {
+/// Loads a checkpoint (a LoRA run's: its adapter); `with_optimizer` also
+/// reads the Adam moments.
+pub fn load(dir: &Path, with_optimizer: bool) -> Result<Checkpoint> {
     let config = load_config(dir)?;
-    let specs = specs_of(&config.model);
-    let model_file = dir.join("model.safetensors");
-    let (tensors, stored) = load_safetensors_typed(&model_file)?;
-    let params = take_params(&specs, tensors, "", &model_file)?;
+    let (specs, params, stored, lora) = if config.adapter.is_some() {
+        let (lora, params) = adapter::read(dir, &config.model)?;
+        (LoraLayout::new(&config.model, &lora)?.specs, params, DType::F32, Some(lora))
+    } else {
+        let specs = param_specs(&config.model);
+        let model_file = dir.join("model.safetensors");
+        let (tensors, stored) = load_safetensors_typed(&model_file)?;
+        let params = take_params(&specs, tensors, "", &model_file)?;
+        (specs, params, stored, None)
+    };
     let state = read_state(dir)?;
     let moments = if with_optimizer {
         let f = dir.join("optimizer.safetensors");
@@ -172,7 +197,7 @@ pub fn load(dir: &Path, specs_of: impl Fn(&ModelConfig) -> Vec<ParamSpec>, with_
     } else {
         None
     };
-    Ok(Checkpoint { config, params, stored, moments, state })
+    Ok(Checkpoint { config, params, lora, stored, moments, state })
 }
 
 /// A model loaded for inference.
@@ -191,11 +216,95 @@ pub fn load_model<B: Backend>(be: B, dir: &Path) -> Result<Loaded<B>> {
 }
 
 /// [`load_model`] with the weight matrices in `weights` (none: as stored).
+/// A LoRA run's checkpoint loads as its base with the adapter applied.
 pub fn load_model_as<B: Backend>(be: B, dir: &Path, weights: Option<DType>) -> Result<Loaded<B>> {
     let dir = resolve_dir(dir, Prefer::Best)?;
-    let ck = load(&dir, param_specs, false)?;
+    let ck = load(&dir, false)?;
+    if let (Some(of), Some(lora)) = (&ck.config.adapter, ck.lora) {
+        let mut base = load_model_as(be, Path::new(&of.base), weights)
+            .with_context(|| format!("the base of the LoRA adapter {}", dir.display()))?;
+        check_base(&ck.config.model, &base.model.cfg, &dir)?;
+        base.model.attach_lora(lora, Some(ck.params), 0)?;
+        return Ok(Loaded { model: base.model, config: ck.config, state: ck.state, dir });
+    }
     let model = Gpt::from_host_as(be, ck.config.model.clone(), &ck.params, weights.unwrap_or(ck.stored))?;
     Ok(Loaded { model, config: ck.config, state: ck.state, dir })
+}
+
+/// A LoRA adapter read for a base.
+pub struct AdapterFiles {
+    pub lora: LoraConfig,
+    /// In layout order.
+    pub weights: Vec<Vec<f32>>,
+    /// The chat template of the ferrite run that trained it, if it was one
+    /// and its data had one.
+    pub chat_template: Option<ChatTemplate>,
+}
+
+/// Reads the LoRA adapter in `dir` (PEFT's files: ours, a LoRA run's
+/// checkpoint or run directory, or a `peft` run's) for a base of
+/// configuration `base`. A LoRA run's must be for the same architecture.
+pub fn read_adapter(dir: &Path, base: &ModelConfig) -> Result<AdapterFiles> {
+    let dir = if dir.join(adapter::CONFIG).is_file() { dir.to_path_buf() } else { resolve_dir(dir, Prefer::Best)? };
+    let mut chat_template = None;
+    if dir.join("config.json").is_file() {
+        let run = load_config(&dir)?;
+        check_base(&run.model, base, &dir)?;
+        chat_template = run.chat_template;
+    }
+    let (lora, weights) = adapter::read(&dir, base)?;
+    Ok(AdapterFiles { lora, weights, chat_template })
+}
+
+/// Applies the adapter in `dir` ([`read_adapter`]) to `loaded`, unmerged;
+/// the chat template becomes the adapter's run's, when it has one.
+pub fn attach_adapter<B: Backend>(loaded: &mut Loaded<B>, dir: &Path) -> Result<()> {
+    if loaded.model.lora.is_some() {
+        bail!("{} already has an adapter: give its base checkpoint with --adapter", loaded.dir.display());
+    }
+    let files = read_adapter(dir, &loaded.model.cfg)?;
+    loaded.model.attach_lora(files.lora, Some(files.weights), 0)?;
+    if files.chat_template.is_some() {
+        loaded.config.chat_template = files.chat_template;
+    }
+    Ok(())
+}
+
+/// `ferrite lora merge`: writes `base` with the adapter folded in to `out`
+/// (an inference checkpoint, weight matrices as `dtype` or as the base
+/// stores them). `base` may be a LoRA run itself (then `adapter` is none).
+pub fn merge_adapter(base: &Path, adapter: Option<&Path>, out: &Path, dtype: Option<DType>) -> Result<PathBuf> {
+    let dir = resolve_dir(base, Prefer::Best)?;
+    let ck = load(&dir, false)?;
+    let (base_dir, files) = match (&ck.config.adapter, ck.lora, adapter) {
+        (Some(_), Some(_), Some(_)) => bail!("{} is a LoRA run already: merge it without --adapter", dir.display()),
+        (Some(of), Some(lora), None) => {
+            let files = AdapterFiles { lora, weights: ck.params, chat_template: ck.config.chat_template.clone() };
+            (PathBuf::from(&of.base), files)
+        }
+        (_, _, Some(a)) => (dir.clone(), read_adapter(a, &ck.config.model)?),
+        (_, _, None) => bail!("{} has no adapter: give one with --adapter DIR", dir.display()),
+    };
+    let mut base = load(&base_dir, false).with_context(|| format!("the base {}", base_dir.display()))?;
+    check_base(&ck.config.model, &base.config.model, &dir)?;
+    let layout = LoraLayout::new(&base.config.model, &files.lora)?;
+    let blocks = crate::model::params::Layout::new(&base.config.model).blocks;
+    crate::model::lora::merge(&mut base.params, &blocks, &layout, &files.weights, files.lora.scale());
+    let mut config = base.config;
+    config.adapter = None;
+    config.chat_template = files.chat_template.or(config.chat_template);
+    save_inference(out, &config, &base.params, dtype.unwrap_or(base.stored), &base.state)?;
+    Ok(base_dir)
+}
+
+/// An adapter trained on `trained_on` fits `base` only if they are the
+/// same architecture (dropout and context length aside).
+pub fn check_base(trained_on: &ModelConfig, base: &ModelConfig, dir: &Path) -> Result<()> {
+    let same = |c: &ModelConfig| ModelConfig { dropout: 0.0, block_size: 0, ..c.clone() };
+    if same(trained_on) != same(base) {
+        bail!("the adapter {} was trained on a base of another architecture than this one", dir.display());
+    }
+    Ok(())
 }
 
 /// Writes an inference copy of the checkpoint at `src` (a checkpoint or run
@@ -203,7 +312,10 @@ pub fn load_model_as<B: Backend>(be: B, dir: &Path, weights: Option<DType>) -> R
 /// configuration and progress, no optimizer state. Atomic, as [`save`].
 pub fn convert(src: &Path, dst: &Path, dtype: DType) -> Result<PathBuf> {
     let src = resolve_dir(src, Prefer::Best)?;
-    let ck = load(&src, param_specs, false)?;
+    let ck = load(&src, false)?;
+    if ck.lora.is_some() {
+        bail!("{} is a LoRA adapter: fold it into its base with `ferrite lora merge` first", src.display());
+    }
     save_inference(dst, &ck.config, &ck.params, dtype, &ck.state)?;
     Ok(src)
 }
@@ -227,18 +339,25 @@ pub fn save_inference(
     })
 }
 
-/// Writes a checkpoint to `dir` atomically (temp dir, then rename).
+/// Writes a checkpoint to `dir` atomically (temp dir, then rename): the
+/// model's `params`, or with `lora` (and `config.adapter`) an adapter's.
+#[allow(clippy::too_many_arguments)]
 pub fn save<'a>(
     dir: &Path,
     config: &CheckpointConfig,
     specs: &[ParamSpec],
     params: &'a [&'a [f32]],
+    lora: Option<&LoraConfig>,
     moments: (&'a [&'a [f32]], &'a [&'a [f32]]),
     state: &TrainState,
 ) -> Result<()> {
     write_atomically(dir, |tmp| {
         let named = |prefix: &str, data: &'a [&'a [f32]]| named_tensors(specs, prefix, data);
-        save_safetensors(&tmp.join("model.safetensors"), &named("", params))?;
+        match (lora, &config.adapter) {
+            (Some(lora), Some(of)) => adapter::write(tmp, &config.model, lora, specs, params, &of.base)?,
+            (None, None) => save_safetensors(&tmp.join("model.safetensors"), &named("", params))?,
+            _ => bail!("a LoRA checkpoint needs both its adapter and its base (a bug)"),
+        }
         let mut opt = named("m.", moments.0);
         opt.extend(named("v.", moments.1));
         save_safetensors(&tmp.join("optimizer.safetensors"), &opt)?;

@@ -3,7 +3,6 @@
 
 use crate::checkpoint::{self, gguf, hf, Prefer};
 use crate::engine::DType;
-use crate::model::params::param_specs;
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
@@ -35,7 +34,13 @@ pub fn run(a: &ExportArgs) -> Result<()> {
         bail!("{} already exists: give a new path", a.out.display());
     }
     let dir = checkpoint::resolve_dir(&a.checkpoint, Prefer::Best)?;
-    let ck = checkpoint::load(&dir, param_specs, false)?;
+    let ck = checkpoint::load(&dir, false)?;
+    if ck.lora.is_some() {
+        bail!(
+            "{} is a LoRA adapter (PEFT's files: `peft` loads them onto the exported base); to export one model, `ferrite lora merge` it first",
+            dir.display()
+        );
+    }
     let dtype = a.dtype.unwrap_or(ck.stored);
     let arch = match a.format {
         Format::Hf => hf::export(&ck.config, &ck.params, dtype, &a.out)?,

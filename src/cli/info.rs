@@ -5,6 +5,7 @@ use super::RunArgs;
 use crate::checkpoint::{self, Prefer};
 use crate::engine::DType;
 use crate::model::activations::activation_bytes;
+use crate::model::lora::LoraLayout;
 use crate::model::info::{kv_cache_bytes_per_token, params_by_component, TrainMemory};
 use crate::model::{ModelConfig, Recompute};
 use crate::train::config;
@@ -31,9 +32,16 @@ const MIB: f64 = 1024.0 * 1024.0;
 const CONTEXTS: [usize; 3] = [256, 1024, 4096];
 
 pub fn run(a: &InfoArgs) -> Result<()> {
+    // Adapter parameters of a LoRA run (its base is frozen).
+    let mut adapter: Option<usize> = None;
     let (model, batch, seq, recompute, dtype) = match &a.checkpoint {
         Some(dir) => {
-            let ck = checkpoint::load_config(&checkpoint::resolve_dir(dir, Prefer::Best)?)?;
+            let dir = checkpoint::resolve_dir(dir, Prefer::Best)?;
+            let ck = checkpoint::load_config(&dir)?;
+            if ck.adapter.is_some() {
+                let (lora, _) = checkpoint::adapter::read(&dir, &ck.model)?;
+                adapter = Some(LoraLayout::new(&ck.model, &lora)?.num_params());
+            }
             // How it was trained, where it says so.
             #[derive(serde::Deserialize, Default)]
             #[serde(default)]
@@ -54,12 +62,18 @@ pub fn run(a: &InfoArgs) -> Result<()> {
             let cfg = a.run.resolve()?;
             let m = cfg.model_for_vocab(config::reference_vocab(a.run.preset_name(), &cfg));
             m.validate()?;
+            if let Some(lora) = crate::train::trainer::lora_config(&cfg, &m)? {
+                adapter = Some(LoraLayout::new(&m, &lora)?.num_params());
+            }
             (m, cfg.batch_size, cfg.model.block_size, cfg.recompute, cfg.dtype)
         }
     };
     let memory: Vec<(Recompute, TrainMemory)> = [Recompute::None, Recompute::Mlp, Recompute::Block]
         .into_iter()
-        .map(|r| (r, TrainMemory::new(&model, batch, seq, r, dtype)))
+        .map(|r| {
+            let full = TrainMemory::new(&model, batch, seq, r, dtype);
+            (r, adapter.map_or(full.clone(), |n| full.frozen_base(n)))
+        })
         .collect();
     if a.json {
         let out = json!({
@@ -68,6 +82,7 @@ pub fn run(a: &InfoArgs) -> Result<()> {
             "params_by_component": params_by_component(&model).into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             "forward_flops_per_token": forward_flops(&model, seq),
             "train_flops_per_token": model.train_flops_per_token(seq),
+            "lora_params": adapter,
             "batch_size": batch,
             "block_size": seq,
             "memory_bytes": memory.iter().map(|(r, m)| (label(r), json!({
@@ -85,6 +100,13 @@ pub fn run(a: &InfoArgs) -> Result<()> {
         return Ok(());
     }
     print_table(&model, (batch, seq, recompute, dtype), &memory)?;
+    if let Some(n) = adapter {
+        super::out!(
+            "\nLoRA: {n} adapter parameters ({:.2}% of the model) are trained; the base is frozen \
+             (no gradients or AdamW state for it: the memory above counts only the adapters')",
+            100.0 * n as f64 / model.num_params() as f64
+        )?;
+    }
     Ok(())
 }
 

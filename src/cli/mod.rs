@@ -36,6 +36,7 @@ mod eval;
 mod export;
 mod import;
 mod info;
+mod lora;
 mod plot;
 mod precision;
 mod sample;
@@ -76,6 +77,8 @@ enum Command {
     Import(import::ImportArgs),
     /// Export a checkpoint for Hugging Face transformers or llama.cpp (GGUF).
     Export(export::ExportArgs),
+    /// LoRA adapters: merge one into its base.
+    Lora(lora::LoraArgs),
     /// Parameters, FLOPs per token and memory of a configuration or checkpoint.
     Info(info::InfoArgs),
     /// Loss, perplexity, bits per byte and accuracy of a checkpoint; attention analysis.
@@ -217,6 +220,7 @@ pub fn run() -> Result<()> {
         Command::Convert(args) => convert::run(&args),
         Command::Import(args) => import::run(&args),
         Command::Export(args) => export::run(&args),
+        Command::Lora(args) => lora::run(&args),
         Command::Tokenizer(args) => tokenizer::run(&args),
         Command::Data(args) => data::run(&args),
         Command::Serve(args) => serve::run(&args, device),
@@ -280,6 +284,10 @@ mod tests {
             ("learning_rate", "3e-4", json!(3e-4)),
             ("log_interval", "5", json!(5)),
             ("logit_softcap", "30", json!(30.0)),
+            ("lora_alpha", "32", json!(32.0)),
+            ("lora_dropout", "0.05", json!(0.05)),
+            ("lora_rank", "8", json!(8)),
+            ("lora_targets", "q,v", json!("q,v")),
             ("lr_decay_iters", "1500", json!(1500)),
             ("max_iters", "300", json!(300)),
             ("min_lr", "none", Value::Null),

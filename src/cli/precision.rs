@@ -3,7 +3,7 @@
 use crate::checkpoint::{self, Loaded};
 use crate::engine::{Backend, DType};
 use anyhow::{bail, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// How the weights are held in memory.
 #[derive(clap::Args, Debug, Clone)]
@@ -13,6 +13,11 @@ pub struct WeightArgs {
     /// decode faster; the arithmetic stays f32.
     #[arg(long, value_name = "DTYPE")]
     pub dtype: Option<DType>,
+    /// A LoRA adapter to apply, unmerged: a LoRA run's checkpoint or a
+    /// directory of PEFT's adapter files (adapter_config.json,
+    /// adapter_model.safetensors).
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
 }
 
 /// What the KV cache stores.
@@ -27,7 +32,11 @@ pub struct KvArgs {
 impl WeightArgs {
     /// Loads a checkpoint (or a run's best) with these weights.
     pub fn load<B: Backend>(&self, be: B, dir: &Path) -> Result<Loaded<B>> {
-        checkpoint::load_model_as(be, dir, self.dtype)
+        let mut loaded = checkpoint::load_model_as(be, dir, self.dtype)?;
+        if let Some(adapter) = &self.adapter {
+            checkpoint::attach_adapter(&mut loaded, adapter)?;
+        }
+        Ok(loaded)
     }
 
     /// [`Self::load`] for decoding, its KV cache in `kv`.

@@ -94,6 +94,9 @@ fn run_serve<B: Backend>(a: &ServeArgs, be: B) -> Result<()> {
         }
     }
     let kv = a.kv.check()?;
+    if a.weights.adapter.is_some() && a.checkpoints.len() > 1 {
+        bail!("--adapter applies to one checkpoint; to serve several, give LoRA runs as --checkpoint NAME=RUN");
+    }
     let metrics = Arc::new(Metrics::default());
     let mut models = Vec::new();
     for spec in &a.checkpoints {

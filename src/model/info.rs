@@ -58,6 +58,13 @@ impl TrainMemory {
         }
     }
 
+    /// The same run training only `adapter_params` adapter weights (LoRA):
+    /// the base is frozen, so it has no gradients or optimizer state.
+    pub fn frozen_base(self, adapter_params: usize) -> TrainMemory {
+        let a = adapter_params * F32;
+        TrainMemory { params: self.params + a, grads: a, optimizer: 2 * a, activations: self.activations }
+    }
+
     pub fn total(&self) -> usize {
         self.params + self.grads + self.optimizer + self.activations
     }

@@ -101,9 +101,9 @@ impl Naming {
         }
     }
 
-    /// The module (as PEFT names it) of `target` in layer `l`.
-    pub fn module(self, l: usize, target: Target) -> String {
-        let short = match (self, target) {
+    /// The end of `target`'s module name, after the layer.
+    pub fn suffix(self, target: Target) -> &'static str {
+        match (self, target) {
             (Naming::Gpt2, Target::Qkv) => "attn.c_attn",
             (Naming::Gpt2, Target::O) => "attn.c_proj",
             (Naming::Gpt2, Target::Up) => "mlp.c_fc",
@@ -116,10 +116,14 @@ impl Naming {
             (Naming::Llama, Target::Up) => "mlp.up_proj",
             (Naming::Llama, Target::Down) => "mlp.down_proj",
             (n, t) => unreachable!("{n:?} has no {t:?}"),
-        };
+        }
+    }
+
+    /// The module (as PEFT names it) of `target` in layer `l`.
+    pub fn module(self, l: usize, target: Target) -> String {
         match self {
-            Naming::Gpt2 => format!("transformer.h.{l}.{short}"),
-            Naming::Llama => format!("model.layers.{l}.{short}"),
+            Naming::Gpt2 => format!("transformer.h.{l}.{}", self.suffix(target)),
+            Naming::Llama => format!("model.layers.{l}.{}", self.suffix(target)),
         }
     }
 

@@ -64,6 +64,17 @@ pub struct TrainConfig {
     /// tokenizer are the checkpoint's; only dropout and a smaller block_size
     /// may be set.
     pub init_from: String,
+    /// LoRA: train rank-`lora_rank` adapters on `lora_targets` of the
+    /// `init_from` model, its weights frozen (0: train every weight). Saved
+    /// as PEFT's adapter files.
+    pub lora_rank: usize,
+    /// The adapters' scale is lora_alpha / lora_rank.
+    pub lora_alpha: f32,
+    /// Dropout on the adapters' input.
+    pub lora_dropout: f32,
+    /// Projections to adapt, of q, k, v, o, up, down, gate (GPT-2-style
+    /// models: q, k and v together, their fused c_attn).
+    pub lora_targets: String,
     /// Dropout anneals linearly from `dropout` to this over the learning-rate
     /// schedule's horizon (lr_decay_iters); none = constant.
     pub dropout_final: Option<f32>,
@@ -124,6 +135,10 @@ impl Default for TrainConfig {
             // The architecture options default to the model's own defaults (GPT-2).
             model: ModelConfig::gpt2(65, 64, 4, 4, 128),
             init_from: String::new(),
+            lora_rank: 0,
+            lora_alpha: 16.0,
+            lora_dropout: 0.0,
+            lora_targets: "q,k,v,o".into(),
             dropout_final: None,
             vocab_size: None,
             recompute: Recompute::None,
@@ -549,6 +564,9 @@ impl TrainConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        if self.lora_rank > 0 && self.init_from.is_empty() {
+            bail!("--lora-rank trains adapters on a trained model: give it with --init-from");
+        }
         if self.tokens.is_some() && self.epochs.is_some() {
             bail!("give tokens or epochs, not both");
         }

@@ -5,7 +5,7 @@ use super::config::{OnNonFinite, TrainConfig};
 use super::metrics::MetricsLog;
 use super::optimizer::{AdamW, Hyper};
 use super::schedule::learning_rate;
-use crate::checkpoint::{self, CheckpointConfig, Prefer, TrainState};
+use crate::checkpoint::{self, AdapterOf, CheckpointConfig, Prefer, TrainState};
 use crate::data::dataset::corpus;
 use crate::data::dataset::IGNORE;
 use crate::data::tokenizer::utf8;
@@ -15,7 +15,8 @@ use crate::engine::fastmath::derive_seed;
 use crate::engine::{Backend, Dropout};
 use crate::eval::sampled_loss;
 use crate::model::info::TrainMemory;
-use crate::model::params::{param_specs, Layout};
+use crate::model::lora::{LoraConfig, LoraLayout, Naming};
+use crate::model::params::Layout;
 use crate::model::{Activations, Gpt, ModelConfig};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -40,6 +41,8 @@ pub struct Trainer<B: Backend> {
     run_dir: PathBuf,
     /// The checkpoint a resumed run started from.
     pub resumed_from: Option<PathBuf>,
+    /// A LoRA run's base checkpoint (its adapters are what it trains).
+    pub lora_base: Option<PathBuf>,
     x: Vec<u32>,
     y: Vec<u32>,
 }
@@ -101,7 +104,10 @@ impl<B: Backend> Trainer<B> {
     /// position table keeps its first rows, as nanoGPT's crop_block_size).
     fn fine_tune(be: B, mut cfg: TrainConfig) -> Result<Self> {
         let dir = checkpoint::resolve_dir(Path::new(&cfg.init_from), Prefer::Best)?;
-        let ck = checkpoint::load(&dir, param_specs, false)?;
+        let ck = checkpoint::load(&dir, false)?;
+        if ck.lora.is_some() {
+            bail!("--init-from {} is a LoRA adapter: merge it first (`ferrite lora merge`)", dir.display());
+        }
         let base = &ck.config.model;
         if cfg.model.block_size > base.block_size {
             bail!(
@@ -127,16 +133,19 @@ impl<B: Backend> Trainer<B> {
         }
         cfg.model = model_cfg.clone();
         let (_, data, chat_template) = load_data(&cfg, Some(&ck.config.tokenizer))?;
+        let lora = lora_config(&cfg, &model_cfg)?;
         check_memory(&be, &cfg, &model_cfg)?;
-        let mut params = ck.params;
-        if let Some(wpe) = Layout::new(&model_cfg).wpe {
-            params[wpe].truncate(model_cfg.block_size * model_cfg.n_embd);
+        let mut model = Gpt::from_host(be, model_cfg.clone(), &cropped(ck.params, &model_cfg))?;
+        if let Some(lora) = lora {
+            model.attach_lora(lora, None, cfg.seed)?;
         }
-        let model = Gpt::from_host(be, model_cfg, &params)?;
         let opt = AdamW::new(&model)?;
         let state = TrainState { step: 0, best_val_loss: None, tokens_seen: 0, updates: Some(0) };
         let mut t = Self::assemble(cfg, model, opt, ck.config.tokenizer, data, state)?;
         t.chat_template = chat_template.or(ck.config.chat_template);
+        if t.model.lora.is_some() {
+            t.lora_base = Some(dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?);
+        }
         Ok(t)
     }
 
@@ -156,7 +165,7 @@ impl<B: Backend> Trainer<B> {
     /// it starts with `out_dir` set to the directory holding the checkpoint.
     pub fn resume(be: B, dir: &Path, overrides: impl FnOnce(TrainConfig) -> Result<TrainConfig>) -> Result<Self> {
         let dir = checkpoint::resolve_dir(dir, Prefer::Last)?;
-        let ck = checkpoint::load(&dir, param_specs, true)?;
+        let ck = checkpoint::load(&dir, true)?;
         let mut saved = TrainConfig::from_checkpoint(&ck.config)?;
         saved.out_dir = dir.parent().unwrap_or(Path::new(".")).display().to_string();
         let cfg = overrides(saved)?;
@@ -165,7 +174,20 @@ impl<B: Backend> Trainer<B> {
         }
         let (_, data, chat_template) = load_data(&cfg, Some(&ck.config.tokenizer))?;
         check_memory(&be, &cfg, &ck.config.model)?;
-        let model = Gpt::from_host(be, ck.config.model.clone(), &ck.params)?;
+        let (model, lora_base) = match (&ck.config.adapter, ck.lora) {
+            // A LoRA run: its base, as it was, and the adapters trained so far.
+            (Some(of), Some(lora)) => {
+                let base_dir = PathBuf::from(&of.base);
+                let base = checkpoint::load(&base_dir, false)
+                    .with_context(|| format!("the base of the LoRA run {}", dir.display()))?;
+                let model_cfg = &ck.config.model;
+                checkpoint::check_base(model_cfg, &base.config.model, &dir)?;
+                let mut model = Gpt::from_host(be, model_cfg.clone(), &cropped(base.params, model_cfg))?;
+                model.attach_lora(lora, Some(ck.params), 0)?;
+                (model, Some(base_dir))
+            }
+            _ => (Gpt::from_host(be, ck.config.model.clone(), &ck.params)?, None),
+        };
         let mut opt = AdamW::new(&model)?;
         let (m, v) = ck.moments.expect("loaded with optimizer");
         for i in 0..m.len() {
@@ -176,6 +198,7 @@ impl<B: Backend> Trainer<B> {
         let mut t = Self::assemble(cfg, model, opt, ck.config.tokenizer, data, ck.state)?;
         t.chat_template = ck.config.chat_template.or(chat_template);
         t.resumed_from = Some(dir);
+        t.lora_base = lora_base;
         Ok(t)
     }
 
@@ -203,6 +226,7 @@ impl<B: Backend> Trainer<B> {
             acts,
             run_dir,
             resumed_from: None,
+            lora_base: None,
             x: vec![],
             y: vec![],
         })
@@ -282,33 +306,29 @@ impl<B: Backend> Trainer<B> {
             tokenizer: self.tokenizer.clone(),
             train: self.cfg.to_keys(),
             chat_template: self.chat_template.clone(),
+            adapter: self.lora_base.as_ref().map(|b| AdapterOf { base: b.display().to_string() }),
         }
     }
 
     pub fn save(&self, name: &str) -> Result<PathBuf> {
         let dir = self.run_dir.join(name);
         let be = &self.model.be;
-        let (params, m, v) = (views(be, &self.model.params)?, views(be, &self.opt.m)?, views(be, &self.opt.v)?);
+        // What this run trains: the model, or (LoRA) its adapters.
+        let (specs, trained, lora) = match &self.model.lora {
+            Some(l) => (&l.layout.specs, &l.params, Some(&l.config)),
+            None => (&self.model.layout.specs, &self.model.params, None),
+        };
+        let (params, m, v) = (views(be, trained)?, views(be, &self.opt.m)?, views(be, &self.opt.v)?);
         // Never a poisoned checkpoint: a run that goes bad keeps its last good one.
         for (i, p) in params.iter().chain(&m).chain(&v).enumerate() {
             if p.iter().any(|x| !x.is_finite()) {
-                let n = self.model.layout.specs.len();
+                let n = specs.len();
                 let prefix = ["", "AdamW m of ", "AdamW v of "][i / n];
-                bail!(
-                    "not saving {}: {prefix}tensor {} is not finite",
-                    dir.display(),
-                    self.model.layout.specs[i % n].name
-                );
+                bail!("not saving {}: {prefix}tensor {} is not finite", dir.display(), specs[i % n].name);
             }
         }
-        checkpoint::save(
-            &dir,
-            &self.checkpoint_config(),
-            &self.model.layout.specs,
-            &slices(&params),
-            (&slices(&m), &slices(&v)),
-            &self.state,
-        )?;
+        let moments = (&slices(&m)[..], &slices(&v)[..]);
+        checkpoint::save(&dir, &self.checkpoint_config(), specs, &slices(&params), lora, moments, &self.state)?;
         Ok(dir)
     }
 
@@ -413,8 +433,11 @@ fn say(line: &str) -> Result<()> {
 pub fn check_memory<B: Backend>(be: &B, cfg: &TrainConfig, model: &crate::model::ModelConfig) -> Result<()> {
     // The in-memory corpus or a benchmark's random tokens come on top; a
     // run that fits only without them is too close anyway.
-    let need = TrainMemory::new(model, cfg.batch_size, model.block_size, cfg.recompute, cfg.dtype).total()
-        + be.attention_scratch_bytes(model.attn_shape(cfg.batch_size, model.block_size));
+    let mut memory = TrainMemory::new(model, cfg.batch_size, model.block_size, cfg.recompute, cfg.dtype);
+    if let Some(lora) = lora_config(cfg, model)? {
+        memory = memory.frozen_base(LoraLayout::new(model, &lora)?.num_params());
+    }
+    let need = memory.total() + be.attention_scratch_bytes(model.attn_shape(cfg.batch_size, model.block_size));
     let what = format!(
         "training this {:.1}M-parameter model at batch {} x block {}",
         model.num_params() as f64 / 1e6,
@@ -423,6 +446,33 @@ pub fn check_memory<B: Backend>(be: &B, cfg: &TrainConfig, model: &crate::model:
     );
     let hint = "lower batch_size, block_size or the model's size, or set recompute (see `ferrite info`)";
     check_fits(need, be.available_memory(), &what, hint)
+}
+
+/// The adapters a LoRA run trains on `model` (none: a run of every weight).
+pub fn lora_config(cfg: &TrainConfig, model: &ModelConfig) -> Result<Option<LoraConfig>> {
+    if cfg.lora_rank == 0 {
+        return Ok(None);
+    }
+    let targets = Naming::of(model).parse_targets(&cfg.lora_targets)?;
+    let lora = LoraConfig {
+        rank: cfg.lora_rank,
+        alpha: cfg.lora_alpha,
+        dropout: cfg.lora_dropout,
+        targets,
+        layers: None,
+        rslora: false,
+    };
+    LoraLayout::new(model, &lora)?;
+    Ok(Some(lora))
+}
+
+/// A checkpoint's parameters for a model of a context up to theirs: a
+/// learned position table keeps its first rows (nanoGPT's crop_block_size).
+fn cropped(mut params: Vec<Vec<f32>>, model: &ModelConfig) -> Vec<Vec<f32>> {
+    if let Some(wpe) = Layout::new(model).wpe {
+        params[wpe].truncate(model.block_size * model.n_embd);
+    }
+    params
 }
 
 /// Host views of buffers (borrowed on the CPU backend).

@@ -125,6 +125,7 @@ pub fn native_checkpoint(
         tokenizer,
         train: Default::default(),
         chat_template: None,
+        adapter: None,
     };
     let specs = ferrite::model::params::Layout::new(&config.model).specs;
     let mut params = ferrite::model::params::init_params(&specs, seed);
