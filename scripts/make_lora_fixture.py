@@ -31,7 +31,10 @@ TARGETS = {
     "gpt2": ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"],
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
-HYPER = {"lr": 1e-2, "beta1": 0.9, "beta2": 0.95, "eps": 1e-6, "weight_decay": 0.1}
+# eps 1e-4: AdamW's first step moves each weight by about lr * g / (|g| + eps),
+# so with a tiny eps a gradient that is zero up to rounding (some are 1e-8
+# here) becomes a full-size update of arbitrary sign.
+HYPER = {"lr": 1e-2, "beta1": 0.9, "beta2": 0.95, "eps": 1e-4, "weight_decay": 0.1}
 RANK, ALPHA = 4, 8.0
 BATCH, SEQ = 2, 8
 
@@ -49,7 +52,8 @@ def main():
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(base, cfg)
-        model.train()
+        # Evaluation mode: no dropout (GPT-2's config has 0.1), gradients as usual.
+        model.eval()
         out = os.path.join(ROOT, "lora", name)
         shutil.rmtree(out, ignore_errors=True)
         init = os.path.join(out, "init")

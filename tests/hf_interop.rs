@@ -162,7 +162,7 @@ fn exported_models_match_what_transformers_computed() {
         let v = cfg.model.vocab_size;
         // The first 64 logits of each position (the whole rows are large).
         let head: Vec<Vec<f32>> = logits.chunks_exact(v).map(|r| r[..64.min(v)].to_vec()).collect();
-        let hashes = file_hashes(&out);
+        let hashes = common::file_hashes(&out);
         match &verified {
             None => {
                 let mine =
@@ -185,20 +185,6 @@ fn exported_models_match_what_transformers_computed() {
             }
         }
     }
-}
-
-/// SHA-256 of each file of a directory, by name.
-fn file_hashes(dir: &Path) -> std::collections::BTreeMap<String, String> {
-    use sha2::{Digest, Sha256};
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|f| f.file_name().unwrap() != "ferrite.json")
-        .map(|f| {
-            let digest = Sha256::digest(std::fs::read(&f).unwrap());
-            (f.file_name().unwrap().to_string_lossy().to_string(), digest.iter().map(|b| format!("{b:02x}")).collect())
-        })
-        .collect()
 }
 
 #[test]

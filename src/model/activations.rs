@@ -2,7 +2,7 @@
 //! shape and reused by every step, and what activation recomputation keeps.
 
 use super::config::ModelConfig;
-use super::lora::{LoraActs, LoraLayout};
+use super::lora::{LoraActs, LoraLayout, Site};
 use crate::engine::{Backend, DType};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -81,13 +81,16 @@ pub struct MlpActs<T> {
 }
 
 impl<T> MlpActs<T> {
+    /// `act`: whether to allocate the activation (else an empty buffer).
     pub fn build(
         cfg: &ModelConfig,
         rows: usize,
         inputs: DType,
+        act: bool,
         alloc: &mut impl FnMut(usize, DType) -> Result<T>,
     ) -> Result<Self> {
-        Ok(MlpActs { fc: alloc(rows * cfg.fc_width(), DType::F32)?, act: alloc(rows * cfg.hidden(), inputs)? })
+        let act_len = if act { rows * cfg.hidden() } else { 0 };
+        Ok(MlpActs { fc: alloc(rows * cfg.fc_width(), DType::F32)?, act: alloc(act_len, inputs)? })
     }
 }
 
@@ -116,6 +119,10 @@ pub struct Acts<T> {
     pub blocks: Vec<BlockActs<T>>,
     /// One per block, or a single one reused by every block (`Mlp`, `Block`).
     pub mlps: Vec<MlpActs<T>>,
+    /// With a frozen base and no adapter on the MLP's down projection,
+    /// backward never reads the MLP's activation: this one buffer serves
+    /// every block's forward (swapped in), and `mlps` hold none.
+    pub shared_act: Option<T>,
     pub lnf: T,
     pub lnf_mean: T,
     pub lnf_rstd: T,
@@ -158,7 +165,12 @@ impl<T> Acts<T> {
         let stats = cfg.attn_shape(batch, seq).stats_len();
         let blocks =
             (0..stored_blocks).map(|_| BlockActs::build(cfg, n, stats, inputs, &mut alloc)).collect::<Result<_>>()?;
-        let mlps = (0..stored_mlps).map(|_| MlpActs::build(cfg, n, inputs, &mut alloc)).collect::<Result<_>>()?;
+        // A frozen base's backward reads the MLP's activation only for adapters on `down`.
+        let act_read = lora.is_none_or(|(l, _)| l.adapters.iter().any(|a| a.site == Site::FcProj));
+        let share = !act_read && stored_mlps > 1;
+        let mlps =
+            (0..stored_mlps).map(|_| MlpActs::build(cfg, n, inputs, !share, &mut alloc)).collect::<Result<_>>()?;
+        let shared_act = if share { Some(alloc(n * cfg.hidden(), inputs)?) } else { None };
         let lnf = alloc(n * c, inputs)?;
         let lora = LoraActs::build(cfg, lora, n, &mut alloc)?;
         let mut alloc = |len| alloc(len, DType::F32);
@@ -173,6 +185,7 @@ impl<T> Acts<T> {
             outputs: (0..cfg.n_layer).map(|_| alloc(n * c)).collect::<Result<_>>()?,
             blocks,
             mlps,
+            shared_act,
             lnf,
             lnf_mean: alloc(n)?,
             lnf_rstd: alloc(n)?,
@@ -231,8 +244,17 @@ impl<T> Acts<T> {
 
 /// Bytes all the activation buffers take, matmul inputs in `inputs`.
 pub fn activation_bytes(cfg: &ModelConfig, batch: usize, seq: usize, recompute: Recompute, inputs: DType) -> usize {
+    activation_bytes_with(cfg, (batch, seq, recompute, inputs), None)
+}
+
+/// [`activation_bytes`] of a LoRA run (a frozen base) with these adapters.
+pub fn activation_bytes_with(
+    cfg: &ModelConfig,
+    (batch, seq, recompute, inputs): (usize, usize, Recompute, DType),
+    lora: Option<(&LoraLayout, bool)>,
+) -> usize {
     let mut total = 0;
-    let counted = Acts::build(cfg, batch, seq, recompute, inputs, None, |len, dtype| {
+    let counted = Acts::build(cfg, batch, seq, recompute, inputs, lora, |len, dtype| {
         total += len * dtype.bytes();
         Ok(())
     });

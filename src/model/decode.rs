@@ -61,7 +61,7 @@ impl<T> Buffers<T> {
         let v = (0..cfg.n_layer).map(|_| alloc(slots * cap * width, kv)).collect::<Result<_>>()?;
         // Decoding's matmuls take f32 rows (the mat-vec kernels read them).
         let block = BlockActs::build(cfg, rows, 0, DType::F32, &mut alloc)?;
-        let mlp = MlpActs::build(cfg, rows, DType::F32, &mut alloc)?;
+        let mlp = MlpActs::build(cfg, rows, DType::F32, true, &mut alloc)?;
         let lora = LoraActs::build(cfg, lora.map(|l| (l, false)), rows, &mut alloc)?;
         let mut alloc = |len: usize| alloc(len, DType::F32);
         Ok(Buffers {

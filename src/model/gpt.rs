@@ -371,7 +371,13 @@ impl<B: Backend> Gpt<B> {
             let (a, m) = (&mut acts.blocks[bs], &mut acts.mlps[ms]);
             let attend = Attend::Window(dropout(l, 1));
             let (la, proj, positions) = (&mut acts.lora, &mut acts.proj, &acts.positions);
+            if let Some(shared) = &mut acts.shared_act {
+                std::mem::swap(shared, &mut m.act);
+            }
             self.block_forward(l, input, a, m, la, proj, &mut rest[0], (shape, positions), attend, dropout);
+            if let Some(shared) = &mut acts.shared_act {
+                std::mem::swap(shared, &mut m.act);
+            }
         }
         let last = &acts.outputs[cfg.n_layer - 1];
         self.norm(
@@ -734,9 +740,13 @@ mod tests {
     /// A model whose adapters (every target, rank 2) have large random
     /// weights, B included (fresh ones have B = 0).
     fn lora_model(cfg: ModelConfig, dropout: f32) -> Gpt<Cpu> {
-        use crate::model::lora::{LoraConfig, LoraLayout, Naming};
+        let targets = crate::model::lora::Naming::of(&cfg).targets().to_vec();
+        lora_model_on(cfg, dropout, targets)
+    }
+
+    fn lora_model_on(cfg: ModelConfig, dropout: f32, targets: Vec<crate::model::lora::Target>) -> Gpt<Cpu> {
+        use crate::model::lora::{LoraConfig, LoraLayout};
         let mut model = random_model(cfg.clone());
-        let targets = Naming::of(&cfg).targets().to_vec();
         let lc = LoraConfig { rank: 2, alpha: 3.0, dropout, targets, layers: None, rslora: false };
         let layout = LoraLayout::new(&cfg, &lc).unwrap();
         let w =
@@ -801,6 +811,32 @@ mod tests {
             for (x, y) in a.iter().zip(&b) {
                 assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{:?}: unmerged {x} vs merged {y}", cfg.pos);
             }
+        }
+    }
+
+    #[test]
+    fn without_an_adapter_on_down_the_mlp_activation_is_one_shared_buffer() {
+        use crate::model::activations::activation_bytes_with;
+        use crate::model::lora::Target;
+        for cfg in test_variants() {
+            let model = lora_model_on(ModelConfig { dropout: 0.1, ..cfg.clone() }, 0.2, vec![Target::O]);
+            let drop = Dropout { p: 0.1, seed: 3 };
+            let run = |recompute| {
+                let mut acts = model.activations(B, T, recompute).unwrap();
+                assert_eq!(acts.shared_act.is_some(), recompute == Recompute::None);
+                let mut g = model.zeros_like_trainable().unwrap();
+                let (x, y) = batch(&cfg);
+                model.forward(&mut acts, &x, Some(&y), Some(1.0), drop).unwrap();
+                model.backward(&mut acts, &mut g, &x, drop);
+                g.iter().map(|b| b.to_vec()).collect::<Vec<_>>()
+            };
+            // The same gradients as when every block keeps its activation (recompute mlp rebuilds it).
+            assert_eq!(run(Recompute::None), run(Recompute::Mlp), "{:?}", cfg.pos);
+            let layout = &model.lora.as_ref().unwrap().layout;
+            let shape = (B, T, Recompute::None, DType::F32);
+            let (frozen, full) =
+                (activation_bytes_with(&cfg, shape, Some((layout, false))), activation_bytes_with(&cfg, shape, None));
+            assert!(frozen < full - (cfg.n_layer - 2) * B * T * cfg.hidden() * 4, "{frozen} vs {full}");
         }
     }
 

@@ -1,8 +1,9 @@
 //! What a model costs: parameters by component, FLOPs per token, and the
 //! memory a training run and the KV cache need (for `ferrite info`).
 
-use super::activations::{activation_bytes, Recompute};
+use super::activations::{activation_bytes, activation_bytes_with, Recompute};
 use super::config::ModelConfig;
+use super::lora::LoraLayout;
 use super::params::param_specs;
 use crate::engine::DType;
 use serde::Serialize;
@@ -36,6 +37,9 @@ pub fn params_by_component(cfg: &ModelConfig) -> Vec<(&'static str, usize)> {
     groups
 }
 
+/// A training step's shape: batch, sequence, recompute and matmul dtype.
+pub type Shape = (usize, usize, Recompute, DType);
+
 /// Memory of a training run in bytes, by what holds it.
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainMemory {
@@ -58,11 +62,18 @@ impl TrainMemory {
         }
     }
 
-    /// The same run training only `adapter_params` adapter weights (LoRA):
-    /// the base is frozen, so it has no gradients or optimizer state.
-    pub fn frozen_base(self, adapter_params: usize) -> TrainMemory {
-        let a = adapter_params * F32;
-        TrainMemory { params: self.params + a, grads: a, optimizer: 2 * a, activations: self.activations }
+    /// The same run training only `lora`'s adapters: the base is frozen,
+    /// so it has no gradients or optimizer state (nor the activations only
+    /// its weight gradients read).
+    pub fn frozen_base(
+        self,
+        cfg: &ModelConfig,
+        (batch, seq, recompute, dtype): Shape,
+        lora: &LoraLayout,
+    ) -> TrainMemory {
+        let a = lora.num_params() * F32;
+        let activations = activation_bytes_with(cfg, (batch, seq, recompute, dtype), Some((lora, false)));
+        TrainMemory { params: self.params + a, grads: a, optimizer: 2 * a, activations }
     }
 
     pub fn total(&self) -> usize {

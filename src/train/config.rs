@@ -564,9 +564,6 @@ impl TrainConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.lora_rank > 0 && self.init_from.is_empty() {
-            bail!("--lora-rank trains adapters on a trained model: give it with --init-from");
-        }
         if self.tokens.is_some() && self.epochs.is_some() {
             bail!("give tokens or epochs, not both");
         }

@@ -151,6 +151,9 @@ impl<B: Backend> Trainer<B> {
 
     /// A new run on an already tokenised dataset.
     pub fn from_parts(be: B, cfg: TrainConfig, tokenizer: Tokenizer, data: Dataset) -> Result<Self> {
+        if cfg.lora_rank > 0 {
+            bail!("--lora-rank trains adapters on a trained model: give it with --init-from");
+        }
         let model_cfg = cfg.model_for_vocab(tokenizer.vocab_size());
         model_cfg.validate()?;
         check_memory(&be, &cfg, &model_cfg)?;
@@ -435,7 +438,8 @@ pub fn check_memory<B: Backend>(be: &B, cfg: &TrainConfig, model: &crate::model:
     // run that fits only without them is too close anyway.
     let mut memory = TrainMemory::new(model, cfg.batch_size, model.block_size, cfg.recompute, cfg.dtype);
     if let Some(lora) = lora_config(cfg, model)? {
-        memory = memory.frozen_base(LoraLayout::new(model, &lora)?.num_params());
+        let shape = (cfg.batch_size, model.block_size, cfg.recompute, cfg.dtype);
+        memory = memory.frozen_base(model, shape, &LoraLayout::new(model, &lora)?);
     }
     let need = memory.total() + be.attention_scratch_bytes(model.attn_shape(cfg.batch_size, model.block_size));
     let what = format!(

@@ -147,3 +147,17 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
         assert!((g - w).abs() <= tol, "{what}[{i}]: ferrite {g} vs reference {w} (tol {tol})");
     }
 }
+
+/// SHA-256 of each file of a directory, by name.
+pub fn file_hashes(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    use sha2::{Digest, Sha256};
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|f| f.file_name().unwrap() != "ferrite.json")
+        .map(|f| {
+            let digest = Sha256::digest(std::fs::read(&f).unwrap());
+            (f.file_name().unwrap().to_string_lossy().to_string(), digest.iter().map(|b| format!("{b:02x}")).collect())
+        })
+        .collect()
+}
