@@ -33,6 +33,7 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--targets", default="q,k,v,o")
+    ap.add_argument("--torch", action="store_true", help="also Hugging Face + peft on the same model (gpt2-small only)")
     ap.add_argument("extra", nargs="*", help="more `ferrite train` options, after --")
     args = ap.parse_args()
     if args.extra == [] and args.preset == "gpt2-small":
@@ -69,6 +70,19 @@ def main():
     for name, (peak, est, secs) in rows.items():
         print(f"{name:<6} {peak:>13.0f} {est:>13.0f} {secs:>8.2f}")
     print(f"LoRA peak memory: {100 * lp / fp:.0f}% of full fine-tuning's; LoRA step: {fs / ls:.2f}x faster")
+    if args.torch:
+        # PyTorch + peft on the same shape (GPT-2 small, block 256, batch 4, dropout 0).
+        import subprocess
+        import sys
+
+        script = os.path.join(REPO, "scripts", "torch_lora_step.py")
+        torch_rows = {}
+        for mode in ("full", "lora"):
+            cmd = [sys.executable, script, "--mode", mode, "--rank", str(args.rank), "--steps", str(args.steps)]
+            torch_rows[mode] = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+        print(f"\n{'run':<6} {'torch peak MiB':>15} {'torch s/step':>13} {'ferrite speedup':>16}")
+        for mode, r in torch_rows.items():
+            print(f"{mode:<6} {r['peak_mib']:>15.0f} {r['s_per_step']:>13.2f} {r['s_per_step'] / rows[mode][2]:>15.2f}x")
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ conversations and answer them when asked in words it never saw?
    a base model trained on tiny Shakespeare with it (the
    shakespeare-char-cpu sizes, 600 steps).
 3. `ferrite data prepare --format chat` (loss on the answers only), then
-   `ferrite train --init-from base` on it.
+   `ferrite train --init-from base` on it: every weight, or (`--lora-rank R`)
+   LoRA adapters with the base frozen.
 4. Greedy answers (`ferrite sample --prompts`, the `special` template) to
    the trained phrasing and to a held-out one ("Which city is the capital
    of X?"): the share that starts with the right capital. Chance is 1/100.
 
     python scripts/sft_facts.py --shakespeare ../shared/data/tinyshakespeare.txt
+    python scripts/sft_facts.py --lora-rank 16 --sft-iters 3000
 
 Needs a release build of ferrite; no Python packages.
 """
@@ -37,7 +39,12 @@ def main():
     ap.add_argument("--base-iters", type=int, default=600)
     ap.add_argument("--sft-iters", type=int, default=800)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lora-rank", type=int, default=0, help="fine-tune LoRA adapters of this rank (0: every weight)")
+    ap.add_argument("--lora-targets", default="q,k,v,o,up,down")
+    ap.add_argument("--lr", type=float, default=None, help="default: 1e-3, or 3e-3 with LoRA")
     a = ap.parse_args()
+    lr = a.lr or (3e-3 if a.lora_rank else 1e-3)
+    lora = ["--lora-rank", str(a.lora_rank), "--lora-alpha", str(2 * a.lora_rank), "--lora-targets", a.lora_targets] if a.lora_rank else []
     rng = random.Random(a.seed)
     name = lambda n: "".join(rng.choice(SYLLABLES) for _ in range(n)).capitalize()
     facts = {}
@@ -66,8 +73,8 @@ def main():
             "--max-iters", str(a.base_iters), "--eval-interval", str(a.base_iters), "--out", path("base"), "--sample-tokens", "0")
     ferrite("data", "prepare", "--input", path("chat.jsonl"), "--format", "chat", "-t", path("tok.json"),
             "--val-fraction", "0.05" if a.facts >= 100 else "0.3", "--out", path("chat"))
-    ferrite("train", "--init-from", path("base"), "--dataset", path("chat"), "--max-iters", str(a.sft_iters),
-            "--learning-rate", "1e-3", "--warmup-iters", "20", "--eval-interval", str(a.sft_iters), "--eval-iters",
+    ferrite("train", "--init-from", path("base"), "--dataset", path("chat"), "--max-iters", str(a.sft_iters), *lora,
+            "--learning-rate", str(lr), "--warmup-iters", "20", "--eval-interval", str(a.sft_iters), "--eval-iters",
             "20", "--batch-size", "12", "--out", path("sft"), "--sample-tokens", "0")
     for label, question in (("trained phrasing", "What is the capital of {}?"),
                             ("held-out phrasing", "Which city is the capital of {}?")):
