@@ -134,6 +134,10 @@ fn peft_loads_ferrite_adapters() {
         model.attach_lora(lora, Some(weights), 0).unwrap();
         let ids: Vec<u32> = (0..12).map(|i| (i * 37 + 5) % model.cfg.vocab_size as u32).collect();
         let got = logits(&model, &ids);
+        // KV-cache decoding applies the adapters as the full forward does.
+        let mut cache = ferrite::model::decode::KvCache::new(&model, 1).unwrap();
+        let decoded: Vec<f32> = cache.forward_from(&model, 0, &ids, 0).unwrap().concat();
+        assert_close(&format!("{name} decoding"), &decoded, &got, 1e-5);
         let hashes = common::file_hashes(&out);
         match &record {
             None => {
@@ -289,6 +293,9 @@ fn lora_runs_save_adapters_resume_merge_and_apply() {
     fails(&["lora", "merge", &full, "--adapter", &full, "--out", &p(&dir.join("m3"))], "without --adapter");
     fails(&["lora", "merge", &base_s, "--out", &p(&dir.join("m4"))], "has no adapter");
     fails(&["export", &full, "--format", "hf", "--out", &p(&dir.join("hf"))], "LoRA adapter");
+    let two = ["serve", "--checkpoint", &base_s, "--checkpoint", &full, "--adapter", &full];
+    fails(&two, "applies to one checkpoint");
+    fails(&["eval", "--checkpoint", &full, "--adapter", &full, "--data", &data_s], "already has an adapter");
     // An adapter for another base: a base of another width.
     let other = dir.join("other");
     ok(&[

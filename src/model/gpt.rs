@@ -188,16 +188,21 @@ impl<B: Backend> Gpt<B> {
         for &i in lora.layout.at(l, site) {
             let ad = &lora.layout.adapters[i];
             let d = drop(l, LORA_SITES + i as u64);
-            let x = if d.active() {
-                be.dropout_from(&mut la.x, inp, rows * ic, d);
-                &la.x
-            } else {
-                inp
-            };
+            let x = self.dropped(&mut la.x, inp, rows * ic, d);
             be.matmul_strided(&mut la.u[i], x, &lora.params[ad.a], self.mm(rows, r, ic, false, true, false));
             be.scale(&mut la.u[i], rows * r, lora.config.scale());
             let mm = self.mm(rows, ad.rows, r, false, true, true).strides(r, r, oc).offsets(0, 0, ad.row0);
             be.matmul_strided(out, &la.u[i], &lora.params[ad.b], mm);
+        }
+    }
+
+    /// An adapter's input: `inp` itself, or through dropout in `scratch`.
+    fn dropped<'a>(&self, scratch: &'a mut B::Buf, inp: &'a B::Buf, n: usize, d: Dropout) -> &'a B::Buf {
+        if d.active() {
+            self.be.dropout_from(scratch, inp, n, d);
+            scratch
+        } else {
+            inp
         }
     }
 
@@ -228,12 +233,7 @@ impl<B: Backend> Gpt<B> {
             be.scale(&mut la.g, rows * r, lora.config.scale());
             // dA += gᵀ · dropout(inp) ; dinp += dropout(g · A).
             let d = drop(l, LORA_SITES + i as u64);
-            let x = if d.active() {
-                be.dropout_from(&mut la.x, inp, rows * ic, d);
-                &la.x
-            } else {
-                inp
-            };
+            let x = self.dropped(&mut la.x, inp, rows * ic, d);
             be.matmul_strided(&mut grads[ad.a], &la.g, x, self.mm(r, ic, rows, true, false, true));
             if d.active() {
                 be.matmul_strided(&mut la.x, &la.g, &lora.params[ad.a], self.mm(rows, ic, r, false, false, false));
