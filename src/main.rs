@@ -16,7 +16,7 @@ fn main() {
     // lock (~15 us here), which would dominate the many small kernels of a
     // small model's training step. Inside the pool a fork-join costs almost
     // nothing. RAYON_NUM_THREADS still chooses the thread count.
-    let pool = rayon::ThreadPoolBuilder::new().build();
+    let pool = rayon::ThreadPoolBuilder::new().start_handler(|_| ferrite::engine::cpu::flush_subnormals()).build();
     let result = match pool {
         Ok(pool) => pool.install(ferrite::cli::run),
         Err(_) => ferrite::cli::run(),
