@@ -239,6 +239,8 @@ fn lora_runs_save_adapters_resume_merge_and_apply() {
     let mut resume = vec!["train", "--resume", &split, "--max-iters", "4"];
     resume.extend(["--sample-tokens", "0"]);
     ok(&resume);
+    fails(&["train", "--resume", &split, "--lora-rank", "8"], "cannot change when resuming");
+    fails(&["train", "--resume", &base_s, "--lora-rank", "8"], "not --resume");
     let last = |run: &str| std::fs::read(Path::new(run).join("last").join(adapter::WEIGHTS)).unwrap();
     assert_eq!(last(&full), last(&split), "a resumed LoRA run continues exactly");
     // The run holds the adapter, PEFT's way, and no copy of the base.

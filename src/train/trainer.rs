@@ -185,9 +185,21 @@ impl<B: Backend> Trainer<B> {
                     .with_context(|| format!("the base of the LoRA run {}", dir.display()))?;
                 let model_cfg = &ck.config.model;
                 checkpoint::check_base(model_cfg, &base.config.model, &dir)?;
+                if lora_config(&cfg, model_cfg)?.as_ref() != Some(&lora) {
+                    bail!(
+                        "LoRA options cannot change when resuming (the run trains rank {}, alpha {}, dropout {} on {:?})",
+                        lora.rank,
+                        lora.alpha,
+                        lora.dropout,
+                        lora.targets
+                    );
+                }
                 let mut model = Gpt::from_host(be, model_cfg.clone(), &cropped(base.params, model_cfg))?;
                 model.attach_lora(lora, Some(ck.params), 0)?;
                 (model, Some(base_dir))
+            }
+            _ if cfg.lora_rank > 0 => {
+                bail!("{} trains every weight: start LoRA from it with --init-from, not --resume", dir.display())
             }
             _ => (Gpt::from_host(be, ck.config.model.clone(), &ck.params)?, None),
         };
