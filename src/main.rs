@@ -16,9 +16,13 @@ fn main() {
     // lock (~15 us here), which would dominate the many small kernels of a
     // small model's training step. Inside the pool a fork-join costs almost
     // nothing. RAYON_NUM_THREADS still chooses the thread count.
-    let pool = rayon::ThreadPoolBuilder::new().start_handler(|_| ferrite::engine::cpu::flush_subnormals()).build();
+    // The global pool, so threads of our own (the server's batch threads)
+    // reach the same workers, each flushing subnormals (see flush_subnormals).
+    let pool =
+        rayon::ThreadPoolBuilder::new().start_handler(|_| ferrite::engine::fastmath::flush_subnormals()).build_global();
     let result = match pool {
-        Ok(pool) => pool.install(ferrite::cli::run),
+        // Called from outside the pool, `scope` runs its closure on a worker.
+        Ok(()) => rayon::scope(|_| ferrite::cli::run()),
         Err(_) => ferrite::cli::run(),
     };
     if let Err(e) = result {

@@ -348,6 +348,25 @@ fn lora_runs_save_adapters_resume_merge_and_apply() {
         &["eval", "--checkpoint", &base_s, "--adapter", &p(&dir.join("nowhere")), "--data", &data_s],
         "does not exist",
     );
+    let empty = safetensors::serialize(Vec::<(&str, safetensors::tensor::TensorView)>::new(), None).unwrap();
+    std::fs::write(bare.join(adapter::WEIGHTS), empty).unwrap();
+    fails(&["eval", "--checkpoint", &base_s, "--adapter", &p(&bare), "--data", &data_s], "holds no tensors");
+    // The draft of speculative decoding is another model: the adapter is the target's only.
+    let draft = ["--draft", other.to_str().unwrap(), "--prompt", "the", "--max-new-tokens", "5"];
+    let mut a = vec!["sample", "--checkpoint", &base_s, "--adapter", &full];
+    a.extend(draft);
+    ok(&a);
+    // LoRA options without a rank; a run that would overwrite its own base.
+    fails(&["train", "--data", &data_s, "--lora-alpha", "4"], "give --lora-rank too");
+    fails(&lora_args(&data_s, &base_s, &base_s, "4"), "a directory of its own");
+    // A base trained further is another model: its adapters say so.
+    // (As if it had: its best checkpoint now says a later step.)
+    let state_file = base.join("best").join("state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    state["step"] = serde_json::json!(state["step"].as_u64().unwrap() + 10);
+    std::fs::write(&state_file, state.to_string()).unwrap();
+    fails(&["eval", "--checkpoint", &full, "--data", &data_s], "it has changed");
+    fails(&["train", "--resume", &full, "--max-iters", "6", "--sample-tokens", "0"], "it has changed");
     let _ = checkpoint::FORMAT;
 }
 

@@ -110,6 +110,9 @@ pub fn read(dir: &Path, model: &ModelConfig) -> Result<(LoraConfig, Vec<Vec<f32>
         return unsupported("per-module ranks or alphas (rank_pattern, alpha_pattern)");
     }
     let tensors = load_safetensors(&weights)?;
+    if tensors.is_empty() {
+        bail!("{} holds no tensors: not a LoRA adapter", weights.display());
+    }
     let (targets, layers) = LoraLayout::modules_of(model, tensors.keys().map(String::as_str))?;
     let lora = LoraConfig {
         rank: peft.r,

@@ -55,6 +55,27 @@ pub struct CheckpointConfig {
 pub struct AdapterOf {
     /// The base checkpoint's directory (absolute).
     pub base: String,
+    /// Its step when the run started (a base trained further since is
+    /// another model).
+    #[serde(default)]
+    pub step: Option<usize>,
+}
+
+/// The base a LoRA run names must still be the one it started from: a
+/// plain checkpoint, at the same step.
+pub fn check_base_unchanged(of: &AdapterOf, base: &Checkpoint, run: &Path) -> Result<()> {
+    if base.lora.is_some() {
+        bail!("the base {} of {} is itself a LoRA run: merge it first", of.base, run.display());
+    }
+    if let Some(step) = of.step.filter(|&s| s != base.state.step) {
+        bail!(
+            "the base {} of {} is at step {}, not {step} as when the adapter was trained: it has changed",
+            of.base,
+            run.display(),
+            base.state.step
+        );
+    }
+    Ok(())
 }
 
 impl CheckpointConfig {
@@ -221,8 +242,9 @@ pub fn load_model_as<B: Backend>(be: B, dir: &Path, weights: Option<DType>) -> R
     let dir = resolve_dir(dir, Prefer::Best)?;
     let ck = load(&dir, false)?;
     if let (Some(of), Some(lora)) = (&ck.config.adapter, ck.lora) {
-        let mut base = load_model_as(be, Path::new(&of.base), weights)
-            .with_context(|| format!("the base of the LoRA adapter {}", dir.display()))?;
+        let context = || format!("the base of the LoRA adapter {}", dir.display());
+        check_base_unchanged(of, &load(Path::new(&of.base), false).with_context(context)?, &dir)?;
+        let mut base = load_model_as(be, Path::new(&of.base), weights).with_context(context)?;
         check_base(&ck.config.model, &base.model.cfg, &dir)?;
         base.model.attach_lora(lora, Some(ck.params), 0)?;
         return Ok(Loaded { model: base.model, config: ck.config, state: ck.state, dir });
@@ -247,7 +269,12 @@ pub struct AdapterFiles {
 pub fn read_adapter(dir: &Path, base: &ModelConfig) -> Result<AdapterFiles> {
     let dir = if dir.join(adapter::CONFIG).is_file() { dir.to_path_buf() } else { resolve_dir(dir, Prefer::Best)? };
     let mut chat_template = None;
-    if dir.join("config.json").is_file() {
+    // A ferrite LoRA run's config.json (a PEFT directory may hold a Hugging Face one).
+    let is_ferrite = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .is_some_and(|v| v["format"] == FORMAT);
+    if is_ferrite {
         let run = load_config(&dir)?;
         check_base(&run.model, base, &dir)?;
         chat_template = run.chat_template;
@@ -260,7 +287,7 @@ pub fn read_adapter(dir: &Path, base: &ModelConfig) -> Result<AdapterFiles> {
 /// the chat template becomes the adapter's run's, when it has one.
 pub fn attach_adapter<B: Backend>(loaded: &mut Loaded<B>, dir: &Path) -> Result<()> {
     if loaded.model.lora.is_some() {
-        bail!("{} already has an adapter: give its base checkpoint with --adapter", loaded.dir.display());
+        bail!("{} already has an adapter: use --adapter with a base checkpoint", loaded.dir.display());
     }
     let files = read_adapter(dir, &loaded.model.cfg)?;
     loaded.model.attach_lora(files.lora, Some(files.weights), 0)?;
@@ -286,6 +313,13 @@ pub fn merge_adapter(base: &Path, adapter: Option<&Path>, out: &Path, dtype: Opt
         (_, _, None) => bail!("{} has no adapter: give one with --adapter DIR", dir.display()),
     };
     let mut base = load(&base_dir, false).with_context(|| format!("the base {}", base_dir.display()))?;
+    match &ck.config.adapter {
+        Some(of) => check_base_unchanged(of, &base, &dir)?,
+        None if base.lora.is_some() => {
+            bail!("{} is a LoRA run: give its base, or merge it without --adapter", dir.display())
+        }
+        None => {}
+    }
     check_base(&ck.config.model, &base.config.model, &dir)?;
     let layout = LoraLayout::new(&base.config.model, &files.lora)?;
     let blocks = crate::model::params::Layout::new(&base.config.model).blocks;

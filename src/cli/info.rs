@@ -33,14 +33,14 @@ const CONTEXTS: [usize; 3] = [256, 1024, 4096];
 
 pub fn run(a: &InfoArgs) -> Result<()> {
     // Adapter parameters of a LoRA run (its base is frozen).
-    let mut adapter: Option<LoraLayout> = None;
+    let mut adapter: Option<(LoraLayout, bool)> = None;
     let (model, batch, seq, recompute, dtype) = match &a.checkpoint {
         Some(dir) => {
             let dir = checkpoint::resolve_dir(dir, Prefer::Best)?;
             let ck = checkpoint::load_config(&dir)?;
             if ck.adapter.is_some() {
                 let (lora, _) = checkpoint::adapter::read(&dir, &ck.model)?;
-                adapter = Some(LoraLayout::new(&ck.model, &lora)?);
+                adapter = Some((LoraLayout::new(&ck.model, &lora)?, lora.dropout > 0.0));
             }
             // How it was trained, where it says so.
             #[derive(serde::Deserialize, Default)]
@@ -63,7 +63,7 @@ pub fn run(a: &InfoArgs) -> Result<()> {
             let m = cfg.model_for_vocab(config::reference_vocab(a.run.preset_name(), &cfg));
             m.validate()?;
             if let Some(lora) = crate::train::trainer::lora_config(&cfg, &m)? {
-                adapter = Some(LoraLayout::new(&m, &lora)?);
+                adapter = Some((LoraLayout::new(&m, &lora)?, lora.dropout > 0.0));
             }
             (m, cfg.batch_size, cfg.model.block_size, cfg.recompute, cfg.dtype)
         }
@@ -72,7 +72,12 @@ pub fn run(a: &InfoArgs) -> Result<()> {
         .into_iter()
         .map(|r| {
             let full = TrainMemory::new(&model, batch, seq, r, dtype);
-            (r, adapter.as_ref().map_or(full.clone(), |l| full.clone().frozen_base(&model, (batch, seq, r, dtype), l)))
+            (
+                r,
+                adapter
+                    .as_ref()
+                    .map_or(full.clone(), |l| full.clone().frozen_base(&model, (batch, seq, r, dtype), (&l.0, l.1))),
+            )
         })
         .collect();
     if a.json {
@@ -82,7 +87,7 @@ pub fn run(a: &InfoArgs) -> Result<()> {
             "params_by_component": params_by_component(&model).into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             "forward_flops_per_token": forward_flops(&model, seq),
             "train_flops_per_token": model.train_flops_per_token(seq),
-            "lora_params": adapter.as_ref().map(|l| l.num_params()),
+            "lora_params": adapter.as_ref().map(|l| l.0.num_params()),
             "batch_size": batch,
             "block_size": seq,
             "memory_bytes": memory.iter().map(|(r, m)| (label(r), json!({
@@ -100,7 +105,7 @@ pub fn run(a: &InfoArgs) -> Result<()> {
         return Ok(());
     }
     print_table(&model, (batch, seq, recompute, dtype), &memory)?;
-    if let Some(n) = adapter.as_ref().map(|l| l.num_params()) {
+    if let Some(n) = adapter.as_ref().map(|l| l.0.num_params()) {
         super::out!(
             "\nLoRA: {n} adapter parameters ({:.2}% of the model) are trained; the base is frozen \
              (no gradients or AdamW state for it: the memory above counts only the adapters')",

@@ -70,7 +70,9 @@ fn sample<B: Backend>(a: &SampleArgs, be: B) -> Result<()> {
     let draft = match &a.draft {
         None => None,
         Some(dir) => {
-            let d = a.weights.load_decoding(be, dir, kv)?;
+            // The adapter is the target's; the draft is another model.
+            let plain = WeightArgs { adapter: None, ..a.weights.clone() };
+            let d = plain.load_decoding(be, dir, kv)?;
             if d.config.tokenizer != *tok {
                 bail!("the draft checkpoint {} uses a different tokenizer than the model", dir.display());
             }

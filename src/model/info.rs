@@ -65,14 +65,10 @@ impl TrainMemory {
     /// The same run training only `lora`'s adapters: the base is frozen,
     /// so it has no gradients or optimizer state (nor the activations only
     /// its weight gradients read).
-    pub fn frozen_base(
-        self,
-        cfg: &ModelConfig,
-        (batch, seq, recompute, dtype): Shape,
-        lora: &LoraLayout,
-    ) -> TrainMemory {
-        let a = lora.num_params() * F32;
-        let activations = activation_bytes_with(cfg, (batch, seq, recompute, dtype), Some((lora, false)));
+    /// `lora`: the adapters, and whether they use dropout (its scratch).
+    pub fn frozen_base(self, cfg: &ModelConfig, shape: Shape, lora: (&LoraLayout, bool)) -> TrainMemory {
+        let a = lora.0.num_params() * F32;
+        let activations = activation_bytes_with(cfg, shape, Some(lora));
         TrainMemory { params: self.params + a, grads: a, optimizer: 2 * a, activations }
     }
 

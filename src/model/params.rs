@@ -9,7 +9,7 @@ use rand_core::{RngCore, SeedableRng};
 pub enum Init {
     /// Normal(0, std).
     Normal(f32),
-    /// Uniform in (-bound, bound).
+    /// Uniform in [-bound, bound).
     Uniform(f32),
     Ones,
     Zeros,

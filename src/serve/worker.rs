@@ -146,6 +146,7 @@ pub fn spawn<B: Backend>(
         .name(format!("batch-{name}"))
         .spawn(move || {
             let _guard = guard;
+            crate::engine::fastmath::flush_subnormals();
             worker.run()
         })
         .context("cannot start the batch thread")?;

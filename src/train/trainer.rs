@@ -41,8 +41,9 @@ pub struct Trainer<B: Backend> {
     run_dir: PathBuf,
     /// The checkpoint a resumed run started from.
     pub resumed_from: Option<PathBuf>,
-    /// A LoRA run's base checkpoint (its adapters are what it trains).
+    /// A LoRA run's base checkpoint (its adapters are what it trains) and its step.
     pub lora_base: Option<PathBuf>,
+    lora_base_step: Option<usize>,
     x: Vec<u32>,
     y: Vec<u32>,
 }
@@ -144,7 +145,18 @@ impl<B: Backend> Trainer<B> {
         let mut t = Self::assemble(cfg, model, opt, ck.config.tokenizer, data, state)?;
         t.chat_template = chat_template.or(ck.config.chat_template);
         if t.model.lora.is_some() {
-            t.lora_base = Some(dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?);
+            let base = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
+            // The run's checkpoints must not replace the base they name.
+            let out = std::fs::create_dir_all(&t.run_dir).and_then(|_| t.run_dir.canonicalize());
+            if out.is_ok_and(|out| base.starts_with(&out)) {
+                bail!(
+                    "--out {} holds the base {}: a LoRA run needs a directory of its own",
+                    t.run_dir.display(),
+                    base.display()
+                );
+            }
+            t.lora_base = Some(base);
+            t.lora_base_step = Some(ck.state.step);
         }
         Ok(t)
     }
@@ -152,8 +164,9 @@ impl<B: Backend> Trainer<B> {
     /// A new run on an already tokenised dataset.
     pub fn from_parts(be: B, cfg: TrainConfig, tokenizer: Tokenizer, data: Dataset) -> Result<Self> {
         if cfg.lora_rank > 0 {
-            bail!("--lora-rank trains adapters on a trained model: give it with --init-from");
+            bail!("--lora-rank trains adapters on a trained model: `ferrite train --init-from CKPT --lora-rank R`");
         }
+        lora_config(&cfg, &cfg.model)?;
         let model_cfg = cfg.model_for_vocab(tokenizer.vocab_size());
         model_cfg.validate()?;
         check_memory(&be, &cfg, &model_cfg)?;
@@ -177,12 +190,14 @@ impl<B: Backend> Trainer<B> {
         }
         let (_, data, chat_template) = load_data(&cfg, Some(&ck.config.tokenizer))?;
         check_memory(&be, &cfg, &ck.config.model)?;
+        let mut t_base_step = None;
         let (model, lora_base) = match (&ck.config.adapter, ck.lora) {
             // A LoRA run: its base, as it was, and the adapters trained so far.
             (Some(of), Some(lora)) => {
                 let base_dir = PathBuf::from(&of.base);
                 let base = checkpoint::load(&base_dir, false)
                     .with_context(|| format!("the base of the LoRA run {}", dir.display()))?;
+                checkpoint::check_base_unchanged(of, &base, &dir)?;
                 let model_cfg = &ck.config.model;
                 checkpoint::check_base(model_cfg, &base.config.model, &dir)?;
                 if lora_config(&cfg, model_cfg)?.as_ref() != Some(&lora) {
@@ -196,12 +211,16 @@ impl<B: Backend> Trainer<B> {
                 }
                 let mut model = Gpt::from_host(be, model_cfg.clone(), &cropped(base.params, model_cfg))?;
                 model.attach_lora(lora, Some(ck.params), 0)?;
+                t_base_step = of.step;
                 (model, Some(base_dir))
             }
             _ if cfg.lora_rank > 0 => {
                 bail!("{} trains every weight: start LoRA from it with --init-from, not --resume", dir.display())
             }
-            _ => (Gpt::from_host(be, ck.config.model.clone(), &ck.params)?, None),
+            _ => {
+                lora_config(&cfg, &ck.config.model)?;
+                (Gpt::from_host(be, ck.config.model.clone(), &ck.params)?, None)
+            }
         };
         let mut opt = AdamW::new(&model)?;
         let (m, v) = ck.moments.expect("loaded with optimizer");
@@ -214,6 +233,7 @@ impl<B: Backend> Trainer<B> {
         t.chat_template = ck.config.chat_template.or(chat_template);
         t.resumed_from = Some(dir);
         t.lora_base = lora_base;
+        t.lora_base_step = t_base_step;
         Ok(t)
     }
 
@@ -242,6 +262,7 @@ impl<B: Backend> Trainer<B> {
             run_dir,
             resumed_from: None,
             lora_base: None,
+            lora_base_step: None,
             x: vec![],
             y: vec![],
         })
@@ -321,7 +342,10 @@ impl<B: Backend> Trainer<B> {
             tokenizer: self.tokenizer.clone(),
             train: self.cfg.to_keys(),
             chat_template: self.chat_template.clone(),
-            adapter: self.lora_base.as_ref().map(|b| AdapterOf { base: b.display().to_string() }),
+            adapter: self
+                .lora_base
+                .as_ref()
+                .map(|b| AdapterOf { base: b.display().to_string(), step: self.lora_base_step }),
         }
     }
 
@@ -451,7 +475,7 @@ pub fn check_memory<B: Backend>(be: &B, cfg: &TrainConfig, model: &crate::model:
     let mut memory = TrainMemory::new(model, cfg.batch_size, model.block_size, cfg.recompute, cfg.dtype);
     if let Some(lora) = lora_config(cfg, model)? {
         let shape = (cfg.batch_size, model.block_size, cfg.recompute, cfg.dtype);
-        memory = memory.frozen_base(model, shape, &LoraLayout::new(model, &lora)?);
+        memory = memory.frozen_base(model, shape, (&LoraLayout::new(model, &lora)?, lora.dropout > 0.0));
     }
     let need = memory.total() + be.attention_scratch_bytes(model.attn_shape(cfg.batch_size, model.block_size));
     let what = format!(
@@ -467,6 +491,10 @@ pub fn check_memory<B: Backend>(be: &B, cfg: &TrainConfig, model: &crate::model:
 /// The adapters a LoRA run trains on `model` (none: a run of every weight).
 pub fn lora_config(cfg: &TrainConfig, model: &ModelConfig) -> Result<Option<LoraConfig>> {
     if cfg.lora_rank == 0 {
+        let d = TrainConfig::default();
+        if (cfg.lora_alpha, cfg.lora_dropout, &cfg.lora_targets) != (d.lora_alpha, d.lora_dropout, &d.lora_targets) {
+            bail!("--lora-alpha, --lora-dropout and --lora-targets set LoRA runs: give --lora-rank too");
+        }
         return Ok(None);
     }
     let targets = Naming::of(model).parse_targets(&cfg.lora_targets)?;

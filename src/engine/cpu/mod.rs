@@ -70,23 +70,6 @@ fn matmul_name(mm: Matmul) -> String {
     format!("matmul {}x{}x{} {}{}", mm.m, mm.n, mm.k, t(mm.trans_a), t(mm.trans_b))
 }
 
-/// Makes this thread's SSE/AVX arithmetic treat subnormal floats (below
-/// 1.2e-38) as zero, in results and in inputs (FTZ and DAZ, as PyTorch's
-/// `torch.set_flush_denormal(True)`). The CPU takes a slow microcode path
-/// for each subnormal: a fine-tuning run whose updates leave some in the
-/// weights or moments ran several times slower without this. Numbers that
-/// small change no result that matters.
-pub fn flush_subnormals() {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: sets the FTZ (bit 15) and DAZ (bit 6) flags of this thread's
-    // MXCSR, keeping the rest; every x86-64 CPU has both.
-    #[allow(deprecated)]
-    unsafe {
-        use std::arch::x86_64::{_mm_getcsr, _mm_setcsr};
-        _mm_setcsr(_mm_getcsr() | 0x8040);
-    }
-}
-
 /// The host's available memory: Linux's MemAvailable (or the cgroup's
 /// limit when lower: a container's), else its physical memory.
 pub fn host_memory() -> Option<u64> {
@@ -646,20 +629,5 @@ mod tests {
         }
         assert_eq!(Cpu.zeros(5).unwrap(), CpuBuf::F32(vec![0.0; 5]));
         assert!(Cpu.zeros(0).unwrap().is_empty());
-    }
-
-    #[test]
-    #[cfg(target_arch = "x86_64")]
-    fn subnormals_flush_to_zero_on_a_flushing_thread() {
-        let half_min = |x: f32| std::hint::black_box(x) * std::hint::black_box(0.5f32);
-        let (before, after) = std::thread::spawn(move || {
-            let before = half_min(f32::MIN_POSITIVE);
-            flush_subnormals();
-            (before, half_min(f32::MIN_POSITIVE))
-        })
-        .join()
-        .unwrap();
-        assert!(before > 0.0 && before.is_subnormal());
-        assert_eq!(after, 0.0);
     }
 }
