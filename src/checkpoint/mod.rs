@@ -63,16 +63,20 @@ pub struct AdapterOf {
 
 /// The base a LoRA run names must still be the one it started from: a
 /// plain checkpoint, at the same step.
-pub fn check_base_unchanged(of: &AdapterOf, base: &Checkpoint, run: &Path) -> Result<()> {
-    if base.lora.is_some() {
+pub fn check_base_unchanged(
+    of: &AdapterOf,
+    (config, state): (&CheckpointConfig, &TrainState),
+    run: &Path,
+) -> Result<()> {
+    if config.adapter.is_some() {
         bail!("the base {} of {} is itself a LoRA run: merge it first", of.base, run.display());
     }
-    if let Some(step) = of.step.filter(|&s| s != base.state.step) {
+    if let Some(step) = of.step.filter(|&s| s != state.step) {
         bail!(
             "the base {} of {} is at step {}, not {step} as when the adapter was trained: it has changed",
             of.base,
             run.display(),
-            base.state.step
+            state.step
         );
     }
     Ok(())
@@ -243,7 +247,10 @@ pub fn load_model_as<B: Backend>(be: B, dir: &Path, weights: Option<DType>) -> R
     let ck = load(&dir, false)?;
     if let (Some(of), Some(lora)) = (&ck.config.adapter, ck.lora) {
         let context = || format!("the base of the LoRA adapter {}", dir.display());
-        check_base_unchanged(of, &load(Path::new(&of.base), false).with_context(context)?, &dir)?;
+        let base_dir = resolve_dir(Path::new(&of.base), Prefer::Best).with_context(context)?;
+        let (config, state) =
+            (load_config(&base_dir).with_context(context)?, read_state(&base_dir).with_context(context)?);
+        check_base_unchanged(of, (&config, &state), &dir)?;
         let mut base = load_model_as(be, Path::new(&of.base), weights).with_context(context)?;
         check_base(&ck.config.model, &base.model.cfg, &dir)?;
         base.model.attach_lora(lora, Some(ck.params), 0)?;
@@ -314,7 +321,7 @@ pub fn merge_adapter(base: &Path, adapter: Option<&Path>, out: &Path, dtype: Opt
     };
     let mut base = load(&base_dir, false).with_context(|| format!("the base {}", base_dir.display()))?;
     match &ck.config.adapter {
-        Some(of) => check_base_unchanged(of, &base, &dir)?,
+        Some(of) => check_base_unchanged(of, (&base.config, &base.state), &dir)?,
         None if base.lora.is_some() => {
             bail!("{} is a LoRA run: give its base, or merge it without --adapter", dir.display())
         }

@@ -197,7 +197,7 @@ impl<B: Backend> Trainer<B> {
                 let base_dir = PathBuf::from(&of.base);
                 let base = checkpoint::load(&base_dir, false)
                     .with_context(|| format!("the base of the LoRA run {}", dir.display()))?;
-                checkpoint::check_base_unchanged(of, &base, &dir)?;
+                checkpoint::check_base_unchanged(of, (&base.config, &base.state), &dir)?;
                 let model_cfg = &ck.config.model;
                 checkpoint::check_base(model_cfg, &base.config.model, &dir)?;
                 if lora_config(&cfg, model_cfg)?.as_ref() != Some(&lora) {
