@@ -128,8 +128,11 @@ fn load<B: Backend>(
     let tok = Arc::new(ck.tokenizer.clone());
     let (template_name, template) = ChatTemplate::choose(&a.template, ck.chat_template.as_ref(), &tok, None)?;
     let kv_bytes = crate::model::decode::cache_bytes(&model.cfg, a.parallel, kv);
+    let adapter = model.lora.as_ref().map_or(String::new(), |l| {
+        format!(" with a LoRA adapter (rank {}, {} adapted projections)", l.layout.rank, l.layout.adapters.len())
+    });
     eprintln!(
-        "model {name}: {} ({:.1}M parameters, context {}), chat template {template_name}, \
+        "model {name}: {}{adapter} ({:.1}M parameters, context {}), chat template {template_name}, \
          KV cache {:.1} MiB for {} sequences",
         dir.display(),
         model.cfg.num_params() as f64 / 1e6,
