@@ -367,7 +367,6 @@ fn lora_runs_save_adapters_resume_merge_and_apply() {
     std::fs::write(&state_file, state.to_string()).unwrap();
     fails(&["eval", "--checkpoint", &full, "--data", &data_s], "it has changed");
     fails(&["train", "--resume", &full, "--max-iters", "6", "--sample-tokens", "0"], "it has changed");
-    let _ = checkpoint::FORMAT;
 }
 
 #[test]
@@ -387,7 +386,7 @@ fn a_lora_run_leaves_the_base_bit_identical_and_trains_only_adapters() {
         ..TrainConfig::default()
     };
     let resolved = ferrite::train::config::resolve(&cfg, None, &[]).unwrap();
-    let cfg = TrainConfig { model: ferrite::checkpoint::load_config(&base.join("best")).unwrap().model, ..resolved };
+    let cfg = TrainConfig { model: checkpoint::load_config(&base.join("best")).unwrap().model, ..resolved };
     let mut t = Trainer::new(Cpu, cfg).unwrap();
     let start = t.model.params_to_host().unwrap();
     let adapters = t.model.lora_to_host().unwrap().unwrap();

@@ -70,15 +70,7 @@ pub fn run(a: &InfoArgs) -> Result<()> {
     };
     let memory: Vec<(Recompute, TrainMemory)> = [Recompute::None, Recompute::Mlp, Recompute::Block]
         .into_iter()
-        .map(|r| {
-            let full = TrainMemory::new(&model, batch, seq, r, dtype);
-            (
-                r,
-                adapter
-                    .as_ref()
-                    .map_or(full.clone(), |l| full.clone().frozen_base(&model, (batch, seq, r, dtype), (&l.0, l.1))),
-            )
-        })
+        .map(|r| (r, TrainMemory::new(&model, (batch, seq, r, dtype), adapter.as_ref().map(|(l, d)| (l, *d)))))
         .collect();
     if a.json {
         let out = json!({

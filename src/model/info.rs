@@ -1,7 +1,7 @@
 //! What a model costs: parameters by component, FLOPs per token, and the
 //! memory a training run and the KV cache need (for `ferrite info`).
 
-use super::activations::{activation_bytes, activation_bytes_with, Recompute};
+use super::activations::{activation_bytes_with, Recompute};
 use super::config::ModelConfig;
 use super::lora::LoraLayout;
 use super::params::param_specs;
@@ -37,9 +37,6 @@ pub fn params_by_component(cfg: &ModelConfig) -> Vec<(&'static str, usize)> {
     groups
 }
 
-/// A training step's shape: batch, sequence, recompute and matmul dtype.
-pub type Shape = (usize, usize, Recompute, DType);
-
 /// Memory of a training run in bytes, by what holds it.
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainMemory {
@@ -51,25 +48,23 @@ pub struct TrainMemory {
 }
 
 impl TrainMemory {
-    /// `dtype`: the run's matmul arithmetic (bf16 stores matmul inputs in bf16).
-    pub fn new(cfg: &ModelConfig, batch: usize, seq: usize, recompute: Recompute, dtype: DType) -> TrainMemory {
-        let p = cfg.num_params() * F32;
+    /// `dtype`: the run's matmul arithmetic (bf16 stores matmul inputs in
+    /// bf16). With `lora` (the adapters, and whether they use dropout) the
+    /// run trains only them: the base is frozen, so it has no gradients or
+    /// optimizer state (nor the activations only its weight gradients read).
+    pub fn new(
+        cfg: &ModelConfig,
+        (batch, seq, recompute, dtype): (usize, usize, Recompute, DType),
+        lora: Option<(&LoraLayout, bool)>,
+    ) -> TrainMemory {
+        let (base, trained) = (cfg.num_params() * F32, lora.map_or(0, |l| l.0.num_params() * F32));
+        let grads = if lora.is_some() { trained } else { base };
         TrainMemory {
-            params: p,
-            grads: p,
-            optimizer: 2 * p,
-            activations: activation_bytes(cfg, batch, seq, recompute, dtype),
+            params: base + trained,
+            grads,
+            optimizer: 2 * grads,
+            activations: activation_bytes_with(cfg, (batch, seq, recompute, dtype), lora),
         }
-    }
-
-    /// The same run training only `lora`'s adapters: the base is frozen,
-    /// so it has no gradients or optimizer state (nor the activations only
-    /// its weight gradients read).
-    /// `lora`: the adapters, and whether they use dropout (its scratch).
-    pub fn frozen_base(self, cfg: &ModelConfig, shape: Shape, lora: (&LoraLayout, bool)) -> TrainMemory {
-        let a = lora.0.num_params() * F32;
-        let activations = activation_bytes_with(cfg, shape, Some(lora));
-        TrainMemory { params: self.params + a, grads: a, optimizer: 2 * a, activations }
     }
 
     pub fn total(&self) -> usize {

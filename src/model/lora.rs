@@ -383,16 +383,14 @@ impl<T> LoraActs<T> {
         alloc: &mut impl FnMut(usize, crate::engine::DType) -> Result<T>,
     ) -> Result<Self> {
         let f32 = crate::engine::DType::F32;
-        let (layout, dropout) = match lora {
-            Some((l, d)) => (Some(l), d),
-            None => (None, false),
+        // Adapters, rank, norm width, dropout scratch width.
+        let (count, r, c, x) = match lora {
+            Some((l, dropout)) => (l.adapters.len(), l.rank, cfg.n_embd, if dropout { l.max_inp() } else { 0 }),
+            None => (0, 0, 0, 0),
         };
-        let count = layout.map_or(0, |l| l.adapters.len());
-        let r = layout.map_or(0, |l| l.rank);
-        let c = if layout.is_some() { cfg.n_embd } else { 0 };
         Ok(LoraActs {
             u: (0..count).map(|_| alloc(rows * r, f32)).collect::<Result<_>>()?,
-            x: alloc(if dropout { rows * layout.map_or(0, |l| l.max_inp()) } else { 0 }, f32)?,
+            x: alloc(rows * x, f32)?,
             g: alloc(rows * r, f32)?,
             frozen_w: alloc(c, f32)?,
             frozen_b: alloc(c, f32)?,

@@ -41,9 +41,9 @@ pub struct Trainer<B: Backend> {
     run_dir: PathBuf,
     /// The checkpoint a resumed run started from.
     pub resumed_from: Option<PathBuf>,
-    /// A LoRA run's base checkpoint (its adapters are what it trains) and its step.
-    pub lora_base: Option<PathBuf>,
-    lora_base_step: Option<usize>,
+    /// A LoRA run's base checkpoint and its step (its adapters are what it
+    /// trains), as its checkpoints record them.
+    pub lora_base: Option<AdapterOf>,
     x: Vec<u32>,
     y: Vec<u32>,
 }
@@ -155,8 +155,7 @@ impl<B: Backend> Trainer<B> {
                     base.display()
                 );
             }
-            t.lora_base = Some(base);
-            t.lora_base_step = Some(ck.state.step);
+            t.lora_base = Some(AdapterOf { base: base.display().to_string(), step: Some(ck.state.step) });
         }
         Ok(t)
     }
@@ -190,7 +189,6 @@ impl<B: Backend> Trainer<B> {
         }
         let (_, data, chat_template) = load_data(&cfg, Some(&ck.config.tokenizer))?;
         check_memory(&be, &cfg, &ck.config.model)?;
-        let mut t_base_step = None;
         let (model, lora_base) = match (&ck.config.adapter, ck.lora) {
             // A LoRA run: its base, as it was, and the adapters trained so far.
             (Some(of), Some(lora)) => {
@@ -211,8 +209,7 @@ impl<B: Backend> Trainer<B> {
                 }
                 let mut model = Gpt::from_host(be, model_cfg.clone(), &cropped(base.params, model_cfg))?;
                 model.attach_lora(lora, Some(ck.params), 0)?;
-                t_base_step = of.step;
-                (model, Some(base_dir))
+                (model, Some(of.clone()))
             }
             _ if cfg.lora_rank > 0 => {
                 bail!("{} trains every weight: start LoRA from it with --init-from, not --resume", dir.display())
@@ -233,7 +230,6 @@ impl<B: Backend> Trainer<B> {
         t.chat_template = ck.config.chat_template.or(chat_template);
         t.resumed_from = Some(dir);
         t.lora_base = lora_base;
-        t.lora_base_step = t_base_step;
         Ok(t)
     }
 
@@ -262,7 +258,6 @@ impl<B: Backend> Trainer<B> {
             run_dir,
             resumed_from: None,
             lora_base: None,
-            lora_base_step: None,
             x: vec![],
             y: vec![],
         })
@@ -342,10 +337,7 @@ impl<B: Backend> Trainer<B> {
             tokenizer: self.tokenizer.clone(),
             train: self.cfg.to_keys(),
             chat_template: self.chat_template.clone(),
-            adapter: self
-                .lora_base
-                .as_ref()
-                .map(|b| AdapterOf { base: b.display().to_string(), step: self.lora_base_step }),
+            adapter: self.lora_base.clone(),
         }
     }
 
@@ -472,11 +464,12 @@ fn say(line: &str) -> Result<()> {
 pub fn check_memory<B: Backend>(be: &B, cfg: &TrainConfig, model: &crate::model::ModelConfig) -> Result<()> {
     // The in-memory corpus or a benchmark's random tokens come on top; a
     // run that fits only without them is too close anyway.
-    let mut memory = TrainMemory::new(model, cfg.batch_size, model.block_size, cfg.recompute, cfg.dtype);
-    if let Some(lora) = lora_config(cfg, model)? {
-        let shape = (cfg.batch_size, model.block_size, cfg.recompute, cfg.dtype);
-        memory = memory.frozen_base(model, shape, (&LoraLayout::new(model, &lora)?, lora.dropout > 0.0));
-    }
+    let lora = match lora_config(cfg, model)? {
+        Some(l) => Some((LoraLayout::new(model, &l)?, l.dropout > 0.0)),
+        None => None,
+    };
+    let shape = (cfg.batch_size, model.block_size, cfg.recompute, cfg.dtype);
+    let memory = TrainMemory::new(model, shape, lora.as_ref().map(|(l, d)| (l, *d)));
     let need = memory.total() + be.attention_scratch_bytes(model.attn_shape(cfg.batch_size, model.block_size));
     let what = format!(
         "training this {:.1}M-parameter model at batch {} x block {}",

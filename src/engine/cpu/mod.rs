@@ -70,6 +70,15 @@ fn matmul_name(mm: Matmul) -> String {
     format!("matmul {}x{}x{} {}{}", mm.m, mm.n, mm.k, t(mm.trans_a), t(mm.trans_b))
 }
 
+/// Inverted dropout on the elements `start..` of a buffer held in `c`: the
+/// mask is a function of each element's index, so any chunking gives the same.
+fn drop_chunk(c: &mut [f32], start: usize, drop: Dropout) {
+    let scale = 1.0 / (1.0 - drop.p);
+    for (i, x) in c.iter_mut().enumerate() {
+        *x = if fastmath::keep(drop.seed, (start + i) as u64, drop.p) { *x * scale } else { 0.0 };
+    }
+}
+
 /// The host's available memory: Linux's MemAvailable (or the cgroup's
 /// limit when lower: a container's), else its physical memory.
 pub fn host_memory() -> Option<u64> {
@@ -288,13 +297,7 @@ impl Backend for Cpu {
                 if !drop.active() {
                     return;
                 }
-                let scale = 1.0 / (1.0 - drop.p);
-                buf.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, c)| {
-                    for (i, x) in c.iter_mut().enumerate() {
-                        let idx = (ci * CHUNK + i) as u64;
-                        *x = if fastmath::keep(drop.seed, idx, drop.p) { *x * scale } else { 0.0 };
-                    }
-                });
+                buf.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, c)| drop_chunk(c, ci * CHUNK, drop));
             },
         )
     }
@@ -312,11 +315,7 @@ impl Backend for Cpu {
                         }
                     }
                     if drop.active() {
-                        let scale = 1.0 / (1.0 - drop.p);
-                        for (i, x) in c.iter_mut().enumerate() {
-                            let keep = fastmath::keep(drop.seed, (start + i) as u64, drop.p);
-                            *x = if keep { *x * scale } else { 0.0 };
-                        }
+                        drop_chunk(c, start, drop);
                     }
                 });
             },
