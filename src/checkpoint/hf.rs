@@ -13,8 +13,8 @@
 
 use super::tensors::{load_safetensors_typed, save_safetensors_as, take_tensor};
 use super::{CheckpointConfig, FORMAT, VERSION};
-use crate::data::{files, HfTokenizer, OpenAiVocab, Tokenizer};
-use crate::engine::DType;
+use crate::data::{files, HfTokenizer, Tokenizer};
+use crate::engine::{DType, Quantized};
 use crate::model::config::{pad_vocab, MlpKind, ModelConfig, NormKind, PosEncoding};
 use crate::model::params::{Layout, ParamSpec};
 use anyhow::{anyhow, bail, Context, Result};
@@ -71,6 +71,9 @@ pub struct Imported {
     pub params: Vec<Vec<f32>>,
     /// The dtype the weights were stored in (the checkpoint keeps it).
     pub stored: DType,
+    /// Parameters whose blocks are kept as they are (a quantized GGUF
+    /// file's; their `params` entries are then empty).
+    pub blocks: Vec<Option<Quantized>>,
 }
 
 #[derive(Deserialize)]
@@ -148,6 +151,11 @@ fn read_config(dir: &Path) -> Result<(Arch, ModelConfig)> {
     }
     let text = files::read_small_text(&path, "model config")?;
     let raw: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    config_from_json(&raw, &path.display())
+}
+
+/// A Hugging Face `config.json` (read from `path`, named in errors) as our options.
+pub(super) fn config_from_json(raw: &Value, path: &dyn std::fmt::Display) -> Result<(Arch, ModelConfig)> {
     let archs: Vec<&str> =
         raw["architectures"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
     let model_type = raw["model_type"].as_str().unwrap_or("");
@@ -155,15 +163,14 @@ fn read_config(dir: &Path) -> Result<(Arch, ModelConfig)> {
         (Some("GPT2LMHeadModel" | "GPT2Model"), _) | (None, "gpt2") => Arch::Gpt2,
         (Some("LlamaForCausalLM"), _) | (None, "llama") => Arch::Llama,
         (Some(other), _) => bail!(
-            "{}: architecture {other} is not supported (ferrite imports GPT2LMHeadModel and LlamaForCausalLM)",
-            path.display()
+            "{path}: architecture {other} is not supported (ferrite imports GPT2LMHeadModel and LlamaForCausalLM)"
         ),
         (None, other) => {
-            bail!("{}: model_type {other:?} is not supported (ferrite imports gpt2 and llama)", path.display())
+            bail!("{path}: model_type {other:?} is not supported (ferrite imports gpt2 and llama)")
         }
     };
-    let bad = |e: serde_json::Error| anyhow!("{}: not a valid {} config: {e}", path.display(), arch.class());
-    let unsupported = |what: String| anyhow!("{}: {what} is not supported", path.display());
+    let bad = |e: serde_json::Error| anyhow!("{path}: not a valid {} config: {e}", arch.class());
+    let unsupported = |what: String| anyhow!("{path}: {what} is not supported");
     let cfg = match arch {
         Arch::Gpt2 => {
             let c: Gpt2Config = serde_json::from_value(raw.clone()).map_err(bad)?;
@@ -228,7 +235,7 @@ fn read_config(dir: &Path) -> Result<(Arch, ModelConfig)> {
             }
         }
     };
-    cfg.validate().with_context(|| format!("{}", path.display()))?;
+    cfg.validate().with_context(|| format!("{path}"))?;
     Ok((arch, cfg))
 }
 
@@ -303,14 +310,7 @@ fn read_tokenizer(dir: &Path) -> Result<Tokenizer> {
     if !path.is_file() {
         bail!("{} has no tokenizer.json (ferrite reads the fast tokenizer file)", dir.display());
     }
-    let hf = HfTokenizer::from_file(&path)?;
-    let gpt2 = OpenAiVocab::Gpt2;
-    if hf.vocab_size() == gpt2.vocab_size()
-        && (0..gpt2.vocab_size() as u32).all(|id| hf.token_bytes(id) == gpt2.token_bytes(id).as_slice())
-    {
-        return Ok(Tokenizer::Tiktoken { name: gpt2 });
-    }
-    Ok(Tokenizer::Hf { tokenizer: hf })
+    Ok(Tokenizer::from_hf(HfTokenizer::from_file(&path)?))
 }
 
 /// The HF name and layout of each of our parameters.
@@ -491,7 +491,8 @@ pub fn import(dir: &Path) -> Result<Imported> {
         chat_template: None,
         adapter: None,
     };
-    Ok(Imported { arch, config, params, stored })
+    let blocks = vec![None; specs.len()];
+    Ok(Imported { arch, config, params, stored, blocks })
 }
 
 /// Rows of each part of a stacked parameter: q/k/v (or their biases) or gate/up.
@@ -518,6 +519,9 @@ fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 /// Writes `config` and `params` as a Hugging Face model directory (atomic:
 /// a temporary directory renamed into place), weights stored as `dtype`.
 pub fn export(config: &CheckpointConfig, params: &[Vec<f32>], dtype: DType, out: &Path) -> Result<Arch> {
+    if dtype.is_quantized() {
+        bail!("Hugging Face directories hold f32, bf16 or f16 weights, not {dtype}: give --dtype, or export --format gguf");
+    }
     let cfg = &config.model;
     let arch = Arch::of(cfg)?;
     let tokenizer_json = config.tokenizer.to_hf_json()?;
@@ -582,6 +586,7 @@ fn hf_config(arch: Arch, config: &CheckpointConfig, dtype: DType) -> Value {
         DType::F32 => "float32",
         DType::BF16 => "bfloat16",
         DType::F16 => "float16",
+        q => unreachable!("export refuses {q}"),
     };
     match arch {
         Arch::Gpt2 => json!({

@@ -16,7 +16,7 @@ pub mod hf;
 pub mod tensors;
 
 use crate::data::{ChatTemplate, Tokenizer};
-use crate::engine::{Backend, DType};
+use crate::engine::{quant, Backend, DType, Quantized};
 use crate::model::lora::{LoraConfig, LoraLayout};
 use crate::model::params::{param_specs, ParamSpec};
 use crate::model::{Gpt, ModelConfig};
@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use tensors::{load_safetensors, load_safetensors_typed, save_safetensors, save_safetensors_as, take_params};
+use tensors::{load_model_file, load_safetensors, save_safetensors, save_stored, take_params, Stored};
 
 pub const FORMAT: &str = "ferrite-checkpoint";
 pub const VERSION: u32 = 1;
@@ -109,11 +109,53 @@ pub struct Checkpoint {
     /// The model's parameters, or a LoRA run's adapter weights (`lora`).
     pub params: Vec<Vec<f32>>,
     pub lora: Option<LoraConfig>,
-    /// The dtype `model.safetensors` stores the weight matrices in.
+    /// The dtype `model.safetensors` stores the weight matrices in (those
+    /// not block-quantized).
     pub stored: DType,
+    /// Each parameter's blocks as stored, for the block-quantized ones (a
+    /// quantized checkpoint's; `params` holds their values widened).
+    pub blocks: Vec<Option<Quantized>>,
+    /// Each parameter's dtype as stored.
+    pub dtypes: Vec<DType>,
     /// Adam moments `(m, v)` per parameter, when present.
     pub moments: Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)>,
     pub state: TrainState,
+}
+
+/// Each parameter's dtype in a model whose matrices are `stored` and
+/// vectors f32.
+pub fn param_types(cfg: &ModelConfig, stored: DType) -> Vec<DType> {
+    param_specs(cfg).iter().map(|s| if s.shape.len() >= 2 { stored } else { DType::F32 }).collect()
+}
+
+/// Each parameter's dtype in a checkpoint file written as `dtype`: a float
+/// dtype stores every tensor so (safetensors files are all one dtype, as
+/// PyTorch writes them; loading widens vectors to f32), a quantized one as
+/// [`crate::model::quantize::weight_types`] says.
+pub fn file_types(cfg: &ModelConfig, dtype: DType, head: Option<DType>) -> Vec<DType> {
+    if dtype.is_quantized() {
+        crate::model::quantize::weight_types(cfg, dtype, head)
+    } else {
+        vec![dtype; param_specs(cfg).len()]
+    }
+}
+
+impl Checkpoint {
+    /// Each parameter's dtype as stored.
+    pub fn types(&self) -> Vec<DType> {
+        self.dtypes.clone()
+    }
+
+    /// The dtype of the blocks' weight matrices (a model's dtype, as
+    /// llama.cpp names a file by it).
+    pub fn weights_type(&self) -> DType {
+        self.types()[crate::model::params::Layout::new(&self.config.model).blocks[0].qkv.w]
+    }
+
+    /// Whether any parameter is block-quantized.
+    pub fn is_quantized(&self) -> bool {
+        self.blocks.iter().any(Option::is_some)
+    }
 }
 
 /// Which checkpoint of a run directory to pick.
@@ -199,15 +241,18 @@ pub fn load_config(dir: &Path) -> Result<CheckpointConfig> {
 /// reads the Adam moments.
 pub fn load(dir: &Path, with_optimizer: bool) -> Result<Checkpoint> {
     let config = load_config(dir)?;
-    let (specs, params, stored, lora) = if config.adapter.is_some() {
+    let (specs, params, stored, (blocks, dtypes), lora) = if config.adapter.is_some() {
         let (lora, params) = adapter::read(dir, &config.model)?;
-        (LoraLayout::new(&config.model, &lora)?.specs, params, DType::F32, Some(lora))
+        let none = (vec![None; params.len()], vec![DType::F32; params.len()]);
+        (LoraLayout::new(&config.model, &lora)?.specs, params, DType::F32, none, Some(lora))
     } else {
         let specs = param_specs(&config.model);
         let model_file = dir.join("model.safetensors");
-        let (tensors, stored) = load_safetensors_typed(&model_file)?;
-        let params = take_params(&specs, tensors, "", &model_file)?;
-        (specs, params, stored, None)
+        let mut file = load_model_file(&model_file)?;
+        let blocks = specs.iter().map(|s| file.blocks.remove(&s.name)).collect();
+        let dtypes = specs.iter().map(|s| file.dtypes.get(&s.name).copied().unwrap_or(DType::F32)).collect();
+        let params = take_params(&specs, file.tensors, "", &model_file)?;
+        (specs, params, file.stored, (blocks, dtypes), None)
     };
     let state = read_state(dir)?;
     let moments = if with_optimizer {
@@ -222,7 +267,7 @@ pub fn load(dir: &Path, with_optimizer: bool) -> Result<Checkpoint> {
     } else {
         None
     };
-    Ok(Checkpoint { config, params, lora, stored, moments, state })
+    Ok(Checkpoint { config, params, lora, stored, blocks, dtypes, moments, state })
 }
 
 /// A model loaded for inference.
@@ -256,7 +301,12 @@ pub fn load_model_as<B: Backend>(be: B, dir: &Path, weights: Option<DType>) -> R
         base.model.attach_lora(lora, Some(ck.params), 0)?;
         return Ok(Loaded { model: base.model, config: ck.config, state: ck.state, dir });
     }
-    let model = Gpt::from_host_as(be, ck.config.model.clone(), &ck.params, weights.unwrap_or(ck.stored))?;
+    // Asked for another dtype, a quantized checkpoint's widened values are
+    // converted (quantized again, for another quantized type).
+    let model = match weights {
+        Some(w) => Gpt::from_host_as(be, ck.config.model.clone(), &ck.params, w)?,
+        None => Gpt::from_parts(be, ck.config.model.clone(), &ck.params, &ck.blocks, ck.stored)?,
+    };
     Ok(Loaded { model, config: ck.config, state: ck.state, dir })
 }
 
@@ -331,10 +381,16 @@ pub fn merge_adapter(base: &Path, adapter: Option<&Path>, out: &Path, dtype: Opt
     let layout = LoraLayout::new(&base.config.model, &files.lora)?;
     let blocks = crate::model::params::Layout::new(&base.config.model).blocks;
     crate::model::lora::merge(&mut base.params, &blocks, &layout, &files.weights, files.lora.scale());
+    // The merged weights are new values: a quantized base's blocks are quantized again.
+    let types = match dtype {
+        Some(d) => file_types(&base.config.model, d, None),
+        None => base.types(),
+    };
     let mut config = base.config;
     config.adapter = None;
     config.chat_template = files.chat_template.or(config.chat_template);
-    save_inference(out, &config, &base.params, dtype.unwrap_or(base.stored), &base.state)?;
+    let fresh = vec![None; base.params.len()];
+    save_inference(out, &config, (&base.params, &fresh), &types, &base.state)?;
     Ok(base_dir)
 }
 
@@ -349,31 +405,61 @@ pub fn check_base(trained_on: &ModelConfig, base: &ModelConfig, dir: &Path) -> R
 }
 
 /// Writes an inference copy of the checkpoint at `src` (a checkpoint or run
-/// directory: its best) to `dst` with the tensors stored as `dtype`: the
-/// configuration and progress, no optimizer state. Atomic, as [`save`].
-pub fn convert(src: &Path, dst: &Path, dtype: DType) -> Result<PathBuf> {
+/// directory: its best) to `dst` with the weights stored as `dtype` (a
+/// quantized dtype: [`crate::model::quantize::weight_types`] says which
+/// ones, with the head as `head`): the configuration and progress, no
+/// optimizer state. Atomic, as [`save`].
+pub fn convert(src: &Path, dst: &Path, dtype: DType, head: Option<DType>) -> Result<PathBuf> {
     let src = resolve_dir(src, Prefer::Best)?;
     let ck = load(&src, false)?;
     if ck.lora.is_some() {
         bail!("{} is a LoRA adapter: fold it into its base with `ferrite lora merge` first", src.display());
     }
-    save_inference(dst, &ck.config, &ck.params, dtype, &ck.state)?;
+    let types = file_types(&ck.config.model, dtype, head);
+    save_inference(dst, &ck.config, (&ck.params, &ck.blocks), &types, &ck.state)?;
     Ok(src)
 }
 
-/// Writes an inference checkpoint (no optimizer state) with the tensors
-/// stored as `dtype`, atomically: what `convert` and `ferrite import` write.
+/// Writes an inference checkpoint (no optimizer state), each parameter
+/// stored as `types` says: what `convert`, `quantize` and `ferrite import`
+/// write. A parameter's blocks of that type are written as they are (no
+/// second rounding); other quantized types are quantized from its values.
+/// Atomic, as [`save`].
 pub fn save_inference(
     dst: &Path,
     config: &CheckpointConfig,
-    params: &[Vec<f32>],
-    dtype: DType,
+    (params, blocks): (&[Vec<f32>], &[Option<Quantized>]),
+    types: &[DType],
     state: &TrainState,
 ) -> Result<()> {
     let specs = param_specs(&config.model);
-    let params: Vec<&[f32]> = params.iter().map(|p| &p[..]).collect();
+    // Values of parameters held only as blocks (an imported file's), widened when needed.
+    let values = |i: usize| match &blocks[i] {
+        Some(q) if params[i].is_empty() => std::borrow::Cow::Owned(q.to_f32()),
+        _ => std::borrow::Cow::Borrowed(&params[i][..]),
+    };
+    let quantized: Vec<Option<Quantized>> = (0..specs.len())
+        .map(|i| match &blocks[i] {
+            Some(q) if q.dtype == types[i] => None,
+            _ if types[i].is_quantized() => {
+                Some(Quantized { dtype: types[i], bytes: quant::quantize(types[i], &values(i)) })
+            }
+            _ => None,
+        })
+        .collect();
+    let widened: Vec<_> = (0..specs.len()).map(values).collect();
+    let stored: Vec<(String, Vec<usize>, Stored)> = (0..specs.len())
+        .map(|i| {
+            let how = match (&blocks[i], &quantized[i]) {
+                (_, Some(q)) => Stored::Blocks(q),
+                (Some(q), None) if q.dtype == types[i] => Stored::Blocks(q),
+                _ => Stored::Float(&widened[i], types[i]),
+            };
+            (specs[i].name.clone(), specs[i].shape.clone(), how)
+        })
+        .collect();
     write_atomically(dst, |tmp| {
-        save_safetensors_as(&tmp.join("model.safetensors"), &named_tensors(&specs, "", &params), dtype)?;
+        save_stored(&tmp.join("model.safetensors"), &stored)?;
         std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(config)?)?;
         std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
         Ok(())

@@ -4,6 +4,7 @@
 //! dtype it computes with (bf16 and f16 values are exact in f32).
 
 use crate::engine::dtype::{self, DType};
+use crate::engine::Quantized;
 use crate::model::params::ParamSpec;
 use anyhow::{bail, Context, Result};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
@@ -25,21 +26,50 @@ pub fn save_safetensors_as(path: &Path, tensors: &[(String, Vec<usize>, &[f32])]
     if dtype == DType::F32 {
         return save_safetensors(path, tensors);
     }
-    let encoded: Vec<Vec<u8>> = tensors
+    let stored: Vec<_> = tensors.iter().map(|(n, s, d)| (n.clone(), s.clone(), Stored::Float(d, dtype))).collect();
+    save_stored(path, &stored)
+}
+
+/// How one tensor goes into a file: f32 values rounded to a float dtype,
+/// or quantized blocks as they are.
+pub enum Stored<'a> {
+    Float(&'a [f32], DType),
+    Blocks(&'a Quantized),
+}
+
+/// The metadata key naming the block-quantized tensors of a file and their
+/// dtypes (a JSON object): safetensors has no such dtypes, so their blocks
+/// are stored as U8 tensors of `[rows, bytes per row]`.
+const BLOCKS_KEY: &str = "ferrite.blocks";
+
+/// Writes named tensors each stored its own way (see [`Stored`]).
+pub fn save_stored(path: &Path, tensors: &[(String, Vec<usize>, Stored)]) -> Result<()> {
+    let mut blocks = serde_json::Map::new();
+    let encoded: Vec<(Dtype, Vec<usize>, std::borrow::Cow<[u8]>)> = tensors
         .iter()
-        .map(|(_, _, d)| {
-            let mut half = vec![0u16; d.len()];
-            dtype::encode16(d, &mut half, dtype);
-            half.iter().flat_map(|h| h.to_le_bytes()).collect()
+        .map(|(name, shape, t)| match t {
+            Stored::Float(d, DType::F32) => (Dtype::F32, shape.clone(), f32_bytes(d).into()),
+            Stored::Float(d, dt) => {
+                let mut half = vec![0u16; d.len()];
+                dtype::encode16(d, &mut half, *dt);
+                let st = if *dt == DType::BF16 { Dtype::BF16 } else { Dtype::F16 };
+                (st, shape.clone(), half.iter().flat_map(|h| h.to_le_bytes()).collect::<Vec<u8>>().into())
+            }
+            Stored::Blocks(q) => {
+                blocks.insert(name.clone(), q.dtype.name().into());
+                let rows = shape[..shape.len() - 1].iter().product::<usize>().max(1);
+                (Dtype::U8, vec![rows, q.bytes.len() / rows], q.bytes.as_slice().into())
+            }
         })
         .collect();
-    let st_dtype = if dtype == DType::BF16 { Dtype::BF16 } else { Dtype::F16 };
     let views: Vec<(String, TensorView)> = tensors
         .iter()
         .zip(&encoded)
-        .map(|((n, s, _), bytes)| Ok((n.clone(), TensorView::new(st_dtype, s.clone(), bytes)?)))
+        .map(|((n, ..), (dt, shape, bytes))| Ok((n.clone(), TensorView::new(*dt, shape.clone(), bytes)?)))
         .collect::<Result<_>>()?;
-    safetensors::serialize_to_file(views, None, path).with_context(|| format!("cannot write {}", path.display()))
+    let meta = (!blocks.is_empty())
+        .then(|| HashMap::from([(BLOCKS_KEY.to_string(), serde_json::Value::Object(blocks).to_string())]));
+    safetensors::serialize_to_file(views, meta, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The bytes of f32 values, which safetensors stores little-endian: a view,
@@ -57,13 +87,38 @@ pub fn load_safetensors(path: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<
 }
 
 /// [`load_safetensors`], and the dtype the file stores its matrices in
-/// (F32 when it has none, or mixes them).
+/// (F32 when it has none, or mixes them). Block-quantized tensors are an
+/// error here (Hugging Face files have none).
 pub fn load_safetensors_typed(path: &Path) -> Result<(HashMap<String, (Vec<usize>, Vec<f32>)>, DType)> {
+    let file = load_model_file(path)?;
+    if let Some(name) = file.blocks.keys().min() {
+        bail!("{}: tensor {name} is block-quantized; only ferrite checkpoints hold those", path.display());
+    }
+    Ok((file.tensors, file.stored))
+}
+
+/// A weights file read: every tensor as f32 values (block-quantized ones
+/// widened, under their `[rows, cols]` shape), the dtype of the float
+/// matrices, and the quantized tensors' blocks as stored.
+pub struct ModelFile {
+    pub tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    pub stored: DType,
+    pub blocks: HashMap<String, Quantized>,
+    /// Each tensor's dtype as stored.
+    pub dtypes: HashMap<String, DType>,
+}
+
+/// Reads a weights file that may hold block-quantized tensors (see [`save_stored`]).
+pub fn load_model_file(path: &Path) -> Result<ModelFile> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow::anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
-    let mut out = HashMap::new();
-    let mut matrices = Vec::new();
+    let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("{} is not a valid safetensors file: {e}", path.display());
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(&e))?;
+    let quantized: HashMap<String, String> = match meta.metadata().as_ref().and_then(|m| m.get(BLOCKS_KEY)) {
+        Some(json) => serde_json::from_str(json).map_err(|e| bad(&format!("its {BLOCKS_KEY} metadata: {e}")))?,
+        None => HashMap::new(),
+    };
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(&e))?;
+    let (mut out, mut matrices, mut blocks, mut dtypes) = (HashMap::new(), Vec::new(), HashMap::new(), HashMap::new());
     for (name, view) in st.tensors() {
         let b = view.data();
         let (data, dt): (Vec<f32>, DType) = match view.dtype() {
@@ -77,18 +132,45 @@ pub fn load_safetensors_typed(path: &Path) -> Result<(HashMap<String, (Vec<usize
             Dtype::F16 => {
                 (b.chunks_exact(2).map(|b| dtype::f32_from_f16(u16::from_le_bytes([b[0], b[1]]))).collect(), DType::F16)
             }
+            Dtype::U8 if quantized.contains_key(&name) => {
+                let q = blocks_of(path, &name, &quantized[&name], view.shape(), b)?;
+                out.insert(name.clone(), (vec![view.shape()[0], q.len() / view.shape()[0]], q.to_f32()));
+                dtypes.insert(name.clone(), q.dtype);
+                blocks.insert(name, q);
+                continue;
+            }
             other => bail!("{}: tensor {name} is {other:?}; ferrite reads F32, BF16 and F16", path.display()),
         };
         if view.shape().len() >= 2 {
             matrices.push(dt);
         }
+        dtypes.insert(name.clone(), dt);
         out.insert(name, (view.shape().to_vec(), data));
+    }
+    if let Some(name) = quantized.keys().find(|n| !blocks.contains_key(*n)) {
+        bail!("{}: its metadata names a quantized tensor {name} that is not a U8 tensor in it", path.display());
     }
     let stored = match matrices.split_first() {
         Some((first, rest)) if rest.iter().all(|d| d == first) => *first,
         _ => DType::F32,
     };
-    Ok((out, stored))
+    Ok(ModelFile { tensors: out, stored, blocks, dtypes })
+}
+
+/// Checks a U8 tensor `[rows, bytes]` as blocks of `dtype`: a known
+/// quantized dtype, whole blocks, finite scales.
+fn blocks_of(path: &Path, name: &str, dtype: &str, shape: &[usize], bytes: &[u8]) -> Result<Quantized> {
+    let dt: DType = dtype.parse().ok().filter(|d: &DType| d.is_quantized()).with_context(|| {
+        format!("{}: tensor {name} is of quantized type {dtype:?}, which ferrite does not know", path.display())
+    })?;
+    if shape.len() != 2 || shape[0] == 0 || !shape[1].is_multiple_of(dt.block_bytes()) {
+        bail!("{}: tensor {name} of shape {shape:?} is not rows of whole {dt} blocks", path.display());
+    }
+    let q = Quantized { dtype: dt, bytes: bytes.to_vec() };
+    if let Some(i) = q.to_f32().iter().position(|x| !x.is_finite()) {
+        bail!("{}: tensor {name} holds a non-finite value at index {i}: the checkpoint is corrupt", path.display());
+    }
+    Ok(q)
 }
 
 /// Takes tensor `key` out of a loaded file (`file` names it in errors): it

@@ -1,5 +1,6 @@
 //! `ferrite convert`: a checkpoint's weights in another dtype, as an
-//! inference checkpoint (no optimizer state): bf16 or f16 halves its size.
+//! inference checkpoint (no optimizer state): bf16 or f16 halves its size;
+//! a quantized dtype is `ferrite quantize` with its default head.
 
 use crate::checkpoint;
 use crate::engine::DType;
@@ -14,7 +15,7 @@ pub struct ConvertArgs {
     /// The new checkpoint directory.
     #[arg(value_name = "OUT")]
     out: PathBuf,
-    /// Dtype of the stored tensors: bf16, f16 or f32.
+    /// Dtype of the stored tensors: bf16, f16, f32, or q8_0, q4_0, q4_k.
     #[arg(long, value_name = "DTYPE")]
     dtype: DType,
 }
@@ -23,7 +24,7 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
     if a.out.exists() {
         bail!("{} already exists: give a new directory", a.out.display());
     }
-    let src = checkpoint::convert(&a.checkpoint, &a.out, a.dtype)?;
+    let src = checkpoint::convert(&a.checkpoint, &a.out, a.dtype, None)?;
     let size = |p: PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) as f64 / (1u64 << 20) as f64;
     let (before, after) = (size(src.join("model.safetensors")), size(a.out.join("model.safetensors")));
     eprintln!(

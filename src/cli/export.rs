@@ -3,6 +3,7 @@
 
 use crate::checkpoint::{self, gguf, hf, Prefer};
 use crate::engine::DType;
+use crate::model::quantize::weight_types;
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
@@ -24,7 +25,9 @@ pub struct ExportArgs {
     /// The directory (hf) or file (gguf) to write.
     #[arg(long, value_name = "PATH")]
     out: PathBuf,
-    /// Dtype of the weight matrices: f32, bf16 or f16 (default: as the checkpoint stores them).
+    /// Dtype of the weight matrices: f32, bf16 or f16, and for gguf q8_0,
+    /// q4_0 or q4_k (default: as the checkpoint stores them; a quantized
+    /// checkpoint's blocks go into a GGUF file as they are).
     #[arg(long, value_name = "DTYPE")]
     dtype: Option<DType>,
 }
@@ -42,8 +45,17 @@ pub fn run(a: &ExportArgs) -> Result<()> {
         );
     }
     let dtype = a.dtype.unwrap_or(ck.stored);
+    let shown = match a.format {
+        Format::Gguf => a.dtype.unwrap_or_else(|| ck.weights_type()),
+        Format::Hf => dtype,
+    };
     let arch = match a.format {
-        Format::Hf => hf::export(&ck.config, &ck.params, dtype, &a.out)?,
+        Format::Hf => {
+            if ck.is_quantized() && a.dtype.is_none() {
+                eprintln!("note: {} is quantized; its weights are written widened to {dtype}", dir.display());
+            }
+            hf::export(&ck.config, &ck.params, dtype, &a.out)?
+        }
         Format::Gguf => {
             for note in gguf::caveats(&ck.config) {
                 eprintln!("note: {note}");
@@ -54,11 +66,23 @@ pub fn run(a: &ExportArgs) -> Result<()> {
                 _ => d,
             });
             let name = named.and_then(|d| d.file_name().map(|n| n.to_string_lossy().to_string()));
-            gguf::export(&ck.config, &ck.params, dtype, &a.out, &name.unwrap_or_else(|| "ferrite".into()))?
+            // Vectors in f32, as llama.cpp's converter writes them.
+            let specs = crate::model::params::param_specs(&ck.config.model);
+            let types: Vec<DType> = match a.dtype {
+                Some(d) => weight_types(&ck.config.model, d, None),
+                None => ck
+                    .types()
+                    .into_iter()
+                    .zip(&specs)
+                    .map(|(t, s)| if s.shape.len() == 1 { DType::F32 } else { t })
+                    .collect(),
+            };
+            let name = name.unwrap_or_else(|| "ferrite".into());
+            gguf::export(&ck.config, (&ck.params, &ck.blocks), &types, &a.out, &name)?
         }
     };
     eprintln!(
-        "wrote {} ({} as {}, {dtype}) from {}",
+        "wrote {} ({} as {}, {shown}) from {}",
         a.out.display(),
         format!("{:?}", a.format).to_lowercase(),
         arch.class(),

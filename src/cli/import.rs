@@ -1,15 +1,18 @@
 //! `ferrite import`: a Hugging Face model (a local directory, or `--hf
-//! OWNER/NAME` downloaded through the Hub cache) as a ferrite checkpoint.
+//! OWNER/NAME` downloaded through the Hub cache) or a llama.cpp GGUF file
+//! as a ferrite checkpoint.
 
-use crate::checkpoint::{self, hf, TrainState};
+use crate::checkpoint::{self, gguf, hf, TrainState};
 use crate::data::hub::{HubCache, HubRepo, RemoteFile, RepoKind};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct ImportArgs {
-    /// A Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
-    #[arg(value_name = "DIR", required_unless_present = "hf", conflicts_with = "hf")]
+    /// A Hugging Face model directory (config.json, *.safetensors,
+    /// tokenizer.json), or a GGUF file (llama.cpp's gpt2 or llama
+    /// architecture, byte-level BPE tokenizer; quantized tensors stay so).
+    #[arg(value_name = "DIR|FILE.gguf", required_unless_present = "hf", conflicts_with = "hf")]
     dir: Option<PathBuf>,
     /// Download this Hub model first (OWNER/NAME), e.g. openai-community/gpt2.
     #[arg(long, value_name = "OWNER/NAME")]
@@ -99,7 +102,9 @@ pub fn run(a: &ImportArgs) -> Result<()> {
     let name = match (&a.dir, &a.hf) {
         (_, Some(repo)) => repo.rsplit('/').next().unwrap_or(repo).to_string(),
         (Some(d), None) => (d.canonicalize().ok())
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
+            .and_then(|p| {
+                if p.is_file() { p.file_stem() } else { p.file_name() }.map(|n| n.to_string_lossy().to_string())
+            })
             .unwrap_or_else(|| "model".into()),
         (None, None) => bail!("give a model directory or --hf OWNER/NAME"),
     };
@@ -110,24 +115,30 @@ pub fn run(a: &ImportArgs) -> Result<()> {
     }
     let dir = match (&a.dir, &a.hf) {
         (_, Some(repo)) => download(repo, &a.revision, a.cache_dir.as_deref())?,
-        (Some(d), None) if d.is_dir() => d.clone(),
-        (Some(d), None) => {
-            bail!("{} is not a directory (give a Hugging Face model directory, or --hf OWNER/NAME)", d.display())
-        }
+        (Some(d), None) if d.is_dir() || d.is_file() => d.clone(),
+        (Some(d), None) => bail!(
+            "{} does not exist (give a Hugging Face model directory, a GGUF file, or --hf OWNER/NAME)",
+            d.display()
+        ),
         (None, None) => unreachable!("checked above"),
     };
-    let model = hf::import(&dir)?;
+    let model = if dir.is_file() { gguf::import(&dir)? } else { hf::import(&dir)? };
     let state = TrainState { step: 0, best_val_loss: None, tokens_seen: 0, updates: Some(0) };
-    checkpoint::save_inference(&out, &model.config, &model.params, model.stored, &state)?;
+    let types: Vec<_> = (model.blocks.iter().zip(checkpoint::param_types(&model.config.model, model.stored)))
+        .map(|(b, t)| b.as_ref().map_or(t, |q| q.dtype))
+        .collect();
+    checkpoint::save_inference(&out, &model.config, (&model.params, &model.blocks), &types, &state)?;
+    let quantized = model.blocks.iter().flatten().next().map(|q| format!(", {} blocks kept", q.dtype));
     let m = &model.config.model;
     eprintln!(
-        "imported {} ({:.2}M parameters, {} layers, width {}, {} tokens, {}) from {} into {}",
+        "imported {} ({:.2}M parameters, {} layers, width {}, {} tokens, {}{}) from {} into {}",
         model.arch.class(),
         m.num_params() as f64 / 1e6,
         m.n_layer,
         m.n_embd,
         m.vocab_size,
         model.stored,
+        quantized.unwrap_or_default(),
         dir.display(),
         out.display()
     );

@@ -39,6 +39,7 @@ mod info;
 mod lora;
 mod plot;
 mod precision;
+mod quantize;
 mod sample;
 mod sampling;
 mod serve;
@@ -73,7 +74,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Write a checkpoint's weights in another dtype (bf16: a half-size inference copy).
     Convert(convert::ConvertArgs),
-    /// Import a Hugging Face model (GPT-2 or Llama architecture) as a checkpoint.
+    /// Quantize a checkpoint's weights to 8 or 4 bits (GGML's Q8_0, Q4_0, Q4_K) for inference.
+    Quantize(quantize::QuantizeArgs),
+    /// Import a Hugging Face model or a GGUF file (GPT-2 or Llama architecture) as a checkpoint.
     Import(import::ImportArgs),
     /// Export a checkpoint for Hugging Face transformers or llama.cpp (GGUF).
     Export(export::ExportArgs),
@@ -218,6 +221,7 @@ pub fn run() -> Result<()> {
         Command::Eval(args) => eval::run(&args, device),
         Command::Plot(args) => plot::run(&args),
         Command::Convert(args) => convert::run(&args),
+        Command::Quantize(args) => quantize::run(&args),
         Command::Import(args) => import::run(&args),
         Command::Export(args) => export::run(&args),
         Command::Lora(args) => lora::run(&args),

@@ -5,7 +5,8 @@
 //! optimizer accumulate in f32 whatever the model stores). 16-bit values
 //! are stored as their bit patterns (`u16`), little-endian in files, as
 //! safetensors and PyTorch store them. Block-quantized types (int8/int4 with
-//! per-block scales) become further variants here.
+//! per-block scales, GGML's layouts: [`super::quant`]) store blocks of
+//! bytes; only the operations that read weights take them.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,7 @@ use std::str::FromStr;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[allow(non_camel_case_types)] // GGML's names: Q4_K is not Q4K
 pub enum DType {
     #[default]
     F32,
@@ -22,17 +24,67 @@ pub enum DType {
     BF16,
     /// IEEE half precision (`torch.float16`): more mantissa, range to 65504.
     F16,
+    /// GGML's Q8_0: blocks of 32 int8 values and an f16 scale (8.5 bits a weight).
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// GGML's Q4_0: blocks of 32 4-bit values and an f16 scale (4.5 bits a weight).
+    #[serde(rename = "q4_0")]
+    Q4_0,
+    /// GGML's Q4_K: super-blocks of 256 4-bit values in 8 sub-blocks, each
+    /// with a 6-bit scale and minimum (4.5 bits a weight).
+    #[serde(rename = "q4_k")]
+    Q4_K,
+    /// GGML's Q6_K (6.5625 bits a weight): read from GGUF files only, and
+    /// widened to f32 as it is read ([`super::quant`] has no kernel for it).
+    #[serde(rename = "q6_k")]
+    Q6_K,
 }
 
 impl DType {
+    /// The floating-point dtypes: every operation's inputs and outputs.
     pub const ALL: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
+    /// The block-quantized dtypes weights may be stored in (with kernels).
+    pub const QUANTIZED: [DType; 3] = [DType::Q8_0, DType::Q4_0, DType::Q4_K];
 
-    /// Bytes per element.
+    /// Bytes per element of a floating-point dtype (a block-quantized one
+    /// has no whole number: see [`Self::size_of`]).
     pub fn bytes(self) -> usize {
         match self {
             DType::F32 => 4,
             DType::BF16 | DType::F16 => 2,
+            q => panic!("{q} stores blocks, not elements: use size_of"),
         }
+    }
+
+    pub fn is_quantized(self) -> bool {
+        !matches!(self, DType::F32 | DType::BF16 | DType::F16)
+    }
+
+    /// Values per block (1 for the floating-point dtypes).
+    pub fn block_len(self) -> usize {
+        match self {
+            DType::F32 | DType::BF16 | DType::F16 => 1,
+            DType::Q8_0 | DType::Q4_0 => 32,
+            DType::Q4_K | DType::Q6_K => 256,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::BF16 | DType::F16 => 2,
+            DType::Q8_0 => 34,
+            DType::Q4_0 => 18,
+            DType::Q4_K => 144,
+            DType::Q6_K => 210,
+        }
+    }
+
+    /// Bytes that `n` values take (`n` a whole number of blocks).
+    pub fn size_of(self, n: usize) -> usize {
+        debug_assert_eq!(n % self.block_len(), 0);
+        n / self.block_len() * self.block_bytes()
     }
 
     pub fn name(self) -> &'static str {
@@ -40,6 +92,10 @@ impl DType {
             DType::F32 => "f32",
             DType::BF16 => "bf16",
             DType::F16 => "f16",
+            DType::Q8_0 => "q8_0",
+            DType::Q4_0 => "q4_0",
+            DType::Q4_K => "q4_k",
+            DType::Q6_K => "q6_k",
         }
     }
 }
@@ -57,7 +113,10 @@ impl FromStr for DType {
             "f32" | "float32" | "fp32" => Ok(DType::F32),
             "bf16" | "bfloat16" => Ok(DType::BF16),
             "f16" | "float16" | "fp16" | "half" => Ok(DType::F16),
-            _ => bail!("unknown dtype {s:?} (valid: f32, bf16, f16)"),
+            "q8_0" => Ok(DType::Q8_0),
+            "q4_0" => Ok(DType::Q4_0),
+            "q4_k" => Ok(DType::Q4_K),
+            _ => bail!("unknown dtype {s:?} (valid: f32, bf16, f16, q8_0, q4_0, q4_k)"),
         }
     }
 }
@@ -97,6 +156,7 @@ pub fn round_to(x: f32, dtype: DType) -> f32 {
         DType::F32 => x,
         DType::BF16 => f32_from_bf16(bf16_from_f32(x)),
         DType::F16 => f32_from_f16(f16_from_f32(x)),
+        q => panic!("round_to: {q} rounds blocks, not values"),
     }
 }
 
@@ -106,7 +166,7 @@ pub fn encode16(src: &[f32], dst: &mut [u16], dtype: DType) {
     match dtype {
         DType::BF16 => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = bf16_from_f32(s)),
         DType::F16 => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = f16_from_f32(s)),
-        DType::F32 => panic!("encode16: f32 is not a 16-bit dtype"),
+        other => panic!("encode16: {other} is not a 16-bit dtype"),
     }
 }
 
@@ -116,7 +176,7 @@ pub fn decode16(src: &[u16], dst: &mut [f32], dtype: DType) {
     match dtype {
         DType::BF16 => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = f32_from_bf16(s)),
         DType::F16 => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = f32_from_f16(s)),
-        DType::F32 => panic!("decode16: f32 is not a 16-bit dtype"),
+        other => panic!("decode16: {other} is not a 16-bit dtype"),
     }
 }
 
@@ -166,10 +226,11 @@ mod tests {
 
     #[test]
     fn names_parse() {
-        for dt in DType::ALL {
+        for dt in DType::ALL.into_iter().chain(DType::QUANTIZED) {
             assert_eq!(dt.name().parse::<DType>().unwrap(), dt);
+            assert_eq!(serde_json::to_string(&dt).unwrap(), format!("\"{dt}\""));
         }
         assert_eq!("bfloat16".parse::<DType>().unwrap(), DType::BF16);
-        assert!("int3".parse::<DType>().unwrap_err().to_string().contains("valid: f32, bf16, f16"));
+        assert!("int3".parse::<DType>().unwrap_err().to_string().contains("valid: f32, bf16, f16, q8_0"));
     }
 }

@@ -13,9 +13,11 @@ pub mod fastmath;
 #[cfg(test)]
 pub mod gradcheck;
 pub mod profile;
+pub mod quant;
 
 pub use device::{Device, OnDevice};
 pub use dtype::DType;
+pub use quant::Quantized;
 
 /// Shape of a causal self-attention call over a fused `qkv` buffer laid out
 /// `[batch, seq, (heads + 2 * kv_heads) * head_dim]`: all query heads, then
@@ -205,8 +207,13 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn upload(&self, data: &[f32]) -> Result<Self::Buf> {
         self.upload_as(data, DType::F32)
     }
-    /// `data` stored as `dtype`.
+    /// `data` stored as `dtype` (a block-quantized dtype quantizes it:
+    /// `data` is then a whole number of blocks).
     fn upload_as(&self, data: &[f32], dtype: DType) -> Result<Self::Buf>;
+    /// Block-quantized values as they are (from a file): a weight matrix
+    /// whose rows are whole blocks. Only `matmul_strided` (as `b`, `x · Wᵀ`),
+    /// `embedding_fwd` (as the table) and the memory operations take them.
+    fn upload_blocks(&self, blocks: &Quantized) -> Result<Self::Buf>;
     fn dtype(&self, buf: &Self::Buf) -> DType;
     fn to_host(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     /// The buffer's values on the host: borrowed where the backend's memory
@@ -276,6 +283,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// [`Backend::matmul`] with explicit row strides (leading dimensions),
     /// for working on a block of a wider matrix, and the arithmetic
     /// ([`Matmul::compute`]). `a` and `b` may be of any dtype; `out` is f32.
+    /// With block-quantized weights `b` (`x · Wᵀ`) the activations are
+    /// rounded to int8 blocks of 32 first, as llama.cpp does, and the
+    /// products summed in integers.
     fn matmul_strided(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, mm: Matmul);
     /// `out[r, :] += bias` for each of `rows` rows.
     fn add_bias(&self, out: &mut Self::Buf, bias: &Self::Buf, rows: usize, cols: usize);

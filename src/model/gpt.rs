@@ -11,7 +11,7 @@ use super::lora::{Lora, LoraActs, Site};
 use super::params::{init_params, BlockIdx, Layout, LinearIdx, NormIdx, ParamSpec};
 use super::positions;
 use crate::engine::fastmath::mix64;
-use crate::engine::{AttnShape, Backend, CacheRow, DType, Dropout, Matmul, IGNORE_TARGET};
+use crate::engine::{AttnShape, Backend, CacheRow, DType, Dropout, Matmul, Quantized, IGNORE_TARGET};
 use anyhow::Result;
 
 /// A model: configuration, parameter layout, parameter buffers and the
@@ -80,15 +80,35 @@ impl<B: Backend> Gpt<B> {
     }
 
     /// A model with its weight matrices stored as `weights` (bf16: half the
-    /// memory and half the bytes each decoding step reads); vectors (norms,
-    /// biases) stay f32. Matmuls widen bf16 weights exactly.
+    /// memory and half the bytes each decoding step reads; a quantized
+    /// dtype: quantized here, as [`super::quantize::weight_types`] says);
+    /// vectors (norms, biases) stay f32. Matmuls widen bf16 weights exactly.
     pub fn from_host_as(be: B, cfg: ModelConfig, host: &[Vec<f32>], weights: DType) -> Result<Self> {
+        let none = vec![None; host.len()];
+        Self::from_parts(be, cfg, host, &none, weights)
+    }
+
+    /// A model from host values, the parameters with `blocks` taking those
+    /// as they are (a quantized checkpoint's), the other matrices stored as
+    /// `weights` (see [`Self::from_host_as`]).
+    pub fn from_parts(
+        be: B,
+        cfg: ModelConfig,
+        host: &[Vec<f32>],
+        blocks: &[Option<Quantized>],
+        weights: DType,
+    ) -> Result<Self> {
         let layout = Layout::new(&cfg);
-        assert_eq!(host.len(), layout.specs.len());
+        assert!(host.len() == layout.specs.len() && blocks.len() == host.len());
+        let types = super::quantize::weight_types(&cfg, weights, None);
         let params = host
             .iter()
-            .zip(&layout.specs)
-            .map(|(p, s)| be.upload_as(p, if s.shape.len() >= 2 { weights } else { DType::F32 }))
+            .zip(blocks)
+            .zip(types)
+            .map(|((p, q), t)| match q {
+                Some(q) => be.upload_blocks(q),
+                None => be.upload_as(p, t),
+            })
             .collect::<Result<_>>()?;
         let sinusoid = match cfg.pos {
             PosEncoding::Sinusoidal => Some(be.upload(&positions::sinusoidal(cfg.block_size, cfg.n_embd))?),

@@ -9,6 +9,7 @@ pub mod info;
 pub mod lora;
 pub mod params;
 pub mod positions;
+pub mod quantize;
 
 pub use activations::{Activations, Recompute};
 pub use config::ModelConfig;

@@ -94,8 +94,17 @@ pub fn write_parquet(path: &Path, docs: &[String]) {
 /// Ferrite's logits at every position of `prompt` (f32 weights and cache),
 /// and `n` greedily chosen tokens after it.
 pub fn logits_and_greedy(ckpt: &Path, prompt: &[u32], n: usize) -> (Vec<f32>, Vec<u32>) {
-    let loaded =
-        ferrite::checkpoint::load_model_as(ferrite::engine::cpu::Cpu, ckpt, Some(ferrite::engine::DType::F32)).unwrap();
+    logits_and_greedy_as(ckpt, prompt, n, Some(ferrite::engine::DType::F32))
+}
+
+/// [`logits_and_greedy`] with the weights in `weights` (none: as stored).
+pub fn logits_and_greedy_as(
+    ckpt: &Path,
+    prompt: &[u32],
+    n: usize,
+    weights: Option<ferrite::engine::DType>,
+) -> (Vec<f32>, Vec<u32>) {
+    let loaded = ferrite::checkpoint::load_model_as(ferrite::engine::cpu::Cpu, ckpt, weights).unwrap();
     let model = loaded.model;
     let mut cache = ferrite::model::decode::KvCache::new(&model, 1).unwrap();
     let rows = cache.forward_from(&model, 0, prompt, 0).unwrap();
@@ -133,7 +142,8 @@ pub fn native_checkpoint(
         *p *= scale;
     }
     let state = TrainState { step: 0, best_val_loss: None, tokens_seen: 0, updates: Some(0) };
-    checkpoint::save_inference(dir, &config, &params, ferrite::engine::DType::F32, &state).unwrap();
+    let (none, types) = (vec![None; params.len()], checkpoint::param_types(&config.model, ferrite::engine::DType::F32));
+    checkpoint::save_inference(dir, &config, (&params, &none), &types, &state).unwrap();
     dir.to_path_buf()
 }
 

@@ -4,7 +4,7 @@
 //! one [`BpeVocab`], so the two exports cannot disagree.
 
 use super::hf::byte_chars;
-use super::{OpenAiVocab, Tokenizer};
+use super::{HfTokenizer, OpenAiVocab, Tokenizer};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -56,27 +56,49 @@ impl Tokenizer {
         if let Tokenizer::Hf { tokenizer } = self {
             return tokenizer.to_json(true);
         }
-        let v = self.bpe_vocab()?;
-        let vocab: Vocab = v.tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        // The byte tokenizer splits nothing; the OpenAI ones split as GPT-2 does.
+        let tok = self.bpe_vocab()?.build(!matches!(self, Tokenizer::Byte))?;
+        tok.to_string(true).map_err(|e| anyhow!("cannot serialise the tokenizer: {e}"))
+    }
+
+    /// Our tokenizer for a Hugging Face one: GPT-2's own vocabulary becomes
+    /// the built-in `gpt2` (the same tokens, encoded faster).
+    pub fn from_hf(hf: HfTokenizer) -> Tokenizer {
+        let gpt2 = OpenAiVocab::Gpt2;
+        if hf.vocab_size() == gpt2.vocab_size()
+            && (0..gpt2.vocab_size() as u32).all(|id| hf.token_bytes(id) == gpt2.token_bytes(id).as_slice())
+        {
+            return Tokenizer::Tiktoken { name: gpt2 };
+        }
+        Tokenizer::Hf { tokenizer: hf }
+    }
+}
+
+impl BpeVocab {
+    /// A byte-level BPE tokenizer of this vocabulary that splits text with
+    /// GPT-2's pre-tokenizer (`split`) or not at all (as one piece).
+    pub fn build(&self, split: bool) -> Result<tokenizers::Tokenizer> {
+        let vocab: Vocab = self.tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        if vocab.len() != self.tokens.len() {
+            bail!("the vocabulary lists a token twice");
+        }
         let bpe = BPE::builder()
-            .vocab_and_merges(vocab, v.merges.clone())
+            .vocab_and_merges(vocab, self.merges.clone())
             .build()
             .map_err(|e| anyhow!("cannot build the BPE model: {e}"))?;
         let mut tok = tokenizers::Tokenizer::new(bpe);
-        if v.byte_level {
-            // The byte tokenizer splits nothing; the OpenAI ones split as GPT-2 does.
-            let regex = !matches!(self, Tokenizer::Byte);
-            tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, regex)));
+        if self.byte_level {
+            tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, split)));
             tok.with_decoder(Some(ByteLevelDecoder::default()));
         } else {
             tok.with_decoder(Some(Fuse::new()));
         }
-        let specials: Vec<AddedToken> = (v.tokens.iter().zip(&v.special))
+        let specials: Vec<AddedToken> = (self.tokens.iter().zip(&self.special))
             .filter(|(_, &s)| s)
             .map(|(t, _)| AddedToken::from(t.clone(), true))
             .collect();
         tok.add_special_tokens(&specials);
-        tok.to_string(true).map_err(|e| anyhow!("cannot serialise the tokenizer: {e}"))
+        Ok(tok)
     }
 }
 

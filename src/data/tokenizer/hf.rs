@@ -43,7 +43,7 @@ impl HfTokenizer {
     /// [`HfTokenizer::new`] for a vocabulary from outside: its ids must run
     /// from 0 without gaps (an id past the count would index past the model's
     /// embedding).
-    fn without_gaps(inner: Tokenizer) -> Result<HfTokenizer> {
+    pub fn without_gaps(inner: Tokenizer) -> Result<HfTokenizer> {
         let n = inner.get_vocab_size(true) as u32;
         if let Some(id) = (0..n).find(|&id| inner.id_to_token(id).is_none()) {
             bail!("the vocabulary has {n} tokens but no token with id {id}: ids must run from 0 without gaps");

@@ -13,6 +13,7 @@ mod gpt2_fast;
 mod hf;
 mod openai;
 
+pub use export::BpeVocab;
 pub use hf::{HfTokenizer, SPECIAL_TOKENS};
 pub use openai::{split_for_parallel, OpenAiVocab};
 

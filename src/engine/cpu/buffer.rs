@@ -2,9 +2,11 @@
 //!
 //! f32 kernels see an f32 buffer as `[f32]` (through `Deref`); giving one a
 //! buffer of another dtype is a bug in the caller and panics naming both.
-//! The operations that take 16-bit buffers match on the variant.
+//! The operations that take 16-bit buffers match on the variant; those that
+//! read weights also take block-quantized ones (`Blocks`).
 
 use crate::engine::dtype::{self, DType};
+use crate::engine::quant;
 use std::ops::{Deref, DerefMut};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -14,6 +16,8 @@ pub enum CpuBuf {
     BF16(Vec<u16>),
     /// IEEE half bit patterns.
     F16(Vec<u16>),
+    /// Block-quantized values ([`quant`]'s layouts) of a quantized dtype.
+    Blocks(DType, Vec<u8>),
 }
 
 impl CpuBuf {
@@ -22,6 +26,7 @@ impl CpuBuf {
             CpuBuf::F32(_) => DType::F32,
             CpuBuf::BF16(_) => DType::BF16,
             CpuBuf::F16(_) => DType::F16,
+            CpuBuf::Blocks(dt, _) => *dt,
         }
     }
 
@@ -30,6 +35,7 @@ impl CpuBuf {
         match self {
             CpuBuf::F32(v) => v.len(),
             CpuBuf::BF16(v) | CpuBuf::F16(v) => v.len(),
+            CpuBuf::Blocks(dt, b) => b.len() / dt.block_bytes() * dt.block_len(),
         }
     }
 
@@ -45,6 +51,14 @@ impl CpuBuf {
                 let start = out.len();
                 out.resize(start + len, 0.0);
                 dtype::decode16(&v[offset..offset + len], &mut out[start..], self.dtype());
+            }
+            CpuBuf::Blocks(dt, b) => {
+                // Whole blocks covering the range, widened, then the range.
+                let bl = dt.block_len();
+                let (first, last) = (offset / bl, (offset + len).div_ceil(bl));
+                let mut wide = vec![0.0; (last - first) * bl];
+                quant::dequantize(*dt, &b[first * dt.block_bytes()..last * dt.block_bytes()], &mut wide);
+                out.extend_from_slice(&wide[offset - first * bl..][..len]);
             }
         }
     }
@@ -71,6 +85,18 @@ impl CpuBuf {
                     *o = if add { *o + x } else { x };
                 }
             }
+            CpuBuf::Blocks(dt, b) => {
+                // Rows are whole blocks (the quantizer made sure).
+                let (bl, bb) = (dt.block_len(), dt.block_bytes());
+                let row = &b[r * c / bl * bb..(r + 1) * c / bl * bb];
+                let mut block = [0f32; quant::QK_K];
+                for (o, blk) in out.chunks_mut(bl).zip(row.chunks_exact(bb)) {
+                    quant::dequantize_block(*dt, blk, &mut block[..bl]);
+                    for (o, &x) in o.iter_mut().zip(&block[..bl]) {
+                        *o = if add { *o + x } else { x };
+                    }
+                }
+            }
         }
     }
 
@@ -80,6 +106,10 @@ impl CpuBuf {
         match self {
             CpuBuf::F32(v) => v[..data.len()].copy_from_slice(data),
             CpuBuf::BF16(v) | CpuBuf::F16(v) => dtype::encode16(data, &mut v[..data.len()], dt),
+            CpuBuf::Blocks(dt, b) => {
+                let q = quant::quantize(*dt, data);
+                b[..q.len()].copy_from_slice(&q);
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 //! the host; bias helpers.
 
 use super::gemm_bf16::{self, Src};
-use super::{skinny, CpuBuf};
+use super::{qmatmul, skinny, CpuBuf};
 use crate::engine::{fastmath, DType, Matmul};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -28,9 +28,19 @@ pub fn matmul_any(out: &mut [f32], a: &CpuBuf, b: &CpuBuf, mm: Matmul) {
             CpuBuf::F32(v) => Src::F32(&v[off..]),
             CpuBuf::BF16(v) => Src::BF16(&v[off..]),
             CpuBuf::F16(v) => Src::F16(&v[off..]),
+            CpuBuf::Blocks(..) => panic!("matmul: {} weights take f32 arithmetic, not bf16", x.dtype()),
         }
     }
     match (mm.compute, a, b) {
+        // Block-quantized weights: `x · Wᵀ` on the blocks, whatever the rows.
+        (_, CpuBuf::F32(a), CpuBuf::Blocks(dt, bytes)) if !mm.trans_a && mm.trans_b => {
+            let Matmul { m, n, k, lda, ldb, ldo, accumulate, .. } = mm;
+            assert!(ldb == k && ob % k == 0, "matmul: {dt} weights are whole rows of whole blocks");
+            let a = &a[oa..];
+            if checked(out, a.len(), b.len() - ob, mm) {
+                qmatmul::matmul_nt_q(out, a, &bytes[dt.size_of(ob)..], *dt, (m, n, k), lda, ldo, accumulate);
+            }
+        }
         (DType::BF16, a, b) => gemm_bf16::matmul(out, src(a, oa), src(b, ob), mm),
         (_, CpuBuf::F32(a), CpuBuf::F32(b)) => matmul(out, &a[oa..], &b[ob..], mm),
         // Decoding with 16-bit weights: a few rows against `Wᵀ`.

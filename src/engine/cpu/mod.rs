@@ -11,6 +11,7 @@ mod loss;
 mod matmul;
 mod norm;
 mod optim;
+mod qmatmul;
 mod rope;
 mod scratch;
 mod skinny;
@@ -36,7 +37,9 @@ macro_rules! by_output {
 
 pub use buffer::CpuBuf;
 
-use super::{fastmath, profile, Activation, AdamWStep, AttnShape, Backend, CacheRow, DType, Dropout, Matmul};
+use super::{
+    fastmath, profile, Activation, AdamWStep, AttnShape, Backend, CacheRow, DType, Dropout, Matmul, Quantized,
+};
 use anyhow::Result;
 use rayon::prelude::*;
 use std::borrow::Cow;
@@ -123,6 +126,7 @@ fn allocate<T>(len: usize) -> Result<Vec<T>> {
 trait Zeroable: Copy {}
 impl Zeroable for f32 {}
 impl Zeroable for u16 {}
+impl Zeroable for u8 {}
 
 /// `len` zeros from zeroed memory, as `vec![0.0; len]` does: the pages are
 /// touched only when written, so a large KV cache costs memory only for the
@@ -190,7 +194,14 @@ impl Backend for Cpu {
             DType::F32 => CpuBuf::F32(zeroed(len)?),
             DType::BF16 => CpuBuf::BF16(zeroed(len)?),
             DType::F16 => CpuBuf::F16(zeroed(len)?),
+            // Zero bytes are blocks of zero scale: zeros.
+            q => CpuBuf::Blocks(q, zeroed(q.size_of(len))?),
         })
+    }
+    fn upload_blocks(&self, blocks: &Quantized) -> Result<CpuBuf> {
+        let mut v = allocate(blocks.bytes.len())?;
+        v.extend_from_slice(&blocks.bytes);
+        Ok(CpuBuf::Blocks(blocks.dtype, v))
     }
     fn upload_as(&self, data: &[f32], dtype: DType) -> Result<CpuBuf> {
         if dtype == DType::F32 {
@@ -200,8 +211,13 @@ impl Backend for Cpu {
         }
         // Zeroed pages are only mapped, so the values are written once.
         let mut buf = self.zeros_as(data.len(), dtype)?;
-        if let CpuBuf::BF16(v) | CpuBuf::F16(v) = &mut buf {
-            v.par_chunks_mut(CHUNK).zip(data.par_chunks(CHUNK)).for_each(|(d, s)| super::dtype::encode16(s, d, dtype));
+        match &mut buf {
+            CpuBuf::BF16(v) | CpuBuf::F16(v) => v
+                .par_chunks_mut(CHUNK)
+                .zip(data.par_chunks(CHUNK))
+                .for_each(|(d, s)| super::dtype::encode16(s, d, dtype)),
+            CpuBuf::Blocks(_, v) => v.copy_from_slice(&super::quant::quantize(dtype, data)),
+            CpuBuf::F32(_) => unreachable!("f32 returned above"),
         }
         Ok(buf)
     }
@@ -249,6 +265,7 @@ impl Backend for Cpu {
                 (CpuBuf::BF16(d), CpuBuf::BF16(s)) | (CpuBuf::F16(d), CpuBuf::F16(s)) => {
                     d.par_chunks_mut(CHUNK).zip(s.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s))
                 }
+                (CpuBuf::Blocks(a, d), CpuBuf::Blocks(b, s)) if a == b => d.copy_from_slice(s),
                 (d, s) => panic!("copy: {} into {}: the dtypes must match", s.dtype(), d.dtype()),
             },
         )
@@ -313,6 +330,7 @@ impl Backend for Cpu {
                         CpuBuf::BF16(v) | CpuBuf::F16(v) => {
                             super::dtype::decode16(&v[start..start + c.len()], c, src.dtype())
                         }
+                        CpuBuf::Blocks(..) => panic!("dropout_from: {} is a weights-only dtype", src.dtype()),
                     }
                     if drop.active() {
                         drop_chunk(c, start, drop);

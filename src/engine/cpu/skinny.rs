@@ -124,7 +124,7 @@ pub fn matmul_nt_16(
 
 /// `out[i, j] (+)= s`, for kernels whose tasks own disjoint columns of `out`
 /// (`dst` points at it, row stride `ldo`; the caller checked the bounds).
-fn storer(dst: SharedMut, ldo: usize, accumulate: bool) -> impl Fn(usize, usize, f32) + Copy + Sync {
+pub(super) fn storer(dst: SharedMut, ldo: usize, accumulate: bool) -> impl Fn(usize, usize, f32) + Copy + Sync {
     move |i, j, s| {
         // SAFETY: (i, j) is inside `out` (the caller's assert); tasks own
         // disjoint columns.
@@ -137,7 +137,7 @@ fn storer(dst: SharedMut, ldo: usize, accumulate: bool) -> impl Fn(usize, usize,
 
 /// Runs `block(j0, j1)` over the `n` weight rows: in tasks of
 /// [`COLS_PER_TASK`] rows, or on this thread when the product is small.
-fn by_column_blocks(m: usize, n: usize, k: usize, block: impl Fn(usize, usize) + Sync) {
+pub(super) fn by_column_blocks(m: usize, n: usize, k: usize, block: impl Fn(usize, usize) + Sync) {
     let tasks = n.div_ceil(COLS_PER_TASK);
     if tasks <= 1 || m * n * k < SERIAL_BELOW {
         block(0, n);

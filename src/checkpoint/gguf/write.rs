@@ -1,30 +1,14 @@
-//! GGUF files for llama.cpp: its `gpt2` architecture for GPT-2-style models
-//! and `llama` for Llama-style ones, with the tokenizer inside (llama.cpp's
-//! byte-level BPE, `tokenizer.ggml.model = "gpt2"`).
-//!
-//! The format (version 3): a header, metadata as typed key/values, a table
-//! of tensors (name, dimensions innermost first, type, offset), then the
-//! tensor data, each aligned to 32 bytes. All little-endian.
-//!
-//! Two layouts differ from ours. GPT-2's matrices are ours as they are (the
-//! innermost dimension first: `[in, out]` reads as our `[out, in]`). Llama's
-//! rotary embeddings in llama.cpp turn adjacent pairs of a head (`x[2i]`,
-//! `x[2i+1]`) where ours (and Hugging Face's) turn its two halves (`x[i]`,
-//! `x[i + d/2]`): the rows of the q and k projections are interleaved to
-//! match, as llama.cpp's own converter does.
+//! Writing GGUF files (see the module doc of [`super`]).
 
-use super::hf::Arch;
-use super::CheckpointConfig;
+use super::super::hf::Arch;
+use super::super::CheckpointConfig;
+use super::{file_type, ggml_type, interleave_heads, ALIGNMENT, MAGIC, VERSION};
 use crate::data::Tokenizer;
 use crate::engine::dtype::{self, DType};
+use crate::engine::{quant, Quantized};
 use crate::model::params::Layout;
 use anyhow::{bail, Result};
 use std::path::Path;
-
-const MAGIC: &[u8; 4] = b"GGUF";
-const VERSION: u32 = 3;
-const ALIGNMENT: usize = 32;
-
 /// Metadata value types (GGUF's numbering).
 enum Meta {
     U32(u32),
@@ -63,11 +47,28 @@ fn array(elem: u32, len: usize, items: Vec<u8>) -> Vec<u8> {
     b
 }
 
-/// One tensor: its GGUF name, our shape (`[rows, cols]` or `[n]`), values.
+/// One tensor: its GGUF name, our shape (`[rows, cols]` or `[n]`), its
+/// type and bytes.
 struct Tensor {
     name: String,
     shape: Vec<usize>,
-    data: Vec<f32>,
+    dtype: DType,
+    data: Vec<u8>,
+}
+
+/// A parameter's values as `dt` bytes: its stored blocks when they are of
+/// that type (no second rounding), else encoded from its f32 values.
+pub fn encode(values: &[f32], blocks: Option<&Quantized>, dt: DType) -> Vec<u8> {
+    match (blocks, dt) {
+        (Some(q), _) if q.dtype == dt => q.bytes.clone(),
+        (_, DType::F32) => values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        (_, DType::BF16 | DType::F16) => {
+            let mut half = vec![0u16; values.len()];
+            dtype::encode16(values, &mut half, dt);
+            half.iter().flat_map(|h| h.to_le_bytes()).collect()
+        }
+        (_, q) => quant::quantize(q, values),
+    }
 }
 
 /// The tokenizer as llama.cpp's byte-level BPE: tokens, their types, merges.
@@ -97,40 +98,42 @@ fn tokenizer_meta(tok: &Tokenizer) -> Result<Vec<(String, Meta)>> {
     ])
 }
 
-/// Interleaves the two halves of each head's rows (see the module doc).
-fn interleave_heads(w: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
-    let half = head_dim / 2;
-    let mut out = vec![0.0; w.len()];
-    for h in 0..heads {
-        for part in 0..2 {
-            for i in 0..half {
-                let from = (h * head_dim + part * half + i) * cols;
-                let to = (h * head_dim + 2 * i + part) * cols;
-                out[to..to + cols].copy_from_slice(&w[from..from + cols]);
-            }
-        }
-    }
-    out
-}
-
-/// Our parameters under llama.cpp's names.
-fn tensors(arch: Arch, config: &CheckpointConfig, params: &[Vec<f32>]) -> Vec<Tensor> {
+/// Our parameters (their values, stored blocks and the types to write)
+/// under llama.cpp's names.
+fn tensors(
+    arch: Arch,
+    config: &CheckpointConfig,
+    params: &[Vec<f32>],
+    blocks: &[Option<Quantized>],
+    types: &[DType],
+) -> Vec<Tensor> {
     let cfg = &config.model;
     let layout = Layout::new(cfg);
     let (v, c) = (cfg.vocab_size, cfg.n_embd);
     let mut out = Vec::new();
-    let mut add = |name: String, shape: Vec<usize>, data: Vec<f32>| out.push(Tensor { name, shape, data });
-    let zeros = |n: usize| vec![0.0; n];
-    add("token_embd.weight".into(), vec![v, c], params[layout.wte][..v * c].to_vec());
+    let encoded: Vec<Vec<u8>> = (0..params.len()).map(|i| encode(&params[i], blocks[i].as_ref(), types[i])).collect();
+    // Rows `rows` of parameter `i`, as they are written.
+    let rows = |i: usize, rows: std::ops::Range<usize>| -> (DType, Vec<u8>) {
+        let (dt, cols) = (types[i], *layout.specs[i].shape.last().expect("a shape"));
+        let row = dt.size_of(cols);
+        (dt, encoded[i][rows.start * row..rows.end * row].to_vec())
+    };
+    // Every row (a vector is one).
+    let all = |i: usize| rows(i, 0..layout.specs[i].numel() / layout.specs[i].shape.last().expect("a shape"));
+    let mut add = |name: String, shape: Vec<usize>, (dtype, data): (DType, Vec<u8>)| {
+        out.push(Tensor { name, shape, dtype, data })
+    };
+    let f32s = |x: &[f32]| (DType::F32, encode(x, None, DType::F32));
+    add("token_embd.weight".into(), vec![v, c], rows(layout.wte, 0..v));
     if let Some(wpe) = layout.wpe {
-        add("position_embd.weight".into(), vec![cfg.block_size, c], params[wpe].clone());
+        add("position_embd.weight".into(), vec![cfg.block_size, c], all(wpe));
     }
     // GPT-2 in llama.cpp has every bias: a bias-free model gets zeros.
-    let bias = |idx: Option<usize>, n: usize| idx.map_or_else(|| zeros(n), |i| params[i].clone());
+    let bias = |idx: Option<usize>, n: usize| idx.map_or_else(|| f32s(&vec![0.0; n]), all);
     for (l, b) in layout.blocks.iter().enumerate() {
         let p = |s: &str| format!("blk.{l}.{s}");
-        add(p("attn_norm.weight"), vec![c], params[b.ln1.w].clone());
-        add(p("ffn_norm.weight"), vec![c], params[b.ln2.w].clone());
+        add(p("attn_norm.weight"), vec![c], all(b.ln1.w));
+        add(p("ffn_norm.weight"), vec![c], all(b.ln2.w));
         match arch {
             Arch::Gpt2 => {
                 add(p("attn_norm.bias"), vec![c], bias(b.ln1.b, c));
@@ -141,31 +144,34 @@ fn tensors(arch: Arch, config: &CheckpointConfig, params: &[Vec<f32>]) -> Vec<Te
                     (b.fc, "ffn_up", cfg.fc_width(), c),
                     (b.fcproj, "ffn_down", c, cfg.hidden()),
                 ] {
-                    add(p(&format!("{n}.weight")), vec![rows, cols], params[idx.w].clone());
+                    add(p(&format!("{n}.weight")), vec![rows, cols], all(idx.w));
                     add(p(&format!("{n}.bias")), vec![rows], bias(idx.b, rows));
                 }
             }
             Arch::Llama => {
                 let (hd, q, kv) = (cfg.head_dim(), cfg.n_head * cfg.head_dim(), cfg.kv_heads() * cfg.head_dim());
-                let w = &params[b.qkv.w];
-                add(p("attn_q.weight"), vec![q, c], interleave_heads(&w[..q * c], cfg.n_head, hd, c));
-                add(p("attn_k.weight"), vec![kv, c], interleave_heads(&w[q * c..(q + kv) * c], cfg.kv_heads(), hd, c));
-                add(p("attn_v.weight"), vec![kv, c], w[(q + kv) * c..].to_vec());
-                add(p("attn_output.weight"), vec![c, q], params[b.proj.w].clone());
-                let (h, fc) = (cfg.hidden(), &params[b.fc.w]);
-                add(p("ffn_gate.weight"), vec![h, c], fc[..h * c].to_vec());
-                add(p("ffn_up.weight"), vec![h, c], fc[h * c..].to_vec());
-                add(p("ffn_down.weight"), vec![c, h], params[b.fcproj.w].clone());
+                let heads = |(dt, w): (DType, Vec<u8>), n: usize| {
+                    let row = w.len() / (n * hd);
+                    (dt, interleave_heads(&w, n, hd, row, false))
+                };
+                add(p("attn_q.weight"), vec![q, c], heads(rows(b.qkv.w, 0..q), cfg.n_head));
+                add(p("attn_k.weight"), vec![kv, c], heads(rows(b.qkv.w, q..q + kv), cfg.kv_heads()));
+                add(p("attn_v.weight"), vec![kv, c], rows(b.qkv.w, q + kv..q + 2 * kv));
+                add(p("attn_output.weight"), vec![c, q], all(b.proj.w));
+                let h = cfg.hidden();
+                add(p("ffn_gate.weight"), vec![h, c], rows(b.fc.w, 0..h));
+                add(p("ffn_up.weight"), vec![h, c], rows(b.fc.w, h..2 * h));
+                add(p("ffn_down.weight"), vec![c, h], all(b.fcproj.w));
             }
         }
     }
-    add("output_norm.weight".into(), vec![c], params[layout.lnf.w].clone());
+    add("output_norm.weight".into(), vec![c], all(layout.lnf.w));
     if arch == Arch::Gpt2 {
         add("output_norm.bias".into(), vec![c], bias(layout.lnf.b, c));
     }
     // A tied head is left out: llama.cpp then reads token_embd.
     if !cfg.tie_embeddings {
-        add("output.weight".into(), vec![v, c], params[layout.head][..v * c].to_vec());
+        add("output.weight".into(), vec![v, c], rows(layout.head, 0..v));
     }
     out
 }
@@ -182,9 +188,15 @@ pub fn caveats(config: &CheckpointConfig) -> Vec<String> {
     notes
 }
 
-/// Writes `config` and `params` as a GGUF file (atomically), matrices in
-/// `dtype`, vectors in f32.
-pub fn export(config: &CheckpointConfig, params: &[Vec<f32>], dtype: DType, out: &Path, name: &str) -> Result<Arch> {
+/// Writes `config` and `params` as a GGUF file (atomically), each parameter
+/// as `types` says (its `blocks`, when it has them in that type, as they are).
+pub fn export(
+    config: &CheckpointConfig,
+    (params, blocks): (&[Vec<f32>], &[Option<Quantized>]),
+    types: &[DType],
+    out: &Path,
+    name: &str,
+) -> Result<Arch> {
     let cfg = &config.model;
     let arch = Arch::of(cfg)?;
     if arch == Arch::Llama && cfg.bias {
@@ -194,15 +206,13 @@ pub fn export(config: &CheckpointConfig, params: &[Vec<f32>], dtype: DType, out:
         Arch::Gpt2 => "gpt2",
         Arch::Llama => "llama",
     };
-    let file_type = match dtype {
-        DType::F32 => 0,
-        DType::F16 => 1,
-        DType::BF16 => 32,
-    };
+    // The file is named for its blocks' weights' type (what llama.cpp shows).
+    let main = types[Layout::new(cfg).blocks[0].qkv.w];
     let mut meta: Vec<(String, Meta)> = vec![
         ("general.architecture".into(), Meta::Str(a.into())),
         ("general.name".into(), Meta::Str(name.into())),
-        ("general.file_type".into(), Meta::U32(file_type)),
+        ("general.file_type".into(), Meta::U32(file_type(main))),
+        ("general.quantization_version".into(), Meta::U32(2)),
         ("general.alignment".into(), Meta::U32(ALIGNMENT as u32)),
         (format!("{a}.context_length"), Meta::U32(cfg.block_size as u32)),
         (format!("{a}.embedding_length"), Meta::U32(cfg.n_embd as u32)),
@@ -221,7 +231,7 @@ pub fn export(config: &CheckpointConfig, params: &[Vec<f32>], dtype: DType, out:
         ]),
     }
     meta.extend(tokenizer_meta(&config.tokenizer)?);
-    let tensors = tensors(arch, config, params);
+    let tensors = tensors(arch, config, params, blocks, types);
 
     let mut head = Vec::new();
     head.extend(MAGIC);
@@ -234,44 +244,18 @@ pub fn export(config: &CheckpointConfig, params: &[Vec<f32>], dtype: DType, out:
     }
     let mut data = Vec::new();
     for t in &tensors {
-        // Vectors stay f32 (llama.cpp's converter keeps them so).
-        let dt = if t.shape.len() == 1 { DType::F32 } else { dtype };
         head.extend(string(&t.name));
         head.extend((t.shape.len() as u32).to_le_bytes());
         for d in t.shape.iter().rev() {
             head.extend((*d as u64).to_le_bytes());
         }
-        let ggml_type: u32 = match dt {
-            DType::F32 => 0,
-            DType::F16 => 1,
-            DType::BF16 => 30,
-        };
-        head.extend(ggml_type.to_le_bytes());
+        head.extend(ggml_type(t.dtype).to_le_bytes());
         head.extend((data.len() as u64).to_le_bytes());
-        match dt {
-            DType::F32 => data.extend(t.data.iter().flat_map(|x| x.to_le_bytes())),
-            _ => {
-                let mut half = vec![0u16; t.data.len()];
-                dtype::encode16(&t.data, &mut half, dt);
-                data.extend(half.iter().flat_map(|h| h.to_le_bytes()));
-            }
-        }
+        data.extend(&t.data);
         data.resize(data.len().next_multiple_of(ALIGNMENT), 0);
     }
     head.resize(head.len().next_multiple_of(ALIGNMENT), 0);
     head.extend(data);
     crate::data::files::write_atomic(out, &head)?;
     Ok(arch)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interleaving_pairs_the_halves_of_each_head() {
-        // Two heads of 4 rows (one column): halves (a0 a1 | b0 b1) become a0 b0 a1 b1.
-        let w: Vec<f32> = (0..8).map(|i| i as f32).collect();
-        assert_eq!(interleave_heads(&w, 2, 4, 1), vec![0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]);
-    }
 }
