@@ -45,8 +45,8 @@ def run(cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
 
 
-def prepare(a):
-    """The checkpoint in every type, and a GGUF file of each, in a.work."""
+def prepare(a, gguf_files):
+    """The checkpoint in every type (and a GGUF file of each), in a.work."""
     os.makedirs(a.work, exist_ok=True)
     paths = {}
     for t in TYPES:
@@ -59,7 +59,7 @@ def prepare(a):
             else:
                 run([a.ferrite, "quantize", a.checkpoint, "--to", t, "--out", ck])
         gguf = ck + ".gguf"
-        if not os.path.exists(gguf):
+        if gguf_files and not os.path.exists(gguf):
             run([a.ferrite, "export", ck, "--format", "gguf", "--out", gguf])
         paths[t] = (ck, gguf)
     return paths
@@ -67,14 +67,14 @@ def prepare(a):
 
 def quality(a, paths):
     base = None
-    print("| weights | GGUF size | val bits per byte | against f32 |")
+    print("| weights | weights file | val bits per byte | against f32 |")
     print("|---|---|---|---|")
     for t in TYPES:
         ck, gguf = paths[t]
         out = run([a.ferrite, "eval", "--checkpoint", ck, "--data", a.data, "--json"]).stdout
         bpb = json.loads(out.strip().splitlines()[-1])["metrics"]["bits_per_byte"]
         base = bpb if base is None else base
-        size = os.path.getsize(gguf) / 2**20
+        size = os.path.getsize(os.path.join(ck, "model.safetensors")) / 2**20
         print(f"| {t} | {size:.1f} MiB | {bpb:.4f} | {100 * (bpb / base - 1):+.2f}% |", flush=True)
 
 
@@ -146,7 +146,7 @@ def main():
     ap.add_argument("--ferrite", default=os.path.join(ROOT, "target", "release", "ferrite"))
     a = ap.parse_args()
     a.work = a.work or a.checkpoint.rstrip("/") + "-quant"
-    paths = prepare(a)
+    paths = prepare(a, a.mode == "decode")
     {"quality": quality, "decode": decode, "batched": batched}[a.mode](a, paths)
 
 
