@@ -300,6 +300,38 @@ mod kernels {
         acc.map(|a| hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]))))
     }
 
+    /// [`blocks32`] for one row, its four accumulators in registers (the
+    /// array form of `blocks32` measured ~20% slower for one row). The same
+    /// sums in the same order: `b % 4` is `i` below.
+    #[inline(always)]
+    unsafe fn blocks32_one(w: &[u8], x: Acts, stride: usize, weights: impl Fn(usize) -> __m256i) -> f32 {
+        let nb = w.len() / stride;
+        assert!(x.q.len() >= nb * QK && x.d.len() >= nb);
+        let one = |b: usize, acc: __m256| {
+            let wv = weights(b);
+            let p = dot_u8_i8(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(acts(x.q, b), wv));
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(scale(w, stride * b) * x.d[b]), acc)
+        };
+        let (mut a0, mut a1, mut a2, mut a3) =
+            (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut b = 0;
+        while b + 3 < nb {
+            (a0, a1, a2, a3) = (one(b, a0), one(b + 1, a1), one(b + 2, a2), one(b + 3, a3));
+            b += 4;
+        }
+        let tail = nb - b;
+        if tail > 0 {
+            a0 = one(b, a0);
+        }
+        if tail > 1 {
+            a1 = one(b + 1, a1);
+        }
+        if tail > 2 {
+            a2 = one(b + 2, a2);
+        }
+        hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)))
+    }
+
     #[inline(always)]
     unsafe fn q8_0_block(w: &[u8], b: usize) -> __m256i {
         _mm256_loadu_si256(w.as_ptr().add(34 * b + 2).cast())
@@ -317,12 +349,12 @@ mod kernels {
     pub fn dot_q8_0(w: &[u8], x: Acts) -> f32 {
         // SAFETY: AVX2, FMA and F16C are enabled at build time (this
         // module's cfg); every load is inside `w` or `x.q` (`blocks32`'s assert).
-        unsafe { blocks32(w, [x], 34, |b| q8_0_block(w, b))[0] }
+        unsafe { blocks32_one(w, x, 34, |b| q8_0_block(w, b)) }
     }
 
     pub fn dot_q4_0(w: &[u8], x: Acts) -> f32 {
         // SAFETY: as in `dot_q8_0`.
-        unsafe { blocks32(w, [x], 18, |b| q4_0_block(w, b))[0] }
+        unsafe { blocks32_one(w, x, 18, |b| q4_0_block(w, b)) }
     }
 
     /// Four input rows against one weight row, each as [`dot_q8_0`] gives it.
