@@ -33,6 +33,7 @@ mod chat;
 mod convert;
 mod data;
 mod eval;
+mod explain;
 mod export;
 mod import;
 mod info;
@@ -86,6 +87,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Loss, perplexity, bits per byte and accuracy of a checkpoint; attention analysis.
     Eval(eval::EvalArgs),
+    /// Show one forward and backward pass, layer by layer: tensors, attention, loss, gradients.
+    Explain(explain::ExplainArgs),
     /// Draw training curves (loss, learning rate, throughput) of runs to SVG and PNG.
     Plot(plot::PlotArgs),
     /// Train a BPE tokenizer; encode, decode, and measure tokenizers.
@@ -219,6 +222,7 @@ pub fn run() -> Result<()> {
         Command::Sample(args) => sample::run(&args, device),
         Command::Chat(args) => chat::run(&args, device),
         Command::Eval(args) => eval::run(&args, device),
+        Command::Explain(args) => explain::run(&args, device),
         Command::Plot(args) => plot::run(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Quantize(args) => quantize::run(&args),

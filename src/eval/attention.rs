@@ -2,7 +2,7 @@
 //! attention (a few sharp targets or a broad average?) and the distribution
 //! of how far back it looks.
 
-use crate::engine::{Backend, Dropout};
+use crate::engine::{AttnShape, Backend, Dropout};
 use crate::model::{Gpt, Recompute};
 use anyhow::Result;
 use serde::Serialize;
@@ -38,9 +38,32 @@ fn bin_of(d: usize) -> usize {
     }
 }
 
-/// Attention statistics over `windows` (each `seq` tokens long). Training
-/// attention keeps no probabilities, so they are recomputed here (in f64)
-/// from the queries and keys the forward pass stored.
+/// The attention probabilities of head `h` over window `b` (of `seq`
+/// rows) of a forward pass's stored queries and keys (`qkv`, after any
+/// rotation), recomputed in f64: row `t` holds query `t`'s weights on keys
+/// `0..=t` (causal). Training attention keeps no probabilities.
+pub fn head_attention(qkv: &[f32], shape: AttnShape, b: usize, h: usize) -> Vec<Vec<f64>> {
+    let (w, hd, seq) = (shape.qkv_width(), shape.head_dim, shape.seq);
+    let (qo, ko, _) = shape.offsets(h);
+    let scale = 1.0 / (hd as f64).sqrt();
+    let row = |t: usize| &qkv[(b * seq + t) * w..][..w];
+    (0..seq)
+        .map(|t| {
+            let q = &row(t)[qo..qo + hd];
+            let scores: Vec<f64> = (0..=t)
+                .map(|t2| q.iter().zip(&row(t2)[ko..ko + hd]).map(|(&a, &k)| a as f64 * k as f64).sum::<f64>())
+                .map(|s| s * scale)
+                .collect();
+            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let z: f64 = exps.iter().sum();
+            exps.into_iter().map(|e| e / z).collect()
+        })
+        .collect()
+}
+
+/// Attention statistics over `windows` (each `seq` tokens long), from the
+/// queries and keys the forward pass stored (see [`head_attention`]).
 pub fn attention_stats<B: Backend>(model: &Gpt<B>, windows: &[Vec<u32>]) -> Result<Vec<HeadStats>> {
     let (batch, seq) = (windows.len(), windows[0].len());
     let cfg = &model.cfg;
@@ -48,29 +71,16 @@ pub fn attention_stats<B: Backend>(model: &Gpt<B>, windows: &[Vec<u32>]) -> Resu
     let x: Vec<u32> = windows.iter().flatten().copied().collect();
     model.forward(&mut acts, &x, None, None, Dropout::OFF)?;
     let shape = cfg.attn_shape(batch, seq);
-    let (w, hd) = (shape.qkv_width(), shape.head_dim);
-    let scale = 1.0 / (hd as f64).sqrt();
     let bins = distance_bins(seq);
     let mut out = Vec::new();
     for l in 0..cfg.n_layer {
         let qkv = model.be.to_host(&acts.blocks[l].qkv)?;
         for h in 0..cfg.n_head {
-            let (qo, ko, _) = shape.offsets(h);
             let (mut entropy, mut distance) = (0.0, 0.0);
             let mut histogram = vec![0.0; bins.len()];
             for b in 0..batch {
-                let row = |t: usize| &qkv[(b * seq + t) * w..][..w];
-                for t in 0..seq {
-                    let q = &row(t)[qo..qo + hd];
-                    let scores: Vec<f64> = (0..=t)
-                        .map(|t2| q.iter().zip(&row(t2)[ko..ko + hd]).map(|(&a, &k)| a as f64 * k as f64).sum::<f64>())
-                        .map(|s| s * scale)
-                        .collect();
-                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                    let z: f64 = exps.iter().sum();
-                    for (t2, e) in exps.iter().enumerate() {
-                        let p = e / z;
+                for (t, probs) in head_attention(&qkv, shape, b, h).iter().enumerate() {
+                    for (t2, &p) in probs.iter().enumerate() {
                         if p > 0.0 {
                             entropy -= p * p.log2();
                             distance += p * (t - t2) as f64;

@@ -2,6 +2,7 @@
 //! training's random batches), and what its attention heads look at.
 
 pub mod attention;
+pub mod explain;
 pub mod metrics;
 pub mod sampled;
 

@@ -2,6 +2,8 @@
 //! runs overlaid) and attention analysis. Text uses an embedded DejaVu Sans,
 //! so no system fonts are needed.
 
+pub mod explain;
+
 use crate::eval::attention::{distance_bins, HeadStats};
 use anyhow::{anyhow, bail, Context, Result};
 use plotters::coord::Shift;
