@@ -2,17 +2,35 @@
 
 use super::RunArgs;
 use crate::data::Split;
+use crate::engine::comm::{self, Comm};
 use crate::engine::Backend;
 use crate::generate::{complete, Prompt, Request};
 use crate::train::trainer::RunEnd;
 use crate::train::{config, Trainer};
 use anyhow::Result;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
 super::on_device!(RunArgs, train);
 
 fn train<B: Backend>(args: &RunArgs, be: B) -> Result<()> {
+    let comm: Rc<dyn Comm> = Rc::from(comm::from_environment()?);
+    match train_on(args, be, comm.clone()) {
+        Ok(()) => {
+            comm.finish();
+            Ok(())
+        }
+        // The other ranks would wait for this one forever: end them too.
+        Err(e) if comm.size() > 1 => {
+            eprintln!("error: rank {} of {}: {e:#}", comm.rank(), comm.size());
+            comm.abort(1)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn train_on<B: Backend>(args: &RunArgs, be: B, comm: Rc<dyn Comm>) -> Result<()> {
     let mut trainer = match &args.resume {
         Some(dir) => {
             if args.overrides.iter().any(|(k, _)| config::field_name(k) == "init_from") {
@@ -28,14 +46,34 @@ fn train<B: Backend>(args: &RunArgs, be: B) -> Result<()> {
         }
         None => Trainer::new(be, args.resolve()?)?,
     };
-    print_summary(&trainer)?;
+    let (main, parallel) = (comm.rank() == 0, comm.size() > 1);
+    let described = comm.describe();
+    trainer.distribute(comm)?;
+    if main {
+        print_summary(&trainer)?;
+        if parallel {
+            super::out!(
+                "data parallel: {described}; each takes {} of the {} micro-batches of a step",
+                trainer.cfg.grad_accum.div_ceil(trainer.comm_size()),
+                trainer.cfg.grad_accum
+            )?;
+        }
+    }
     // Ctrl-C (or SIGTERM) finishes the step, saves `last` and stops; a second one quits at once.
     // SAFETY: the handler only touches an atomic and calls _exit, both async-signal-safe.
     unsafe {
         libc::signal(libc::SIGINT, on_stop_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_stop_signal as *const () as libc::sighandler_t);
     }
-    match trainer.run(&STOP)? {
+    let end = trainer.run(&STOP)?;
+    if !main {
+        // Rank 0 reports, samples and prints; the others only train.
+        if let RunEnd::Interrupted { .. } = end {
+            std::process::exit(128 + SIGNAL.load(Ordering::SeqCst));
+        }
+        return Ok(());
+    }
+    match end {
         RunEnd::Done(Some(e)) => super::out!(
             "done: step {}, train loss {:.4}, val loss {:.4}, best val loss {:.4}",
             trainer.state.step,

@@ -6,6 +6,7 @@
 use anyhow::Result;
 use std::borrow::Cow;
 
+pub mod comm;
 pub mod cpu;
 pub mod device;
 pub mod dtype;

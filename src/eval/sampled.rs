@@ -20,15 +20,29 @@ pub fn sampled_loss<B: Backend>(
     acts: &mut Activations<B>,
     data: &Dataset,
     split: Split,
+    batches: (usize, usize, usize),
+    seeds: (u64, usize),
+) -> Result<f64> {
+    Ok(sampled_loss_sum(model, acts, data, split, batches, seeds, (0, 1))? / batches.0 as f64)
+}
+
+/// The sum of the losses of the batches `i` with `i % parts == part` of
+/// [`sampled_loss`]'s (one process's share of a data-parallel evaluation).
+pub fn sampled_loss_sum<B: Backend>(
+    model: &Gpt<B>,
+    acts: &mut Activations<B>,
+    data: &Dataset,
+    split: Split,
     (count, batch, seq): (usize, usize, usize),
     (seed, step): (u64, usize),
+    (part, parts): (usize, usize),
 ) -> Result<f64> {
     let (mut x, mut y) = (Vec::new(), Vec::new());
     let mut total = 0.0;
-    for i in 0..count {
+    for i in (part..count).step_by(parts) {
         let seed = derive_seed(seed, &[SEED_EVAL, step as u64, split as u64, i as u64]);
         data.batch(split, batch, seq, seed, &mut x, &mut y)?;
         total += model.forward(acts, &x, Some(&y), None, Dropout::OFF)?.expect("targets") as f64;
     }
-    Ok(total / count as f64)
+    Ok(total)
 }

@@ -10,10 +10,11 @@ use crate::data::dataset::corpus;
 use crate::data::dataset::IGNORE;
 use crate::data::tokenizer::utf8;
 use crate::data::{tiny_shakespeare, ChatTemplate, Dataset, Split, Tokenizer};
+use crate::engine::comm::{Comm, Single};
 use crate::engine::device::check_fits;
 use crate::engine::fastmath::derive_seed;
 use crate::engine::{Backend, Dropout};
-use crate::eval::sampled_loss;
+use crate::eval::sampled::sampled_loss_sum;
 use crate::model::info::TrainMemory;
 use crate::model::lora::{LoraConfig, LoraLayout, Naming};
 use crate::model::params::Layout;
@@ -24,6 +25,7 @@ use serde_json::json;
 use std::borrow::Cow;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -46,6 +48,10 @@ pub struct Trainer<B: Backend> {
     pub lora_base: Option<AdapterOf>,
     x: Vec<u32>,
     y: Vec<u32>,
+    /// The processes of a data-parallel run (one: [`Single`]). Rank r of N
+    /// trains micro-batches r, r + N, ... of each step; rank 0 logs,
+    /// prints and writes checkpoints.
+    comm: Rc<dyn Comm>,
 }
 
 /// What one optimizer update did.
@@ -56,6 +62,8 @@ pub struct StepStats {
     pub grad_norm: f64,
     /// The loss or gradient norm was not finite and the update was skipped.
     pub skipped: bool,
+    /// Seconds spent summing gradients across processes (0 alone).
+    pub all_reduce_s: f64,
 }
 
 /// How [`Trainer::run`] ended.
@@ -260,7 +268,71 @@ impl<B: Backend> Trainer<B> {
             lora_base: None,
             x: vec![],
             y: vec![],
+            comm: Rc::new(Single),
         })
+    }
+
+    /// Makes this one rank of a data-parallel run over `comm`: the weights
+    /// and AdamW moments become rank 0's (as PyTorch's DDP does at start),
+    /// so every rank updates the same model.
+    pub fn distribute(&mut self, comm: Rc<dyn Comm>) -> Result<()> {
+        let n = comm.size();
+        if n > self.cfg.grad_accum {
+            bail!(
+                "{n} processes need at least {n} micro-batches a step: set --grad-accum to a multiple of {n} \
+                 (the global batch is batch_size x grad_accum sequences, whatever the number of processes)"
+            );
+        }
+        if n > 1 {
+            let be = self.model.be.clone();
+            let (_, params) = self.model.trainable();
+            for buf in params.iter_mut().chain(&mut self.opt.m).chain(&mut self.opt.v) {
+                let mut host = be.to_host(buf)?;
+                comm.broadcast(&mut host, 0)?;
+                be.write(buf, &host)?;
+            }
+        }
+        self.comm = comm;
+        Ok(())
+    }
+
+    /// Processes in the run (1 unless data parallel).
+    pub fn comm_size(&self) -> usize {
+        self.comm.size()
+    }
+
+    /// Whether this process prints, logs and saves (rank 0).
+    pub fn is_main(&self) -> bool {
+        self.comm.rank() == 0
+    }
+
+    /// Whether `flag` is set on any rank (a signal reaches the ranks one by
+    /// one; they must stop at the same step).
+    fn any_rank(&self, flag: bool) -> Result<bool> {
+        let mut n = [f64::from(u8::from(flag))];
+        self.comm.all_reduce_sum_f64(&mut n)?;
+        Ok(n[0] > 0.0)
+    }
+
+    /// Sums every rank's gradients in place, as one buffer (a single
+    /// collective instead of one per tensor).
+    fn all_reduce_grads(&mut self) -> Result<()> {
+        if self.comm.size() == 1 {
+            return Ok(());
+        }
+        let be = &self.model.be;
+        let mut flat = Vec::with_capacity(self.opt.grads.iter().map(|g| be.len(g)).sum());
+        for g in &self.opt.grads {
+            flat.extend_from_slice(&be.view(g)?);
+        }
+        self.comm.all_reduce_sum(&mut flat)?;
+        let mut at = 0;
+        for g in &mut self.opt.grads {
+            let n = be.len(g);
+            be.write(g, &flat[at..at + n])?;
+            at += n;
+        }
+        Ok(())
     }
 
     pub fn tokens_per_step(&self) -> usize {
@@ -275,7 +347,8 @@ impl<B: Backend> Trainer<B> {
         let (b, t, accum) = (self.cfg.batch_size, self.cfg.model.block_size, self.cfg.grad_accum);
         self.opt.zero_grad(&self.model.be);
         let mut loss = 0.0;
-        for micro in 0..accum {
+        // This rank's micro-batches of the step's sequence (all of them alone).
+        for micro in (self.comm.rank()..accum).step_by(self.comm.size()) {
             let seed = derive_seed(self.cfg.seed, &[SEED_BATCH, it as u64, micro as u64]);
             self.data.batch(Split::Train, b, t, seed, &mut self.x, &mut self.y)?;
             // Each micro-batch's mean over the targets it trains on (all of
@@ -288,6 +361,12 @@ impl<B: Backend> Trainer<B> {
             loss += l.expect("targets given") as f64 / accum as f64;
             self.model.backward(&mut self.acts, &mut self.opt.grads, &self.x, drop);
         }
+        let reduce_start = Instant::now();
+        self.all_reduce_grads()?;
+        let all_reduce_s = reduce_start.elapsed().as_secs_f64();
+        let mut total = [loss];
+        self.comm.all_reduce_sum_f64(&mut total)?;
+        let loss = total[0];
         let lr = learning_rate(&self.cfg, it);
         let h = Hyper {
             lr: lr as f32,
@@ -312,14 +391,19 @@ impl<B: Backend> Trainer<B> {
         }
         self.state.step += 1;
         self.state.tokens_seen += self.tokens_per_step() as u64;
-        Ok(StepStats { loss, lr, grad_norm: norm, skipped: !finite })
+        Ok(StepStats { loss, lr, grad_norm: norm, skipped: !finite, all_reduce_s })
     }
 
     /// Mean loss over `eval_iters` random batches of a split (no dropout).
+    /// Ranks split the batches and sum their losses.
     pub fn eval_split(&mut self, split: Split) -> Result<f64> {
         let (c, step) = (&self.cfg, self.state.step);
         let batches = (c.eval_iters, c.batch_size, c.model.block_size);
-        sampled_loss(&self.model, &mut self.acts, &self.data, split, batches, (c.seed, step))
+        let share = (self.comm.rank(), self.comm.size());
+        let mut sum =
+            [sampled_loss_sum(&self.model, &mut self.acts, &self.data, split, batches, (c.seed, step), share)?];
+        self.comm.all_reduce_sum_f64(&mut sum)?;
+        Ok(sum[0] / c.eval_iters as f64)
     }
 
     pub fn evaluate(&mut self) -> Result<EvalResult> {
@@ -368,9 +452,13 @@ impl<B: Backend> Trainer<B> {
     /// signal), finishes the current step, saves `last` and returns.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<RunEnd> {
         let resumed_at = (self.state.step > 0).then_some(self.state.step);
-        let mut log = MetricsLog::open(&self.run_dir, resumed_at)?;
+        // Rank 0 speaks for a data-parallel run: the log, the bar, the checkpoints.
+        let main = self.is_main();
+        let mut log = if main { Some(MetricsLog::open(&self.run_dir, resumed_at)?) } else { None };
+        let mut log_write = |v: serde_json::Value| log.as_mut().map_or(Ok(()), |l| l.write(v));
         let max = self.cfg.max_iters;
-        let pb = ProgressBar::new(max as u64).with_position(self.state.step as u64);
+        let pb = if main { ProgressBar::new(max as u64) } else { ProgressBar::hidden() };
+        let pb = pb.with_position(self.state.step as u64);
         pb.set_style(
             ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
                 .expect("valid template"),
@@ -388,7 +476,7 @@ impl<B: Backend> Trainer<B> {
                 if improved {
                     self.state.best_val_loss = Some(e.val_loss);
                 }
-                log.write(json!({"kind": "eval", "step": step, "train_loss": e.train_loss, "val_loss": e.val_loss,
+                log_write(json!({"kind": "eval", "step": step, "train_loss": e.train_loss, "val_loss": e.val_loss,
                     "val_ppl": e.val_loss.exp(), "val_bpb": e.val_bpb, "time_s": run_start.elapsed().as_secs_f64()}))?;
                 let line = format!(
                     "step {step}: train loss {:.4}, val loss {:.4}, val ppl {:.2}, val bpb {:.4}",
@@ -397,8 +485,10 @@ impl<B: Backend> Trainer<B> {
                     e.val_loss.exp(),
                     e.val_bpb
                 );
-                pb.suspend(|| say(&line))?;
-                if step > 0 {
+                if main {
+                    pb.suspend(|| say(&line))?;
+                }
+                if step > 0 && main {
                     self.save("last")?;
                     if improved {
                         self.save("best")?;
@@ -416,10 +506,10 @@ impl<B: Backend> Trainer<B> {
                 pb.finish_and_clear();
                 return Ok(RunEnd::Done(None));
             }
-            if stop.load(Ordering::SeqCst) {
+            if self.any_rank(stop.load(Ordering::SeqCst))? {
                 pb.finish_and_clear();
                 let saved = resumed_at != Some(step);
-                if saved {
+                if saved && main {
                     self.save("last")?;
                 }
                 return Ok(RunEnd::Interrupted { step, saved });
@@ -436,14 +526,20 @@ impl<B: Backend> Trainer<B> {
             window_tokens += self.tokens_per_step();
             let step = self.state.step;
             if s.skipped {
-                log.write(json!({"kind": "skipped", "step": step, "loss": s.loss, "grad_norm": s.grad_norm}))?;
+                log_write(json!({"kind": "skipped", "step": step, "loss": s.loss, "grad_norm": s.grad_norm}))?;
                 let line = format!("step {step}: skipped the update (loss {}, gradient norm {})", s.loss, s.grad_norm);
-                pb.suspend(|| say(&line))?;
+                if main {
+                    pb.suspend(|| say(&line))?;
+                }
             }
             if step.is_multiple_of(self.cfg.log_interval) || step == max {
                 let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64();
-                log.write(json!({"kind": "train", "step": step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm,
-                    "tokens_per_s": tps, "time_s": run_start.elapsed().as_secs_f64()}))?;
+                let mut row = json!({"kind": "train", "step": step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm,
+                    "tokens_per_s": tps, "time_s": run_start.elapsed().as_secs_f64()});
+                if self.comm.size() > 1 {
+                    row["all_reduce_s"] = json!(s.all_reduce_s);
+                }
+                log_write(row)?;
                 pb.set_message(format!("loss {:.4} lr {:.2e} {:.1}k tok/s", s.loss, s.lr, tps / 1e3));
                 window_start = Instant::now();
                 window_tokens = 0;
