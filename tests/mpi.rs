@@ -121,6 +121,30 @@ mod with_mpi {
         assert!(d < 1e-4, "resumed on 4 ranks: final weights differ by {d}");
     }
 
+    /// A prepared (memory-mapped) dataset: each rank reads its micro-batches
+    /// from the same shards, and 2 ranks train as 1 process does.
+    #[test]
+    fn ranks_share_a_prepared_dataset() {
+        let dir = scratch("mpi-dataset");
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let docs: Vec<String> = text.split("\n\n").map(|d| serde_json::json!({ "text": d }).to_string()).collect();
+        std::fs::write(dir.join("docs.jsonl"), docs.join("\n")).unwrap();
+        let ds = dir.join("ds");
+        ok(&["data", "prepare", "--input", &p(&dir.join("docs.jsonl")), "--out", &p(&ds), "-t", "byte"]);
+        let args = |out: &Path| {
+            let mut a = train_args(out, 10);
+            a.extend(["--dataset".to_string(), p(&ds)]);
+            a
+        };
+        let (one, two) = (dir.join("one"), dir.join("two"));
+        run(1, &strs(&args(&one)));
+        run(2, &strs(&args(&two)));
+        for (a, b) in losses(&two).iter().zip(&losses(&one)) {
+            assert!((a - b).abs() <= 1e-4 * b.abs(), "{a} vs {b}");
+        }
+        assert!(rel_diff(&weights(&two), &weights(&one)) < 1e-4);
+    }
+
     #[test]
     fn more_ranks_than_micro_batches_is_a_clear_error() {
         let dir = scratch("mpi-accum");
